@@ -1,0 +1,307 @@
+"""Task registry: named binary classification tasks built from real human-labelled data.
+
+A :class:`Task` is a list of texts with ground-truth binary labels and, where the data has them, labels from a
+genuinely weaker *human* supervisor (e.g. one VADER rater instead of the mean of ten). Tasks come from:
+
+- built-in offline tasks made at run time from data that pip packages ship (``vader``, ``textblob-polarity``,
+  ``textblob-subjectivity``);
+- the shared datasets folder (``sst2``, ``cola``, ``boolq``, ``sciq``; ``--data DIR`` or ``$SUPERALIGN_DATA``);
+- Hugging Face ``datasets`` (``hf:<name>[:<config>]``, with known column maps for the paper's datasets);
+- local files (``file:<path>`` or any path ending in .jsonl/.csv/.parquet), with a column mapping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..errors import SuperalignError
+from .files import read_table, resolve_data_dir
+
+
+@dataclass
+class Task:
+    """A binary task: ``texts[i]`` has ground-truth label ``labels[i]`` in {0, 1}."""
+
+    name: str
+    texts: list[str]
+    labels: np.ndarray
+    human_weak: np.ndarray | None = None
+    """Optional P(label=1) from a weaker human supervisor (one rater), used by the ``human`` weak supervisor."""
+    description: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        validate_binary(self.name, self.texts, self.labels)
+        if self.human_weak is not None and len(self.human_weak) != len(self.texts):
+            raise SuperalignError(f"task {self.name}: human_weak has {len(self.human_weak)} rows, texts {len(self.texts)}")
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for t, y in zip(self.texts, self.labels.tolist()):
+            h.update(t.encode("utf-8"))
+            h.update(b"\x00%d\x01" % y)
+        if self.human_weak is not None:
+            h.update(np.ascontiguousarray(self.human_weak, dtype=np.float64).tobytes())
+        return h.hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def validate_binary(name: str, texts: list, labels: np.ndarray) -> None:
+    if len(texts) == 0:
+        raise SuperalignError(f"task {name} has no examples", "check the data file and column mapping")
+    if len(texts) != len(labels):
+        raise SuperalignError(f"task {name}: {len(texts)} texts but {len(labels)} labels")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise SuperalignError(f"task {name}: {len(bad)} empty or non-text inputs (first at row {bad[0]})",
+                              "drop those rows or fix the text column")
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f" and np.isnan(labels).any():
+        raise SuperalignError(f"task {name}: labels contain NaN (first at row {int(np.isnan(labels).argmax())})",
+                              "drop or fix those rows")
+    vals = set(np.unique(labels).tolist())
+    if not vals <= {0, 1}:
+        raise SuperalignError(f"task {name}: labels must be binary 0/1, found values {sorted(vals)[:6]}",
+                              "map labels to 0/1 (e.g. --label-map '{\"neg\": 0, \"pos\": 1}')")
+    if len(vals) < 2:
+        raise SuperalignError(f"task {name}: only one class ({vals.pop()}) present", "a binary task needs both labels")
+
+
+@dataclass
+class TaskSpec:
+    """How to build a task: its name plus the options some sources need."""
+
+    name: str
+    data: str | None = None
+    text_col: list[str] | None = None
+    label_col: str | None = None
+    label_map: dict | None = None
+    split: str | None = None
+
+
+_REGISTRY: dict[str, tuple[Callable[[TaskSpec], Task], str]] = {}
+
+
+def register_task(name: str, description: str):
+    def deco(fn: Callable[[TaskSpec], Task]):
+        _REGISTRY[name] = (fn, description)
+        return fn
+    return deco
+
+
+def list_tasks() -> dict[str, str]:
+    return {k: v[1] for k, v in _REGISTRY.items()}
+
+
+def load_task(spec: TaskSpec | str) -> Task:
+    if isinstance(spec, str):
+        spec = TaskSpec(spec)
+    name = spec.name
+    if name in _REGISTRY:
+        return _REGISTRY[name][0](spec)
+    if name.startswith("hf:"):
+        return _hf_task(spec)
+    if name.startswith("file:") or re.search(r"\.(jsonl|json|csv|tsv|parquet)(\.gz)?$", name):
+        return _file_task(spec)
+    raise SuperalignError(f"unknown task {name!r}",
+                          f"use one of {', '.join(sorted(_REGISTRY))}, hf:<dataset>, or file:<path.jsonl|csv|parquet>")
+
+
+# ----------------------------------------------------------------------------- built-in offline tasks
+
+
+def _package_file(module: str, *parts: str) -> Path:
+    import importlib.util
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise SuperalignError(f"package {module} is not installed", f"pip install {module}")
+    return Path(spec.origin).parent.joinpath(*parts)
+
+
+def _rating_to_soft(r: int) -> float:
+    return 1.0 if r > 0 else (0.0 if r < 0 else 0.5)
+
+
+@register_task("vader", "VADER lexicon (vaderSentiment): 7,519 words/emoticons with 10 human ratings each. "
+               "Label = mean rating > 0 (ties at 0 dropped); the 'human' weak supervisor is a single rater.")
+def _vader(spec: TaskSpec) -> Task:
+    path = _package_file("vaderSentiment", "vader_lexicon.txt")
+    texts, labels, weak, ratings = [], [], [], []
+    rater = int((spec.label_map or {}).get("rater", 0))
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.split("\t")
+        if len(parts) < 4:
+            continue
+        token, mean = parts[0], float(parts[1])
+        rs = [int(x) for x in re.findall(r"-?\d+", parts[3])]
+        if mean == 0 or len(rs) != 10:
+            continue
+        texts.append(token)
+        labels.append(int(mean > 0))
+        weak.append(_rating_to_soft(rs[rater]))
+        ratings.append(rs)
+    return Task("vader", texts, np.array(labels), np.array(weak), description=_REGISTRY["vader"][1],
+                meta={"ratings": ratings, "rater": rater})
+
+
+def _textblob_rows() -> list[dict]:
+    path = _package_file("textblob", "en", "en-sentiment.xml")
+    root = ET.parse(path).getroot()
+    return [w.attrib for w in root.iter("word")]
+
+
+@register_task("textblob-polarity", "TextBlob en-sentiment.xml: WordNet adjective senses 'form: gloss' with "
+               "hand-tagged polarity; label = polarity > 0 (polarity 0 dropped).")
+def _tb_polarity(spec: TaskSpec) -> Task:
+    rows = [r for r in _textblob_rows() if float(r.get("polarity", 0)) != 0 and r.get("sense")]
+    texts = [f"{r['form']}: {r['sense']}" for r in rows]
+    labels = np.array([int(float(r["polarity"]) > 0) for r in rows])
+    return Task("textblob-polarity", texts, labels, description=_REGISTRY["textblob-polarity"][1])
+
+
+@register_task("textblob-subjectivity", "TextBlob en-sentiment.xml: WordNet adjective senses 'form: gloss'; "
+               "label = subjectivity >= 0.5.")
+def _tb_subjectivity(spec: TaskSpec) -> Task:
+    rows = [r for r in _textblob_rows() if r.get("sense")]
+    texts = [f"{r['form']}: {r['sense']}" for r in rows]
+    labels = np.array([int(float(r["subjectivity"]) >= 0.5) for r in rows])
+    return Task("textblob-subjectivity", texts, labels, description=_REGISTRY["textblob-subjectivity"][1])
+
+
+# ----------------------------------------------------------------------------- shared datasets folder
+
+
+def _shared(spec: TaskSpec, sub: str, files: list[str]) -> pd.DataFrame:
+    root = resolve_data_dir(spec.data, f"task {spec.name}") / sub
+    frames = []
+    for f in files:
+        if not (root / f).exists():
+            raise SuperalignError(f"task {spec.name}: {root / f} is missing", "point --data at the shared datasets folder")
+        frames.append(read_table(root / f))
+    return pd.concat(frames, ignore_index=True)
+
+
+@register_task("sst2", "GLUE SST-2 movie-review sentiment (shared data: sst2/train+validation).")
+def _sst2(spec: TaskSpec) -> Task:
+    df = _shared(spec, "sst2", ["train.jsonl", "validation.jsonl"])
+    return Task("sst2", df["text"].tolist(), df["label"].to_numpy(), description=_REGISTRY["sst2"][1])
+
+
+@register_task("cola", "GLUE CoLA grammatical acceptability (shared data: cola/train+validation).")
+def _cola(spec: TaskSpec) -> Task:
+    df = _shared(spec, "cola", ["train.jsonl", "validation.jsonl"])
+    return Task("cola", df["text"].tolist(), df["label"].to_numpy(), description=_REGISTRY["cola"][1])
+
+
+@register_task("boolq", "BoolQ yes/no reading comprehension, 'question? [SEP] passage' (shared data: "
+               "boolq/validation, the only split with passages).")
+def _boolq(spec: TaskSpec) -> Task:
+    df = _shared(spec, "boolq", ["validation.jsonl"])
+    texts = [f"{q}? [SEP] {p}" for q, p in zip(df["question"], df["passage"])]
+    return Task("boolq", texts, df["label"].to_numpy(), description=_REGISTRY["boolq"][1])
+
+
+@register_task("sciq", "SciQ as binary 'is this the right answer': (question, correct answer) = 1, (question, the "
+               "correct answer of another random question) = 0. The shared copy has no distractors.")
+def _sciq(spec: TaskSpec) -> Task:
+    df = _shared(spec, "sciq", ["train_qa_only.jsonl", "validation_qa_only.jsonl", "test_qa_only.jsonl"])
+    rng = random.Random(1234)  # fixed: the task itself must not change with the experiment seed
+    answers = df["correct_answer"].astype(str).tolist()
+    texts, labels = [], []
+    for i, (q, a) in enumerate(zip(df["question"], answers)):
+        # each question appears once, as a positive or a negative, so the two classes do not share inputs
+        if rng.random() < 0.5:
+            texts.append(f"Q: {q} A: {a}")
+            labels.append(1)
+        else:
+            j = rng.randrange(len(answers) - 1)
+            j = j + 1 if j >= i else j
+            while answers[j].strip().lower() == a.strip().lower():
+                j = rng.randrange(len(answers))
+            texts.append(f"Q: {q} A: {answers[j]}")
+            labels.append(0)
+    return Task("sciq", texts, np.array(labels), description=_REGISTRY["sciq"][1])
+
+
+# ----------------------------------------------------------------------------- Hugging Face datasets and local files
+
+# Column maps for the paper's datasets on the Hugging Face hub (used when --text-col/--label-col are not given).
+HF_COLUMN_MAPS: dict[str, dict] = {
+    "sst2": {"text_col": ["sentence"], "label_col": "label"},
+    "glue": {"text_col": ["sentence"], "label_col": "label"},
+    "amazon_polarity": {"text_col": ["title", "content"], "label_col": "label"},
+    "boolq": {"text_col": ["question", "passage"], "label_col": "answer"},
+    "google/boolq": {"text_col": ["question", "passage"], "label_col": "answer"},
+    "imdb": {"text_col": ["text"], "label_col": "label"},
+}
+
+
+def _frame_to_task(name: str, df: pd.DataFrame, spec: TaskSpec, defaults: dict | None = None) -> Task:
+    defaults = defaults or {}
+    text_cols = spec.text_col or defaults.get("text_col") or ["text"]
+    label_col = spec.label_col or defaults.get("label_col") or "label"
+    missing = [c for c in [*text_cols, label_col] if c not in df.columns]
+    if missing:
+        raise SuperalignError(f"task {name}: missing column(s) {missing}; available: {list(df.columns)}",
+                              "pass --text-col and --label-col")
+    if len(df) == 0:
+        raise SuperalignError(f"task {name} has no rows", "check the file")
+    for c in text_cols:
+        if df[c].isna().any():
+            raise SuperalignError(f"task {name}: text column {c!r} has {int(df[c].isna().sum())} missing values",
+                                  "drop or fill those rows")
+    texts = [" [SEP] ".join(str(v) for v in row) for row in df[text_cols].itertuples(index=False)]
+    y = df[label_col]
+    if y.isna().any():
+        raise SuperalignError(f"task {name}: label column {label_col!r} has NaN (first at row {int(y.isna().values.argmax())})",
+                              "drop or fix those rows")
+    if spec.label_map:
+        unknown = set(y.unique().tolist()) - set(spec.label_map)
+        if unknown:
+            raise SuperalignError(f"task {name}: labels {sorted(map(str, unknown))[:5]} not in --label-map", "extend the map")
+        y = y.map(spec.label_map)
+    elif y.dtype == bool:
+        y = y.astype(int)
+    elif y.dtype.kind not in "iuf":
+        raise SuperalignError(f"task {name}: label column {label_col!r} is not numeric (e.g. {y.iloc[0]!r})",
+                              "pass --label-map '{\"neg\": 0, \"pos\": 1}'")
+    yv = y.to_numpy()
+    if yv.dtype.kind == "f" and not np.all(np.isin(yv, [0.0, 1.0])):
+        raise SuperalignError(f"task {name}: labels must be binary 0/1, found values {sorted(set(yv.tolist()))[:6]}",
+                              "map labels to 0/1 with --label-map")
+    return Task(name, texts, yv.astype(np.int64) if np.all(np.isin(yv, [0, 1])) else yv)
+
+
+def _file_task(spec: TaskSpec) -> Task:
+    path = spec.name[5:] if spec.name.startswith("file:") else spec.name
+    return _frame_to_task(os.path.basename(path), read_table(path), spec)
+
+
+def _hf_task(spec: TaskSpec) -> Task:
+    ref = spec.name[3:]
+    name, _, config = ref.partition(":")
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a declared dependency
+        raise SuperalignError("hf: tasks need the datasets package", "pip install datasets") from None
+    try:
+        ds = datasets.load_dataset(name, config or None, split=spec.split or "train")
+    except Exception as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        hint = ("HF_HUB_OFFLINE=1 is set and the dataset is not in the local cache: download it first or use "
+                "file:<path>") if offline else "check the dataset name, --split, and your network"
+        raise SuperalignError(f"could not load Hugging Face dataset {name!r}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}", hint) from None
+    return _frame_to_task(ref, ds.to_pandas(), spec, HF_COLUMN_MAPS.get(name))

@@ -1,0 +1,133 @@
+"""Pooled per-layer features of a transformer, cached by content.
+
+One forward pass with ``output_hidden_states`` gives every layer at once, so a whole depth ladder (minilm-l1 …
+minilm-l6) costs one pass. Texts are batched by length (sorted) so little compute goes to padding. Features are
+cached per (model fingerprint, max_length, pooling) and per text (sha256 of the text), in safetensors shards:
+a later call only encodes the texts it has not seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..errors import SuperalignError
+from .registry import ModelSpec, load_hf, model_params
+
+
+@dataclass
+class EncodeStats:
+    n_new: int = 0
+    n_cached: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    wall_s: float = 0.0
+    device_s: float = 0.0
+
+
+def text_digest(t: str) -> bytes:
+    return hashlib.sha256(t.encode("utf-8")).digest()[:16]
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Mean over real tokens for encoders; the last real token for causal LMs (works with left or right pad)."""
+    if causal:
+        pos = torch.arange(mask.shape[1], device=mask.device)
+        last = (mask * pos).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+class FeatureStore:
+    """Content-addressed per-text features for one (model, max_length) pair, as safetensors shards."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.index: dict[bytes, tuple[int, int]] = {}
+        self.shards: list[np.ndarray] = []
+        if root.is_dir():
+            for f in sorted(root.glob("*.safetensors")):
+                d = load_file(str(f))
+                k = len(self.shards)
+                self.shards.append(d["feats"])
+                for i, h in enumerate(d["digest"]):
+                    self.index[h.tobytes()] = (k, i)
+
+    def get(self, digests: list[bytes]) -> np.ndarray:
+        rows = [self.shards[k][:, i] for k, i in (self.index[d] for d in digests)]
+        return np.stack(rows, axis=1)
+
+    def add(self, digests: list[bytes], feats: np.ndarray) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256(b"".join(digests)).hexdigest()[:20]
+        tmp = self.root / f".{name}.{os.getpid()}.tmp"
+        save_file({"feats": np.ascontiguousarray(feats), "digest": np.frombuffer(b"".join(digests), np.uint8)
+                   .reshape(len(digests), 16).copy()}, str(tmp))
+        os.replace(tmp, self.root / f"{name}.safetensors")  # atomic: a crash never leaves a half shard
+        k = len(self.shards)
+        self.shards.append(feats)
+        for i, d in enumerate(digests):
+            self.index[d] = (k, i)
+
+
+def encode_texts(spec: ModelSpec, texts: list[str], cache_dir: str | Path | None = None, max_length: int = 128,
+                 batch_size: int = 64, device: str = "cpu", trust_remote_code: bool = False,
+                 progress: bool = True, stats: EncodeStats | None = None) -> np.ndarray:
+    """Features of every layer: array [n_layers + 1, len(texts), d] (index 0 = embeddings), float32.
+
+    ``spec.layer`` is ignored here: callers slice the layer they need, so the whole ladder shares one pass."""
+    if not spec.is_transformer:
+        raise SuperalignError(f"model {spec.name!r} has no features", "use a transformer model")
+    if not texts:
+        raise SuperalignError("no texts to encode", "check the task")
+    stats = stats if stats is not None else EncodeStats()
+    digests = [text_digest(t) for t in texts]
+    store = None
+    if cache_dir is not None:
+        key = hashlib.sha256(json.dumps([spec.path, spec.fingerprint(), max_length, "v1"]).encode()).hexdigest()[:16]
+        store = FeatureStore(Path(cache_dir) / "features" / key)
+    todo = sorted({d: t for d, t in zip(digests, texts) if store is None or d not in store.index}.items(),
+                  key=lambda kv: len(kv[1]))
+    stats.n_cached += len(set(digests)) - len(todo)
+    if todo:
+        full = ModelSpec(spec.name, spec.kind, spec.path, None)
+        t0, c0 = time.perf_counter(), time.process_time()
+        tok, model, causal = load_hf(full, trust_remote_code=trust_remote_code)
+        model.eval().to(device)
+        n_params = model_params(model)
+        out = []
+        if causal:
+            tok.padding_side = "right"
+        bar = tqdm(total=len(todo), desc=f"encode {spec.name}", disable=not progress, unit="text", leave=False)
+        with torch.inference_mode():
+            for i in range(0, len(todo), batch_size):
+                chunk = [t for _, t in todo[i:i + batch_size]]
+                b = tok(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
+                o = model(**b, output_hidden_states=True)
+                mask = b["attention_mask"]
+                out.append(torch.stack([pool(h, mask, causal).float() for h in o.hidden_states]).cpu().numpy())
+                stats.tokens += int(mask.numel())
+                stats.flops += 2.0 * n_params * int(mask.numel())
+                bar.update(len(chunk))
+        bar.close()
+        new = np.concatenate(out, axis=1)
+        stats.wall_s += time.perf_counter() - t0
+        stats.device_s += time.process_time() - c0 if device == "cpu" else time.perf_counter() - t0
+        stats.n_new += len(todo)
+        new_d = [d for d, _ in todo]
+        if store is not None:
+            store.add(new_d, new)
+            return store.get(digests)
+        pos = {d: i for i, d in enumerate(new_d)}
+        return new[:, [pos[d] for d in digests]]
+    return store.get(digests)  # type: ignore[union-attr]

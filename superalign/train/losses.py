@@ -1,0 +1,75 @@
+"""Weak-to-strong losses (Burns et al. 2023), on 2-class logits and soft weak labels.
+
+All take ``logits`` [B, 2], ``weak`` = P(class 1) from the supervisor [B], and ``step_frac`` in [0, 1] (the share of
+training done), and return the mean loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import SuperalignError
+
+
+def _two_class(p1: torch.Tensor) -> torch.Tensor:
+    return torch.stack([1 - p1, p1], dim=-1)
+
+
+def xent_loss(logits: torch.Tensor, weak: torch.Tensor, step_frac: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against the supervisor's soft labels: CE(f, f_w)."""
+    return F.cross_entropy(logits.float(), _two_class(weak.float()))
+
+
+def warmup_coef(step_frac: float, max_coef: float, warmup_frac: float) -> float:
+    """α ramps linearly from 0 to ``max_coef`` over the first ``warmup_frac`` of training, then stays.
+
+    (openai/weak-to-strong uses ``step_frac`` itself during warm-up and then jumps to ``max_coef``; the paper's
+    schedule is this linear ramp.)"""
+    if warmup_frac <= 0:
+        return max_coef
+    return max_coef * min(1.0, step_frac / warmup_frac)
+
+
+def hardened_predictions(probs1: torch.Tensor, pos_share: float) -> torch.Tensor:
+    """Î(f > t) with t chosen so the share of predicted positives matches ``pos_share`` (the weak labels' class
+    balance in this batch)."""
+    # t = the (1 - pos_share) quantile of the student's P(class 1): exactly pos_share of the batch lies above it.
+    t = torch.quantile(probs1, 1.0 - pos_share)
+    return (probs1 > t).float() if pos_share < 1 else torch.ones_like(probs1)
+
+
+def aux_conf_loss(logits: torch.Tensor, weak: torch.Tensor, step_frac: float, alpha: float = 0.75,
+                  warmup_frac: float = 0.2) -> torch.Tensor:
+    """L = (1 − α)·CE(f, f_w) + α·CE(f, Î(f > t)), α on the linear warm-up schedule.
+
+    The hardened targets are treated as constants (no gradient through the threshold), as in the paper."""
+    a = warmup_coef(step_frac, alpha, warmup_frac)
+    probs1 = torch.softmax(logits.float().detach(), dim=-1)[:, 1]
+    pos_share = float(weak.float().mean())
+    hard = hardened_predictions(probs1, pos_share)
+    target = (1 - a) * weak.float() + a * hard
+    # CE is linear in the target distribution, so one CE on the mixed target equals the weighted sum of the two.
+    return F.cross_entropy(logits.float(), _two_class(target))
+
+
+def product_loss(logits: torch.Tensor, weak: torch.Tensor, step_frac: float, beta: float = 1.0,
+                 warmup_frac: float = 0.2) -> torch.Tensor:
+    """CE against the normalised product p_student^β · p_weak (β warmed up linearly), targets detached."""
+    b = warmup_coef(step_frac, beta, warmup_frac)
+    p = torch.softmax(logits.float().detach(), dim=-1)
+    target = p.pow(b) * _two_class(weak.float())
+    target = target / target.sum(-1, keepdim=True).clamp(min=1e-12)
+    return F.cross_entropy(logits.float(), target)
+
+
+LOSSES = {"xent": xent_loss, "aux_conf": aux_conf_loss, "product": product_loss}
+
+
+def get_loss(name: str, **kw):
+    if name not in LOSSES:
+        raise SuperalignError(f"unknown loss {name!r}", f"use one of {', '.join(LOSSES)}")
+    fn = LOSSES[name]
+    if name == "xent":
+        return fn
+    return lambda logits, weak, step_frac: fn(logits, weak, step_frac, **kw)

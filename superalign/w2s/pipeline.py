@@ -1,0 +1,326 @@
+"""The weak-to-strong pipeline, stage by stage, each stage cached by a content hash of its inputs:
+
+1. splits (seeded, class-balanced): weak-train / weak-label / validation / test
+2. features: every layer of each transformer, one pass, cached per text
+3. weak supervisor: trained on ground truth of weak-train; labels weak-label, validation and test
+4. (optional) bootstrapping: intermediate models relabel weak-label, each trained on the previous labels
+5. ceiling: the strong model trained on ground truth of weak-label
+6. student: the strong model trained on weak labels of weak-label with the chosen loss; early stopping on
+   weak-labelled validation (ground-truth early stopping kept only as a marked diagnostic)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from ..data import Task, TaskSpec, load_task, make_splits
+from ..errors import SuperalignError
+from ..models.features import EncodeStats, encode_texts
+from ..models.registry import ModelSpec, resolve_model
+from ..runs.cache import StageCache, content_hash
+from ..runs.store import RunStore, run_id
+from ..train.losses import get_loss, xent_loss
+from ..train.loop import TrainConfig, fit, load_state
+from ..train.metrics import accuracy, auroc
+from ..train.students import LinearProbe, TextClassifier, predict_proba
+from .config import W2SConfig
+from .pgr import agreement
+
+# Fields that do not change what a run computes (where it is stored, how it is shown or summarised).
+NON_SEMANTIC = ("home", "executor", "address", "progress", "n_boot", "min_gap", "weak", "strong", "loss", "seed")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One weak-to-strong run of the grid."""
+
+    weak: str
+    strong: str
+    loss: str
+    seed: int
+
+
+def cells(cfg: W2SConfig) -> list[Cell]:
+    return [Cell(w, s, l, sd) for sd in cfg.seed for w in cfg.weak for s in cfg.strong for l in cfg.loss]
+
+
+def base_config(cfg: W2SConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    return {k: v for k, v in d.items() if k not in NON_SEMANTIC}
+
+
+def cell_config(cfg: W2SConfig, cell: Cell) -> dict:
+    return {**base_config(cfg), **dataclasses.asdict(cell)}
+
+
+def cell_run_id(cfg: W2SConfig, cell: Cell) -> str:
+    return run_id("w2s", cell_config(cfg, cell))
+
+
+class Experiment:
+    """Holds the task, splits and features for one config, and runs cells of its grid."""
+
+    def __init__(self, cfg: W2SConfig, store: RunStore | None = None):
+        self.cfg = cfg
+        self.store = store or RunStore(cfg.home)
+        self.cache = StageCache(self.store.cache_dir)
+        self.task: Task = load_task(TaskSpec(cfg.task, cfg.data, cfg.text_col, cfg.label_col, cfg.label_map, cfg.hf_split))
+        self.task_fp = self.task.fingerprint()
+        self._splits: dict[int, object] = {}
+        self._feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.encode_stats = EncodeStats()
+
+    # ------------------------------------------------------------------ data
+    def splits(self, seed: int):
+        if seed not in self._splits:
+            self._splits[seed] = make_splits(self.task.labels, seed, tuple(self.cfg.split_fracs), self.cfg.max_examples)
+        return self._splits[seed]
+
+    def split_key(self, seed: int) -> dict:
+        return {"task": self.task_fp, "fracs": list(self.cfg.split_fracs), "max": self.cfg.max_examples, "seed": seed}
+
+    def all_models(self) -> list[str]:
+        return list(dict.fromkeys([*self.cfg.weak, *self.cfg.strong, *self.cfg.bootstrap_via]))
+
+    def prepare_features(self, seeds: list[int] | None = None) -> None:
+        """Encode, once per model path, every text any of the seeds needs (cached per text on disk)."""
+        c = self.cfg
+        need = [m for m in c.weak if c.weak_mode == "probe"] + ([*c.strong, *c.bootstrap_via] if c.mode == "probe" else [])
+        need = [m for m in dict.fromkeys(need) if resolve_model(m).is_transformer]
+        if not need:
+            return
+        seeds = seeds if seeds is not None else self.cfg.seed
+        union = np.unique(np.concatenate([np.concatenate(list(self.splits(s).as_dict().values())) for s in seeds]))
+        for path in dict.fromkeys(resolve_model(m).path for m in need):
+            if path in self._feats and np.isin(union, self._feats[path][1]).all():
+                continue
+            spec = resolve_model(next(m for m in need if resolve_model(m).path == path))
+            arr = encode_texts(spec, [self.task.texts[i] for i in union], self.store.cache_dir, self.cfg.max_length,
+                               device=self.cfg.device, trust_remote_code=self.cfg.trust_remote_code,
+                               progress=self.cfg.progress, stats=self.encode_stats)
+            self._feats[path] = (arr, union)
+
+    def features(self, model: str, idx: np.ndarray) -> torch.Tensor:
+        spec = resolve_model(model)
+        if spec.path not in self._feats or not np.isin(idx, self._feats[spec.path][1]).all():
+            self.prepare_features()
+        arr, union = self._feats[spec.path]
+        layer = spec.layer if spec.layer is not None else arr.shape[0] - 1
+        if layer >= arr.shape[0]:
+            raise SuperalignError(f"model {model!r}: layer {layer} but the model has {arr.shape[0] - 1}")
+        return torch.from_numpy(arr[layer, np.searchsorted(union, idx)])
+
+    # ------------------------------------------------------------------ models
+    def _train_cfg(self, mode: str) -> TrainConfig:
+        c = self.cfg
+        return TrainConfig(c.epochs, c.lr, c.batch_size, c.weight_decay) if mode == "probe" else \
+            TrainConfig(c.ft_epochs, c.ft_lr, c.batch_size, c.weight_decay)
+
+    def _inputs(self, model: str, mode: str, idx: np.ndarray):
+        return self.features(model, idx) if mode == "probe" else [self.task.texts[i] for i in idx]
+
+    def _new_model(self, model: str, mode: str, train_inputs, seed: int):
+        torch.manual_seed(seed)
+        if mode == "probe":
+            return LinearProbe(train_inputs)
+        return TextClassifier(resolve_model(model), mode, self.cfg.n_train_layers, self.cfg.max_length,
+                              self.cfg.device, self.cfg.trust_remote_code, self.cfg.lora_rank)
+
+    def train_and_predict(self, model: str, mode: str, seed: int, train_idx, targets, val_idx, val_targets,
+                          predict: dict[str, np.ndarray], loss_fn=xent_loss, diag_val_labels=None, desc="train"):
+        """Train ``model`` on (train_idx, soft targets), early-stop on (val_idx, val_targets), and return
+        ({name: P(class 1) on predict[name]}, fit result, flops estimate, diagnostic predictions)."""
+        x_tr = self._inputs(model, mode, train_idx)
+        net = self._new_model(model, mode, x_tr, seed)
+        res = fit(net, x_tr, targets, loss_fn, self._train_cfg(mode), seed, self._inputs(model, mode, val_idx),
+                  val_targets, diag_val_labels, desc=desc, progress=self.cfg.progress and mode != "probe")
+        load_state(net, res.best_state)
+        preds = {k: predict_proba(net, self._inputs(model, mode, v)) for k, v in predict.items()}
+        diag = {}
+        if res.diag_state is not None:
+            load_state(net, res.diag_state)
+            diag = {k: predict_proba(net, self._inputs(model, mode, v)) for k, v in predict.items()}
+        if mode == "probe":
+            n_pred = sum(len(v) for v in predict.values()) + len(val_idx) * len(res.history)
+            flops = net.flops_per_example(True) * res.examples_seen + net.flops_per_example(False) * n_pred
+        else:
+            bwd = 2 * net.n_params if mode == "lora" else 4 * net.n_trainable
+            flops = float(net.tokens_seen) * 2 * net.n_params + bwd * float(net.tokens_seen) * 0.5
+        return preds, res, flops, diag
+
+    # ------------------------------------------------------------------ stages
+    def weak_stage(self, seed: int, weak: str) -> tuple[dict[str, np.ndarray], dict]:
+        """Weak supervisor's P(class 1) on weak_label / val / test (cached)."""
+        s = self.splits(seed)
+        spec = resolve_model(weak)
+        key = {"stage": "weak", **self.split_key(seed), "model": weak, "fp": spec.fingerprint(),
+               "mode": self.cfg.weak_mode, "train": dataclasses.asdict(self._train_cfg(self.cfg.weak_mode)),
+               "max_length": self.cfg.max_length}
+        hit = self.cache.get("weak", key)
+        if hit:
+            return hit[0], {**hit[1], "cached": True}
+        y = self.task.labels
+        targets = {"weak_label": s.weak_label, "val": s.val, "test": s.test}
+        t0 = time.perf_counter()
+        flops = 0.0
+        if weak == "human":
+            if self.task.human_weak is None:
+                raise SuperalignError(f"task {self.task.name} has no human weak labels", "use a model as --weak (e.g. minilm-l1)")
+            preds = {k: self.task.human_weak[v].astype(np.float64) for k, v in targets.items()}
+        elif weak == "bow":
+            from sklearn.feature_extraction.text import TfidfVectorizer
+            from sklearn.linear_model import LogisticRegression
+            vec = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)
+            xtr = vec.fit_transform([self.task.texts[i] for i in s.weak_train])
+            clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(xtr, y[s.weak_train])
+            preds = {k: clf.predict_proba(vec.transform([self.task.texts[i] for i in v]))[:, 1] for k, v in targets.items()}
+            flops = 6.0 * xtr.nnz * 100
+        else:
+            preds, _, flops, _ = self.train_and_predict(weak, self.cfg.weak_mode, seed, s.weak_train, y[s.weak_train],
+                                                        s.val, y[s.val], targets, desc=f"weak {weak}")
+        meta = {"acc": accuracy(y[s.test], preds["test"]), "auroc": auroc(y[s.test], preds["test"]),
+                "flops": flops, "wall_s": time.perf_counter() - t0}
+        self.cache.put("weak", key, preds, meta)
+        return preds, {**meta, "cached": False}
+
+    def label_stage(self, seed: int, weak: str, loss: str) -> tuple[dict[str, np.ndarray], float]:
+        """The labels the student trains on: the weak supervisor's, or — bootstrapping — those of the last
+        intermediate model of the chain weak → m1 → … (each trained on the previous labels with ``loss``).
+
+        Each intermediate relabels weak-label by 2-fold cross-fitting (train on one half, label the other) so it
+        never labels examples it was trained on; validation labels average the two folds."""
+        wp, _ = self.weak_stage(seed, weak)
+        labels = {"weak_label": wp["weak_label"], "val": wp["val"]}
+        if not self.cfg.bootstrap_via:
+            return labels, 0.0
+        key = {"stage": "boot", **self.split_key(seed), "weak": weak, "via": self.cfg.bootstrap_via, "loss": loss,
+               "cfg": self._loss_cfg(), "mode": self.cfg.mode, "train": dataclasses.asdict(self._train_cfg(self.cfg.mode))}
+        hit = self.cache.get("boot", key)
+        if hit:
+            return hit[0], 0.0
+        s = self.splits(seed)
+        flops = 0.0
+        for m in self.cfg.bootstrap_via:
+            rng = np.random.default_rng(seed)
+            half = rng.permutation(len(s.weak_label)) < len(s.weak_label) // 2
+            new_wl = np.zeros(len(s.weak_label))
+            new_val = np.zeros(len(s.val))
+            for fold in (half, ~half):
+                preds, _, f, _ = self.train_and_predict(
+                    m, self.cfg.mode, seed, s.weak_label[fold], labels["weak_label"][fold], s.val, labels["val"],
+                    {"other": s.weak_label[~fold], "val": s.val}, loss_fn=self._loss(loss), desc=f"bootstrap {m}")
+                new_wl[~fold] = preds["other"]
+                new_val += preds["val"] / 2
+                flops += f
+            labels = {"weak_label": new_wl, "val": new_val}
+        self.cache.put("boot", key, labels)
+        return labels, flops
+
+    def ceiling_stage(self, seed: int, strong: str) -> tuple[dict[str, np.ndarray], dict]:
+        s = self.splits(seed)
+        key = {"stage": "ceiling", **self.split_key(seed), "model": strong, "fp": resolve_model(strong).fingerprint(),
+               "mode": self.cfg.mode, "train": dataclasses.asdict(self._train_cfg(self.cfg.mode)),
+               "n_train_layers": self.cfg.n_train_layers, "lora_rank": self.cfg.lora_rank, "max_length": self.cfg.max_length}
+        hit = self.cache.get("ceiling", key)
+        if hit:
+            return hit[0], {**hit[1], "cached": True}
+        y = self.task.labels
+        t0 = time.perf_counter()
+        preds, _, flops, _ = self.train_and_predict(strong, self.cfg.mode, seed, s.weak_label, y[s.weak_label], s.val,
+                                                    y[s.val], {"test": s.test}, desc=f"ceiling {strong}")
+        meta = {"acc": accuracy(y[s.test], preds["test"]), "auroc": auroc(y[s.test], preds["test"]), "flops": flops,
+                "wall_s": time.perf_counter() - t0}
+        self.cache.put("ceiling", key, preds, meta)
+        return preds, {**meta, "cached": False}
+
+    def _loss_cfg(self) -> dict:
+        return {"aux_alpha": self.cfg.aux_alpha, "aux_warmup": self.cfg.aux_warmup, "product_beta": self.cfg.product_beta,
+                "hard": self.cfg.hard_weak_labels}
+
+    def _loss(self, loss: str):
+        if loss == "aux_conf":
+            return get_loss(loss, alpha=self.cfg.aux_alpha, warmup_frac=self.cfg.aux_warmup)
+        if loss == "product":
+            return get_loss(loss, beta=self.cfg.product_beta, warmup_frac=self.cfg.aux_warmup)
+        return get_loss(loss)
+
+    def run_cell(self, cell: Cell) -> tuple[dict, dict[str, np.ndarray], dict]:
+        """(metrics, test-set predictions, compute ledger) of one (weak, strong, loss, seed) run."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        s = self.splits(cell.seed)
+        y = self.task.labels
+        wp, wmeta = self.weak_stage(cell.seed, cell.weak)
+        labels, boot_flops = self.label_stage(cell.seed, cell.weak, cell.loss)
+        cp, cmeta = self.ceiling_stage(cell.seed, cell.strong)
+        train_t = labels["weak_label"]
+        val_t = labels["val"]
+        if self.cfg.hard_weak_labels:
+            train_t = (train_t > 0.5).astype(float)
+        sp, res, sflops, diag = self.train_and_predict(
+            cell.strong, self.cfg.mode, cell.seed, s.weak_label, train_t, s.val, val_t, {"test": s.test},
+            loss_fn=self._loss(cell.loss), diag_val_labels=y[s.val], desc=f"student {cell.strong} {cell.loss}")
+        yt = y[s.test]
+        m = {
+            "weak_acc": accuracy(yt, wp["test"]), "weak_auroc": auroc(yt, wp["test"]),
+            "student_acc": accuracy(yt, sp["test"]), "student_auroc": auroc(yt, sp["test"]),
+            "ceiling_acc": accuracy(yt, cp["test"]), "ceiling_auroc": auroc(yt, cp["test"]),
+            "weak_label_acc": accuracy(y[s.weak_label], train_t),
+            "best_epoch": res.best_epoch,
+            # diagnostic only: early stopping on ground-truth validation labels (not available in a real W2S setting)
+            "diag_gt_es_student_acc": accuracy(yt, diag["test"]) if diag else float("nan"),
+            "diag_gt_es_best_epoch": res.diag_best_epoch,
+            "n_train": len(s.weak_label), "n_test": len(s.test),
+            **agreement(yt, wp["test"], sp["test"]),
+        }
+        from .pgr import pgr
+        m["pgr_acc"] = pgr(m["weak_acc"], m["student_acc"], m["ceiling_acc"], self.cfg.min_gap)
+        m["pgr_auroc"] = pgr(m["weak_auroc"], m["student_auroc"], m["ceiling_auroc"], self.cfg.min_gap)
+        preds = {"y": yt.astype(np.int64), "p_weak": wp["test"], "p_student": sp["test"], "p_ceiling": cp["test"]}
+        if diag:
+            preds["p_student_gt_es"] = diag["test"]
+        compute = {
+            "flops": {"weak": 0.0 if wmeta.get("cached") else wmeta["flops"], "bootstrap": boot_flops,
+                      "ceiling": 0.0 if cmeta.get("cached") else cmeta["flops"], "student": sflops},
+            "cached_stages": [k for k, meta in (("weak", wmeta), ("ceiling", cmeta)) if meta.get("cached")],
+            "wall_s": time.perf_counter() - t0, "device_s": time.process_time() - c0, "device": self.cfg.device,
+        }
+        compute["flops_total"] = sum(compute["flops"].values())
+        return m, preds, {**compute, "history": res.history}
+
+
+def save_preds(path: Path, preds: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: np.ascontiguousarray(v) for k, v in preds.items()}, str(tmp))
+    tmp.replace(path)
+
+
+def load_preds(path: str | Path) -> dict[str, np.ndarray]:
+    return load_file(str(path))
+
+
+def run_and_record(exp: Experiment, cell: Cell, group_id: str | None = None) -> dict:
+    """Run one cell and record it in the store (start → done, or failed with the error)."""
+    store = exp.store
+    rid = cell_run_id(exp.cfg, cell)
+    store.start(rid, "w2s", cell_config(exp.cfg, cell), group_id)
+    try:
+        metrics, preds, compute = exp.run_cell(cell)
+    except BaseException as e:
+        store.fail(rid, f"{type(e).__name__}: {e}")
+        raise
+    history = compute.pop("history")
+    p = store.artefact_dir(rid) / "preds.safetensors"
+    save_preds(p, preds)
+    store.finish(rid, metrics, {"preds": str(p), "history": history}, compute)
+    return store.get(rid)  # type: ignore[return-value]
+
+
+def cell_key(cfg: W2SConfig) -> str:
+    return content_hash(base_config(cfg))
