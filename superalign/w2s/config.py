@@ -13,10 +13,10 @@ from ..train.students import MODES
 class W2SConfig:
     """A grid of weak-to-strong runs: every (weak, strong, loss, seed) combination on one task."""
 
-    task: str = field(default="vader", metadata={"help": "task name (see `superalign tasks`), hf:<dataset>, or file:<path>"})
-    weak: list[str] = field(default_factory=lambda: ["minilm-l1"], metadata={"help": "weak supervisor model(s)"})
+    task: str = field(default="textblob-polarity", metadata={"help": "task name (see `superalign tasks`), hf:<dataset>, or file:<path>"})
+    weak: list[str] = field(default_factory=lambda: ["bow"], metadata={"help": "weak supervisor model(s)"})
     strong: list[str] = field(default_factory=lambda: ["minilm-l6"], metadata={"help": "strong student model(s)"})
-    loss: list[str] = field(default_factory=lambda: ["xent", "aux_conf"],
+    loss: list[str] = field(default_factory=lambda: ["xent", "aux_conf", "product"],
                             metadata={"help": f"student loss(es): {', '.join(LOSSES)}"})
     seed: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "seed(s); each seed re-splits the data"})
     data: str | None = field(default=None, metadata={"help": "shared datasets folder (else $SUPERALIGN_DATA)"})

@@ -69,9 +69,16 @@ class Experiment:
 
     def __init__(self, cfg: W2SConfig, store: RunStore | None = None):
         self.cfg = cfg
+        # validate everything before the store is touched: bad input leaves nothing half-written
+        self.task: Task = load_task(TaskSpec(cfg.task, cfg.data, cfg.text_col, cfg.label_col, cfg.label_map, cfg.hf_split))
+        for m in self.all_models():
+            resolve_model(m)
+        if "human" in [*cfg.strong, *cfg.bootstrap_via]:
+            raise SuperalignError("'human' can only be a weak supervisor", "use a transformer for --strong/--bootstrap-via")
+        if "human" in cfg.weak and self.task.human_weak is None:
+            raise SuperalignError(f"task {self.task.name} has no human weak labels", "use a model as --weak (e.g. bow)")
         self.store = store or RunStore(cfg.home)
         self.cache = StageCache(self.store.cache_dir)
-        self.task: Task = load_task(TaskSpec(cfg.task, cfg.data, cfg.text_col, cfg.label_col, cfg.label_map, cfg.hf_split))
         self.task_fp = self.task.fingerprint()
         self._splits: dict[int, object] = {}
         self._feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -53,17 +53,16 @@ class W2SResult:
 def sweep(cfg: W2SConfig | None = None, **kwargs) -> W2SResult:
     """Run every (weak, strong, loss, seed) cell of ``cfg`` that is not already done in the store."""
     cfg = cfg or W2SConfig(**kwargs)
-    store = RunStore(cfg.home)
     t0 = time.perf_counter()
+    exp = Experiment(cfg)  # loads and validates the task and models first
+    store = exp.store
     grid = cells(cfg)
     group_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("home", "progress", "executor", "address")}
     group_id = f"w2s-sweep-{content_hash(group_cfg)}"
     ids = [cell_run_id(cfg, c) for c in grid]
     store.start(group_id, "w2s-sweep", group_cfg)
     todo = [c for c, rid in zip(grid, ids) if not store.is_done(rid)]
-    exp = None
     try:
-        exp = Experiment(cfg, store)
         if todo:
             exp.prepare_features(sorted({c.seed for c in todo}))
         if cfg.executor == "ray" and todo:
@@ -76,7 +75,7 @@ def sweep(cfg: W2SConfig | None = None, **kwargs) -> W2SResult:
         raise
     records = [store.get(rid) for rid in ids]
     res = W2SResult(cfg, records, group_id, store, time.perf_counter() - t0)
-    enc = dataclasses.asdict(exp.encode_stats) if exp else {}
+    enc = dataclasses.asdict(exp.encode_stats)
     store.finish(group_id, {"rows": res.rows, "n_runs": len(ids), "n_new": len(todo)}, {"runs": ids},
                  {"encode": enc, "wall_s": res.wall_s,
                   "flops_total": enc.get("flops", 0.0) + sum(r["compute"].get("flops_total", 0.0) for r in records)})
