@@ -128,3 +128,21 @@ def test_hf_datasets_local_folder_and_offline_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(SuperalignError, match="HF_HUB_OFFLINE"):
         load_task("hf:superalign-test/does-not-exist-anywhere")
+
+
+def test_paper_dataset_expanders():
+    from superalign.data.tasks import expand_cosmos_qa, expand_preferences, expand_sciq
+
+    sciq = pd.DataFrame([{"question": "q?", "correct_answer": "a", "distractor1": "d1", "distractor2": "d2",
+                          "distractor3": "d3", "support": ""}])
+    assert expand_sciq(sciq).to_dict("records") == [{"text": "Q: q? A: a", "label": 1}, {"text": "Q: q? A: d1", "label": 0}]
+    cq = pd.DataFrame([{"context": "c", "question": "q", "answer0": "a0", "answer1": "a1", "answer2": "a2",
+                        "answer3": "a3", "label": 3}])
+    assert expand_cosmos_qa(cq)["text"].tolist() == ["c Q: q A: a3", "c Q: q A: a0"]
+    hh = pd.DataFrame([{"chosen": "good", "rejected": "bad"}])
+    assert expand_preferences(hh).to_dict("records") == [{"text": "good", "label": 1}, {"text": "bad", "label": 0}]
+
+
+def test_anthropic_hh_shared(shared_data):
+    t = load_task(TaskSpec("anthropic_hh", data=str(shared_data)))
+    assert len(t) > 4000 and abs(t.labels.mean() - 0.5) < 0.01 and t.texts[0].startswith("Human: ")

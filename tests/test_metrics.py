@@ -33,6 +33,7 @@ def test_pgr_golden_and_guard():
     assert pgr(0.6, 0.55, 0.8) == pytest.approx(-0.25)
     assert math.isnan(pgr(0.8, 0.81, 0.805, min_gap=0.02))
     assert math.isnan(pgr(0.8, 0.9, 0.8))
+    assert math.isnan(pgr(0.566, 0.528, 0.545, min_gap=0.02))  # ceiling below weak: no sign-flipped PGR
 
 
 def _seed(rng, n, acc_w, acc_s, acc_c):

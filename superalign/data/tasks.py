@@ -248,6 +248,54 @@ HF_COLUMN_MAPS: dict[str, dict] = {
 }
 
 
+# Multiple-choice and preference datasets become binary tasks as in Burns et al. 2023: every (question, candidate
+# answer) pair is one example, labelled 1 when the candidate is the right / preferred one.
+def expand_sciq(df: pd.DataFrame) -> pd.DataFrame:
+    """allenai/sciq: the correct answer (1) and one distractor chosen by row (0) per question."""
+    rows = []
+    for i, r in enumerate(df.itertuples(index=False)):
+        d = getattr(r, f"distractor{1 + i % 3}")
+        rows.append({"text": f"Q: {r.question} A: {r.correct_answer}", "label": 1})
+        rows.append({"text": f"Q: {r.question} A: {d}", "label": 0})
+    return pd.DataFrame(rows)
+
+
+def expand_cosmos_qa(df: pd.DataFrame) -> pd.DataFrame:
+    """cosmos_qa: context + question + the labelled answer (1) and the next answer option (0)."""
+    rows = []
+    for r in df.itertuples(index=False):
+        ans = [r.answer0, r.answer1, r.answer2, r.answer3]
+        k = int(r.label)
+        for j, y in ((k, 1), ((k + 1) % 4, 0)):
+            rows.append({"text": f"{r.context} Q: {r.question} A: {ans[j]}", "label": y})
+    return pd.DataFrame(rows)
+
+
+def expand_preferences(df: pd.DataFrame) -> pd.DataFrame:
+    """Anthropic/hh-rlhf style chosen/rejected transcripts: chosen = 1, rejected = 0."""
+    return pd.DataFrame([{"text": t, "label": y} for r in df.itertuples(index=False)
+                         for t, y in ((r.chosen, 1), (r.rejected, 0))])
+
+
+HF_EXPANDERS = {"sciq": expand_sciq, "allenai/sciq": expand_sciq, "cosmos_qa": expand_cosmos_qa,
+                "allenai/cosmos_qa": expand_cosmos_qa, "Anthropic/hh-rlhf": expand_preferences,
+                "anthropic_hh": expand_preferences}
+
+
+@register_task("anthropic_hh", "Anthropic HH-RLHF harmless-base test pairs as a reward-modelling task: the final "
+               "human turn + chosen response = 1, + rejected response = 0 (shared data: anthropic_hh).")
+def _anthropic_hh(spec: TaskSpec) -> Task:
+    df = _shared(spec, "anthropic_hh", ["harmless_base_test.jsonl"]).dropna(subset=["prompt"])
+    last_turn = [p.rsplit("Human:", 1)[-1].replace("Assistant:", "").strip() for p in df["prompt"]]
+    texts, labels = [], []
+    for q, c, r in zip(last_turn, df["chosen_response"], df["rejected_response"]):
+        for resp, y in ((c, 1), (r, 0)):
+            if isinstance(resp, str) and resp.strip():
+                texts.append(f"Human: {q} Assistant: {resp.strip()}")
+                labels.append(y)
+    return Task("anthropic_hh", texts, np.array(labels), description=_REGISTRY["anthropic_hh"][1])
+
+
 def _frame_to_task(name: str, df: pd.DataFrame, spec: TaskSpec, defaults: dict | None = None) -> Task:
     defaults = defaults or {}
     text_cols = spec.text_col or defaults.get("text_col") or ["text"]
@@ -304,4 +352,7 @@ def _hf_task(spec: TaskSpec) -> Task:
                 "file:<path>") if offline else "check the dataset name, --split, and your network"
         raise SuperalignError(f"could not load Hugging Face dataset {name!r}: {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}", hint) from None
-    return _frame_to_task(ref, ds.to_pandas(), spec, HF_COLUMN_MAPS.get(name))
+    df = ds.to_pandas()
+    if name in HF_EXPANDERS and not spec.text_col:
+        df = HF_EXPANDERS[name](df)
+    return _frame_to_task(ref, df, spec, HF_COLUMN_MAPS.get(name))

@@ -4,7 +4,8 @@ PGR = (student − weak) / (ceiling − weak)   (Burns et al. 2023, eq. 1)
 
 CIs resample seeds and, within each seed, test examples (a two-level bootstrap), so they reflect both the
 test-set noise and the run-to-run variation. When |ceiling − weak| < ``min_gap`` the ratio is meaningless and
-PGR is reported as NaN with a note instead of a huge or sign-flipped number.
+PGR is reported as NaN with a note instead of a huge number; so is a ceiling below the weak supervisor
+(gap < ``min_gap``), where the ratio's sign is meaningless.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class PGREstimate(NamedTuple):
 
 def pgr(weak: float, student: float, ceiling: float, min_gap: float = 0.0) -> float:
     gap = ceiling - weak
-    if not np.isfinite(gap) or abs(gap) < max(min_gap, 1e-12):
+    # a ceiling at or below the weak supervisor leaves no gap to recover: the ratio would be sign-flipped noise
+    if not np.isfinite(gap) or gap < max(min_gap, 1e-12):
         return float("nan")
     return float((student - weak) / gap)
 
@@ -73,7 +75,7 @@ def bootstrap_pgr(seeds: list[dict], metric: str = "acc", n_boot: int = 1000, mi
     means = boot[pick, :, np.arange(n_boot)[:, None]].mean(1)  # [B, 3]
     gap = means[:, 2] - means[:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
-        samples = np.where(np.abs(gap) >= max(min_gap, 1e-12), (means[:, 1] - means[:, 0]) / gap, np.nan)
+        samples = np.where(gap >= max(min_gap, 1e-12), (means[:, 1] - means[:, 0]) / gap, np.nan)
     lo, hi = percentile_ci(samples, level)
     if np.isnan(samples).mean() > 0.1:
         lo = hi = float("nan")

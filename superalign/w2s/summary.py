@@ -64,5 +64,6 @@ def format_table(rows: list[dict]) -> str:
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
-    notes = [f"note ({r['loss']}): {r[k]}" for r in rows for k in ("pgr_acc_note", "pgr_auroc_note") if k in r]
+    notes = [f"note ({r['weak']}→{r['strong']}, {r['loss']}, PGR {k.split('_')[1]}): {r[k]}"
+             for r in rows for k in ("pgr_acc_note", "pgr_auroc_note") if k in r]
     return "\n".join(out + notes)
