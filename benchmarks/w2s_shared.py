@@ -3,7 +3,8 @@
     python benchmarks/w2s_shared.py --data ../shared/data [--seeds 0 1 2] [--max-examples 6000]
 
 Tasks SST-2, CoLA, BoolQ, SciQ; weak = MiniLM layers 1 and 2 (and bag-of-words as a classical weak supervisor);
-strong = all 6 layers (linear probe on cached features, the CPU default); losses xent vs aux_conf; ≥3 seeds.
+strong = all 6 layers (linear probe on cached features, the CPU default; `--mode last-n` finetunes the top
+`--n-train-layers` blocks instead, with the frozen prefix cached per text); losses xent vs aux_conf; ≥3 seeds.
 Prints one table per task and writes JSON. Target: the whole grid under 30 minutes on 2 CPU cores.
 """
 
@@ -29,6 +30,10 @@ def main() -> None:
     ap.add_argument("--strong", nargs="+", default=["minilm-l6"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--max-examples", type=int, default=6000)
+    ap.add_argument("--mode", default="probe", help="strong student/ceiling mode: probe, last-n, full, lora")
+    ap.add_argument("--n-train-layers", type=int, default=2, help="blocks finetuned in mode last-n")
+    ap.add_argument("--ft-epochs", type=int, default=3)
+    ap.add_argument("--ft-lr", type=float, default=1e-4)
     ap.add_argument("--home", default=None, help="run store (default: a fresh temporary folder)")
     ap.add_argument("--out", default="benchmarks/results/w2s_shared.json")
     a = ap.parse_args()
@@ -38,7 +43,8 @@ def main() -> None:
     for task in a.tasks:
         t = time.perf_counter()
         res = w2s.sweep(task=task, data=a.data, weak=a.weak, strong=a.strong, loss=["xent", "aux_conf"], seed=a.seeds,
-                        max_examples=a.max_examples, home=home, progress=False)
+                        max_examples=a.max_examples, home=home, progress=False, mode=a.mode,
+                        n_train_layers=a.n_train_layers, ft_epochs=a.ft_epochs, ft_lr=a.ft_lr)
         dt = time.perf_counter() - t
         print(f"\n== {task} ({dt:.0f} s)\n{res.table()}", flush=True)
         out["tasks"][task] = {"rows": res.rows, "wall_s": dt}

@@ -61,3 +61,24 @@ def test_features_cached_by_content(tiny_bert, tmp_path):
 def test_causal_lm_features(tiny_gpt2, tmp_path):
     a = encode_texts(resolve_model(f"hf:{tiny_gpt2}"), ["one two", "three"], tmp_path, progress=False)
     assert a.shape == (3, 2, 32) and np.isfinite(a).all()
+
+
+def test_last_n_cached_prefix_matches_full_forward(tiny_bert):
+    from superalign.train.students import TextClassifier
+
+    torch.manual_seed(0)
+    spec = resolve_model(f"hf:{tiny_bert}")
+    fast = TextClassifier(spec, "last-n", n_train_layers=1).eval()
+    assert fast.prefix_layers == 1
+    slow = TextClassifier(spec, "last-n", n_train_layers=1).eval()
+    slow.prefix_layers = None  # the generic path: the whole backbone every step
+    slow.head.load_state_dict(fast.head.state_dict())
+    texts = ["a short one", "a somewhat longer text with more tokens", "x"]
+    with torch.no_grad():
+        torch.testing.assert_close(fast(texts), slow(texts), atol=1e-5, rtol=1e-5)
+    # gradients reach the top block and the head only
+    fast.train()
+    fast(texts).sum().backward()
+    blocks = fast.backbone.encoder.layer
+    assert blocks[1].attention.self.query.weight.grad is not None and fast.head.weight.grad is not None
+    assert blocks[0].attention.self.query.weight.grad is None

@@ -86,9 +86,7 @@ def fit(model: nn.Module, inputs, targets: np.ndarray, loss_fn: Callable, cfg: T
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
     model.train()
     for epoch in range(cfg.epochs):
-        perm = rng.permutation(n)
-        for i in range(0, n, cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
+        for idx in _batches(inputs, rng.permutation(n), cfg.batch_size, rng):
             logits = model(take(inputs, idx))
             loss = loss_fn(logits, tgt[idx].to(logits.device), step / total)
             opt.zero_grad(set_to_none=True)
@@ -117,6 +115,21 @@ def fit(model: nn.Module, inputs, targets: np.ndarray, loss_fn: Callable, cfg: T
         res.best_state = _trainable_state(model)
         res.best_epoch = cfg.epochs
     return res
+
+
+def _batches(inputs, perm: np.ndarray, bs: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Minibatches of a shuffled order. For texts, batch by length: within windows of 50 batches, sort by length
+    and cut, then shuffle the batch order — padding drops several-fold while batches stay random across windows."""
+    if isinstance(inputs, torch.Tensor):
+        return [perm[i:i + bs] for i in range(0, len(perm), bs)]
+    out = []
+    win = 50 * bs
+    for w in range(0, len(perm), win):
+        chunk = perm[w:w + win]
+        chunk = chunk[np.argsort([len(inputs[i]) for i in chunk], kind="stable")]
+        out += [chunk[i:i + bs] for i in range(0, len(chunk), bs)]
+    order = rng.permutation(len(out))
+    return [out[i] for i in order]
 
 
 def load_state(model: nn.Module, state: dict | None) -> nn.Module:

@@ -158,8 +158,12 @@ class Experiment:
             n_pred = sum(len(v) for v in predict.values()) + len(val_idx) * len(res.history)
             flops = net.flops_per_example(True) * res.examples_seen + net.flops_per_example(False) * n_pred
         else:
-            bwd = 2 * net.n_params if mode == "lora" else 4 * net.n_trainable
-            flops = float(net.tokens_seen) * 2 * net.n_params + bwd * float(net.tokens_seen) * 0.5
+            # forward 2N per token, backward 4N through trainable blocks (LoRA: activation grads everywhere ≈ 2N)
+            if getattr(net, "prefix_layers", None) is not None:  # cached frozen prefix: only the top blocks run
+                flops = net.prefix_flops + 6.0 * net.n_trainable * float(net.tokens_seen)
+            else:
+                bwd = 2 * net.n_params if mode == "lora" else 4 * net.n_trainable
+                flops = float(net.tokens_seen) * (2 * net.n_params + bwd)
         return preds, res, flops, diag
 
     # ------------------------------------------------------------------ stages
