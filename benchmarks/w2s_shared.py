@@ -48,6 +48,7 @@ def main() -> None:
         dt = time.perf_counter() - t
         print(f"\n== {task} ({dt:.0f} s)\n{res.table()}", flush=True)
         out["tasks"][task] = {"rows": res.rows, "wall_s": dt}
+        write_json(a.out, out)  # after every task, so a long grid keeps what it finished
     out["total_wall_s"] = time.perf_counter() - t_all
     print(f"\ntotal wall time {out['total_wall_s'] / 60:.1f} min")
     write_json(a.out, out)

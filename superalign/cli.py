@@ -71,7 +71,7 @@ def _report(ns: argparse.Namespace) -> int:
     from .runs.report import write_report
 
     store = RunStore(ns.home)
-    out = write_report(store, ns.out)
+    out = write_report(store, ns.out, kinds=ns.kind)
     print(f"wrote {out}")
     return 0
 
@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="one self-contained HTML report of the run store")
     rep.add_argument("--out", default="superalign_report.html", help="output HTML file")
+    rep.add_argument("--kind", action="append", help="only runs of this kind (repeatable); default: all")
     rep.add_argument("--home", help="run store folder (else $SUPERALIGN_HOME or ./superalign_runs)")
     rep.set_defaults(fn=_report)
 
