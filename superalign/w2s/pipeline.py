@@ -24,14 +24,14 @@ from ..data import Task, TaskSpec, load_task, make_splits
 from ..errors import SuperalignError
 from ..models.features import EncodeStats, encode_texts
 from ..models.registry import ModelSpec, resolve_model
-from ..runs.cache import StageCache, content_hash
+from ..runs.cache import StageCache
 from ..runs.store import RunStore, run_id
 from ..train.losses import get_loss, xent_loss
 from ..train.loop import TrainConfig, fit, load_state
 from ..train.metrics import accuracy, auroc
 from ..train.students import LinearProbe, TextClassifier, predict_proba
 from .config import W2SConfig
-from .pgr import agreement
+from .pgr import agreement, pgr
 
 # Fields that do not change what a run computes (where it is stored, how it is shown or summarised).
 NON_SEMANTIC = ("home", "executor", "address", "progress", "n_boot", "min_gap", "weak", "strong", "loss", "seed")
@@ -71,8 +71,8 @@ class Experiment:
         self.cfg = cfg
         # validate everything before the store is touched: bad input leaves nothing half-written
         self.task: Task = load_task(TaskSpec(cfg.task, cfg.data, cfg.text_col, cfg.label_col, cfg.label_map, cfg.hf_split))
-        for m in self.all_models():
-            resolve_model(m)
+        self.specs: dict[str, ModelSpec] = {m: resolve_model(m) for m in self.all_models()}
+        self.fps = {m: spec.fingerprint() for m, spec in self.specs.items()}  # stats files: compute once
         if "human" in [*cfg.strong, *cfg.bootstrap_via]:
             raise SuperalignError("'human' can only be a weak supervisor", "use a transformer for --strong/--bootstrap-via")
         if "human" in cfg.weak and self.task.human_weak is None:
@@ -100,22 +100,21 @@ class Experiment:
         """Encode, once per model path, every text any of the seeds needs (cached per text on disk)."""
         c = self.cfg
         need = [m for m in c.weak if c.weak_mode == "probe"] + ([*c.strong, *c.bootstrap_via] if c.mode == "probe" else [])
-        need = [m for m in dict.fromkeys(need) if resolve_model(m).is_transformer]
-        if not need:
+        by_path = {self.specs[m].path: self.specs[m] for m in dict.fromkeys(need) if self.specs[m].is_transformer}
+        if not by_path:
             return
         seeds = seeds if seeds is not None else self.cfg.seed
         union = np.unique(np.concatenate([np.concatenate(list(self.splits(s).as_dict().values())) for s in seeds]))
-        for path in dict.fromkeys(resolve_model(m).path for m in need):
+        for path, spec in by_path.items():  # one pass per checkpoint: the whole depth ladder shares it
             if path in self._feats and np.isin(union, self._feats[path][1]).all():
                 continue
-            spec = resolve_model(next(m for m in need if resolve_model(m).path == path))
             arr = encode_texts(spec, [self.task.texts[i] for i in union], self.store.cache_dir, self.cfg.max_length,
                                device=self.cfg.device, trust_remote_code=self.cfg.trust_remote_code,
                                progress=self.cfg.progress, stats=self.encode_stats)
             self._feats[path] = (arr, union)
 
     def features(self, model: str, idx: np.ndarray) -> torch.Tensor:
-        spec = resolve_model(model)
+        spec = self.specs[model]
         if spec.path not in self._feats or not np.isin(idx, self._feats[spec.path][1]).all():
             self.prepare_features()
         arr, union = self._feats[spec.path]
@@ -137,7 +136,7 @@ class Experiment:
         torch.manual_seed(seed)
         if mode == "probe":
             return LinearProbe(train_inputs)
-        return TextClassifier(resolve_model(model), mode, self.cfg.n_train_layers, self.cfg.max_length,
+        return TextClassifier(self.specs[model], mode, self.cfg.n_train_layers, self.cfg.max_length,
                               self.cfg.device, self.cfg.trust_remote_code, self.cfg.lora_rank)
 
     def train_and_predict(self, model: str, mode: str, seed: int, train_idx, targets, val_idx, val_targets,
@@ -170,8 +169,7 @@ class Experiment:
     def weak_stage(self, seed: int, weak: str) -> tuple[dict[str, np.ndarray], dict]:
         """Weak supervisor's P(class 1) on weak_label / val / test (cached)."""
         s = self.splits(seed)
-        spec = resolve_model(weak)
-        key = {"stage": "weak", **self.split_key(seed), "model": weak, "fp": spec.fingerprint(),
+        key = {"stage": "weak", **self.split_key(seed), "model": weak, "fp": self.fps[weak],
                "mode": self.cfg.weak_mode, "train": dataclasses.asdict(self._train_cfg(self.cfg.weak_mode)),
                "max_length": self.cfg.max_length}
         hit = self.cache.get("weak", key)
@@ -236,7 +234,7 @@ class Experiment:
 
     def ceiling_stage(self, seed: int, strong: str) -> tuple[dict[str, np.ndarray], dict]:
         s = self.splits(seed)
-        key = {"stage": "ceiling", **self.split_key(seed), "model": strong, "fp": resolve_model(strong).fingerprint(),
+        key = {"stage": "ceiling", **self.split_key(seed), "model": strong, "fp": self.fps[strong],
                "mode": self.cfg.mode, "train": dataclasses.asdict(self._train_cfg(self.cfg.mode)),
                "n_train_layers": self.cfg.n_train_layers, "lora_rank": self.cfg.lora_rank, "max_length": self.cfg.max_length}
         hit = self.cache.get("ceiling", key)
@@ -290,7 +288,6 @@ class Experiment:
             "n_train": len(s.weak_label), "n_test": len(s.test),
             **agreement(yt, wp["test"], sp["test"]),
         }
-        from .pgr import pgr
         m["pgr_acc"] = pgr(m["weak_acc"], m["student_acc"], m["ceiling_acc"], self.cfg.min_gap)
         m["pgr_auroc"] = pgr(m["weak_auroc"], m["student_auroc"], m["ceiling_auroc"], self.cfg.min_gap)
         preds = {"y": yt.astype(np.int64), "p_weak": wp["test"], "p_student": sp["test"], "p_ceiling": cp["test"]}
@@ -326,12 +323,13 @@ def run_and_record(exp: Experiment, cell: Cell, group_id: str | None = None) -> 
     except BaseException as e:
         store.fail(rid, f"{type(e).__name__}: {e}")
         raise
+    return record_result(store, rid, metrics, preds, compute)
+
+
+def record_result(store: RunStore, rid: str, metrics: dict, preds: dict[str, np.ndarray], compute: dict) -> dict:
+    """Write a finished cell: its test predictions as an artefact, then the run row as done (one transaction)."""
     history = compute.pop("history")
     p = store.artefact_dir(rid) / "preds.safetensors"
     save_preds(p, preds)
     store.finish(rid, metrics, {"preds": str(p), "history": history}, compute)
     return store.get(rid)  # type: ignore[return-value]
-
-
-def cell_key(cfg: W2SConfig) -> str:
-    return content_hash(base_config(cfg))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections import defaultdict
 from typing import Any
@@ -14,7 +13,7 @@ from ..errors import SuperalignError
 from ..runs.cache import content_hash
 from ..runs.store import RunStore
 from .config import W2SConfig
-from .pipeline import Cell, Experiment, cell_config, cell_run_id, cells, run_and_record, save_preds
+from .pipeline import Cell, Experiment, cell_config, cell_run_id, cells, record_result, run_and_record
 from .pgr import PGREstimate
 from .summary import format_table, summarize
 
@@ -116,12 +115,7 @@ def _run_ray(exp: Experiment, todo: list[Cell], group_id: str) -> None:
         done, pending = ray.wait(pending, num_returns=1)
         for f in done:
             for cell_d, (metrics, preds, compute) in ray.get(f):
-                c = Cell(**cell_d)
-                rid = cell_run_id(cfg, c)
-                history = compute.pop("history")
-                p = exp.store.artefact_dir(rid) / "preds.safetensors"
-                save_preds(p, preds)
-                exp.store.finish(rid, metrics, {"preds": str(p), "history": history}, compute)
+                record_result(exp.store, cell_run_id(cfg, Cell(**cell_d)), metrics, preds, compute)
                 bar.update(1)
     bar.close()
 
@@ -132,7 +126,3 @@ def _ray_cells(cfg_d: dict, cell_ds: list[dict]) -> list:
     cfg = W2SConfig(**cfg_d)
     exp = Experiment(cfg, _Store(cfg.home))
     return [(cd, exp.run_cell(Cell(**cd))) for cd in cell_ds]
-
-
-def is_nan(x: float) -> bool:
-    return isinstance(x, float) and math.isnan(x)
