@@ -102,7 +102,8 @@ def test_causal_lm_student(tmp_path, tiny_gpt2):
 def test_bad_input_leaves_nothing(tmp_path):
     for kw, match in (({"weak": "nope"}, "unknown model"), ({"task": "nope"}, "unknown task"),
                       ({"loss": ["bad"]}, "unknown loss"), ({"strong": "bow"}, "transformer"),
-                      ({"weak": "human"}, "no human weak labels")):
+                      ({"weak": "human"}, "no human weak labels"),
+                      ({"strong": "hf:superalign-test/not-a-real-model"}, "could not load model")):
         with pytest.raises(SuperalignError, match=match):
             w2s.run(home=str(tmp_path / "h"), progress=False, **kw)
     assert not (tmp_path / "h").exists()

@@ -102,21 +102,13 @@ def load_hf(spec: ModelSpec, trust_remote_code: bool = False, for_training: bool
 
     Loads with safetensors where the checkpoint has them (``use_safetensors`` is not forced so that GGUF and
     older checkpoints still load through transformers' own safe paths)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars say what is loading
 
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    try:
-        cfg = AutoConfig.from_pretrained(spec.path, trust_remote_code=trust_remote_code)
-        tok = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=trust_remote_code)
-    except Exception as e:
-        is_local = Path(spec.path).exists()
-        hint = ("HF_HUB_OFFLINE=1 is set and it is not in the local cache: download it first or pass a local path"
-                if offline and not is_local else "check the model id or path")
-        raise SuperalignError(f"could not load model {spec.name!r} ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})", hint) from None
+    cfg = load_config(spec, trust_remote_code)
+    tok = _hf_call(spec, AutoTokenizer.from_pretrained, trust_remote_code)
     is_causal = bool(getattr(cfg, "is_decoder", False)) or any(a.endswith("ForCausalLM") for a in
                                                               (getattr(cfg, "architectures", None) or []))
     n_layers = _num_layers(cfg)
@@ -132,6 +124,25 @@ def load_hf(spec: ModelSpec, trust_remote_code: bool = False, for_training: bool
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok, model, is_causal
+
+
+def load_config(spec: ModelSpec, trust_remote_code: bool = False):
+    """The model's config: cheap, so callers use it to check a model exists before writing anything."""
+    from transformers import AutoConfig
+
+    return _hf_call(spec, AutoConfig.from_pretrained, trust_remote_code)
+
+
+def _hf_call(spec: ModelSpec, fn, trust_remote_code: bool):
+    try:
+        return fn(spec.path, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        is_local = Path(spec.path).exists()
+        hint = ("HF_HUB_OFFLINE=1 is set and it is not in the local cache: download it first or pass a local path"
+                if offline and not is_local else "check the model id or path")
+        raise SuperalignError(f"could not load model {spec.name!r} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})", hint) from None
 
 
 def _num_layers(cfg) -> int | None:

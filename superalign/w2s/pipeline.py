@@ -23,7 +23,7 @@ from safetensors.numpy import load_file, save_file
 from ..data import Task, TaskSpec, load_task, make_splits
 from ..errors import SuperalignError
 from ..models.features import EncodeStats, encode_texts
-from ..models.registry import ModelSpec, resolve_model
+from ..models.registry import ModelSpec, load_config, resolve_model
 from ..runs.cache import StageCache
 from ..runs.store import RunStore, run_id
 from ..train.losses import get_loss, xent_loss
@@ -73,6 +73,9 @@ class Experiment:
         self.task: Task = load_task(TaskSpec(cfg.task, cfg.data, cfg.text_col, cfg.label_col, cfg.label_map, cfg.hf_split))
         self.specs: dict[str, ModelSpec] = {m: resolve_model(m) for m in self.all_models()}
         self.fps = {m: spec.fingerprint() for m, spec in self.specs.items()}  # stats files: compute once
+        for spec in self.specs.values():
+            if spec.is_transformer:
+                load_config(spec, cfg.trust_remote_code)  # an unknown hub id fails here, before the store
         if "human" in [*cfg.strong, *cfg.bootstrap_via]:
             raise SuperalignError("'human' can only be a weak supervisor", "use a transformer for --strong/--bootstrap-via")
         if "human" in cfg.weak and self.task.human_weak is None:
