@@ -29,6 +29,26 @@ def _w2s(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _rlhf(ns: argparse.Namespace) -> int:
+    from .rlhf.jobs import JOBS
+    from .rlhf.overopt import OveroptJob, run_overopt
+
+    cls, fn = (OveroptJob, run_overopt) if ns.rlhf_cmd == "overopt" else JOBS[ns.rlhf_cmd]
+    r = fn(from_args(cls, ns))
+    m = r["metrics"]
+    scal = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    width = max(map(len, scal), default=0)
+    for k, v in scal.items():
+        print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    for s in m.get("samples", [])[-4:]:
+        print("sample:", json.dumps(s, ensure_ascii=False))
+    for k, v in r["artefacts"].items():
+        print(f"{k}: {v}")
+    print(f"\nrun {r['id']} ({'already done: stored result' if r.get('cached') else 'stored'}); "
+          "see `superalign runs show` and `superalign report`.")
+    return 0
+
+
 def _pct(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
@@ -101,6 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
         sp = wsub.add_parser(name, help=help_, description=help_)
         add_dataclass_args(sp, W2SConfig)
         sp.set_defaults(fn=_w2s)
+
+    from .rlhf.jobs import JOBS
+    from .rlhf.overopt import OveroptJob
+
+    rl = sub.add_parser("rlhf", help="RLHF: SFT, reward models, PPO, DPO, best-of-n, over-optimization")
+    rlsub = rl.add_subparsers(dest="rlhf_cmd", required=True)
+    helps = {"sft": "supervised finetuning on prompt/completion demonstrations",
+             "rm": "reward model from comparisons (Bradley–Terry, K-wise, reward at EOS, bias normalization)",
+             "ppo": "PPO against a reward model with a per-token KL penalty (InstructGPT)",
+             "dpo": "direct preference optimization (sigmoid loss)",
+             "bon": "best-of-n sampling against a reward model",
+             "overopt": "gold vs proxy reward against sqrt(KL) for best-of-n and PPO (Gao et al. 2022)"}
+    for name, cls in [(k, v[0]) for k, v in JOBS.items()] + [("overopt", OveroptJob)]:
+        sp = rlsub.add_parser(name, help=helps[name], description=(cls.__doc__ or helps[name]).strip())
+        add_dataclass_args(sp, cls)
+        sp.set_defaults(fn=_rlhf)
 
     r = sub.add_parser("runs", help="list or show stored runs")
     rsub = r.add_subparsers(dest="runs_cmd", required=True)

