@@ -121,8 +121,9 @@ def load_preferences(source: str, data: str | None = None, prompt_col: str = "pr
     """Preference pairs from a named source (see the module docstring), validated."""
     if source == "anthropic_hh":
         df = read_table(resolve_data_dir(data, "anthropic_hh") / "anthropic_hh" / "harmless_base_test.jsonl")
-        df = _columns(df, {"prompt": "prompt", "chosen": "chosen_response", "rejected": "rejected_response"}, source)
-        rows = df[["prompt", "chosen", "rejected"]].to_dict("records")
+        cols = {"prompt": "prompt", "chosen": "chosen_response", "rejected": "rejected_response"}
+        _columns(df, cols, source)
+        rows = [{k: r[v] for k, v in cols.items()} for r in df[list(cols.values())].to_dict("records")]
     elif source == "tldr":
         df = read_table(resolve_data_dir(data, "tldr") / "summarize_from_feedback" / "comparisons_tldr.jsonl")
         _columns(df, {k: k for k in ("subreddit", "title", "post", "summary_a", "summary_b", "choice")}, source)
@@ -136,9 +137,21 @@ def load_preferences(source: str, data: str | None = None, prompt_col: str = "pr
         if "margin" in df.columns:
             cols["margin"] = "margin"
         rows = _columns(df, cols, path)[list(cols)].to_dict("records")
+    if not (source.startswith("file:") or os.path.exists(source)):
+        rows = _drop_empty(rows, source)  # published datasets have a few empty responses; user files must be clean
     if limit is not None:
         rows = rows[:limit]
     return validate_preferences(rows)
+
+
+def _drop_empty(rows: list[dict], source: str) -> list[dict]:
+    ok = [r for r in rows if all(isinstance(r.get(k), str) and r[k].strip() for k in ("chosen", "rejected"))
+          and isinstance(r.get("prompt"), str)]
+    if len(ok) < len(rows):
+        import sys
+        print(f"superalign: {source}: dropped {len(rows) - len(ok)} of {len(rows)} pairs with an empty or missing "
+              "completion", file=sys.stderr)
+    return ok
 
 
 def _hf_preferences(ref: str, split: str, prompt_col: str, chosen_col: str, rejected_col: str) -> list[dict]:

@@ -163,6 +163,21 @@ def run_job(kind: str, job: JobBase, body: Callable[[RunStore, Path], tuple[dict
     return r
 
 
+def check_models(*names: str | None, trust_remote_code: bool = False) -> None:
+    """Fail before anything is written when a model name or path cannot be loaded (configs only: cheap)."""
+    from transformers import AutoConfig
+
+    from .lm import _from_pretrained, resolve_lm_path
+    from .reward import is_reward_model_dir
+
+    for name in names:
+        if name is None or name in ("testbed", "smollm2") + TESTBED_NAMES or is_reward_model_dir(name):
+            continue
+        path, kw = resolve_lm_path(name)
+        if not kw:
+            _from_pretrained(AutoConfig.from_pretrained, name, path, trust_remote_code=trust_remote_code)
+
+
 def resolve_policy(name: str, home, progress: bool = True) -> str:
     if name == "testbed-sft":
         return run_sft(SFTJob(home=home, progress=progress))["artefacts"]["model"]
@@ -178,14 +193,18 @@ def resolve_reward(name: str, home, progress: bool = True) -> str:
 
 
 def run_sft(job: SFTJob) -> dict:
+    # data are loaded and validated before anything is written
+    if job.data == "testbed":
+        rows = testbed_data(n_sft=job.limit or 2000, seed=job.seed).sft
+    else:
+        from .data import load_sft
+        rows = load_sft(job.data, job.prompt_col, job.completion_col, job.limit)
+
+    check_models(job.policy, trust_remote_code=job.trust_remote_code)
+
     def body(store, out):
         torch.manual_seed(job.seed)
         tok, model = load_lm(resolve_policy(job.policy, job.home, job.progress), job.home, job.trust_remote_code)
-        if job.data == "testbed":
-            rows = testbed_data(n_sft=job.limit or 2000, seed=job.seed).sft
-        else:
-            from .data import load_sft
-            rows = load_sft(job.data, job.prompt_col, job.completion_col, job.limit)
         fit = train_sft(model, tok, rows, job, progress=job.progress)
         save_lm(model, tok, out / "model", {"kind": "rlhf-sft", "config": job.key()})
         return ({"loss_first": fit.losses[0], "loss_last": float(np.mean(fit.losses[-10:])), "tokens": fit.tokens,
@@ -227,13 +246,18 @@ def _testbed_comparisons(job, sampler: str, n_prompts: int, k: int, label_beta: 
 def run_rm(job: RMJob) -> dict:
     from .data import load_preferences, preferences_to_rankings
 
+    pairs = None
+    if job.data != "testbed":
+        pairs = load_preferences(job.data, job.data_dir, job.prompt_col, job.chosen_col, job.rejected_col,
+                                 limit=job.limit)
+
+    check_models(job.base, job.sampler if job.data == "testbed" else None, trust_remote_code=job.trust_remote_code)
+
     def body(store, out):
         torch.manual_seed(job.seed)
-        if job.data == "testbed":
+        if pairs is None:
             rankings, extra = _testbed_comparisons(job, job.sampler, job.n_prompts, job.k, job.label_beta, job.seed)
         else:
-            pairs = load_preferences(job.data, job.data_dir, job.prompt_col, job.chosen_col, job.rejected_col,
-                                     limit=job.limit)
             rankings, extra = preferences_to_rankings(pairs), {}
         if job.limit and job.data == "testbed":
             rankings = rankings[:job.limit]
@@ -276,6 +300,9 @@ def _prompts(source: str, col: str, n: int | None, seed: int) -> list[str]:
 
 
 def run_ppo(job: PPOJob, eval_prompts: list[str] | None = None) -> dict:
+    prompts = _prompts(job.prompts, job.prompt_col, None, job.seed)
+    check_models(job.policy, job.ref, job.reward, job.value, trust_remote_code=job.trust_remote_code)
+
     def body(store, out):
         torch.manual_seed(job.seed)
         pol_name = resolve_policy(job.policy, job.home, job.progress)
@@ -286,7 +313,7 @@ def run_ppo(job: PPOJob, eval_prompts: list[str] | None = None) -> dict:
         _, rm = load_reward_model(rm_path, job.home, job.trust_remote_code)
         value = load_reward_model(resolve_reward(job.value, job.home, job.progress), job.home,
                                   job.trust_remote_code)[1] if job.value else copy.deepcopy(rm)
-        prompts = _prompts(job.prompts, job.prompt_col, None, job.seed)
+        encode_prompts(tok, prompts, job.max_prompt_len)  # fail fast on over-long prompts
         testbed = job.prompts == "testbed"
         gold = (lambda p, c, e: GoldReward().batch(p, c, e)) if testbed else None
         ptx = testbed_data(n_sft=2000, seed=job.seed).sft if (job.ptx_coef > 0 and testbed) else None
@@ -311,18 +338,20 @@ def run_ppo(job: PPOJob, eval_prompts: list[str] | None = None) -> dict:
 def run_dpo(job: DPOJob) -> dict:
     from .data import load_preferences
 
+    pairs = None if job.data == "testbed" else load_preferences(job.data, job.data_dir, limit=job.limit)
+    check_models(job.policy, job.ref, trust_remote_code=job.trust_remote_code)
+
     def body(store, out):
         torch.manual_seed(job.seed)
         pol_name = resolve_policy(job.policy, job.home, job.progress)
         tok, policy = load_lm(pol_name, job.home, job.trust_remote_code)
         _, ref = load_lm(resolve_policy(job.ref, job.home, job.progress) if job.ref else pol_name, job.home,
                          job.trust_remote_code)
-        if job.data == "testbed":
+        data = pairs
+        if data is None:
             rankings, _ = _testbed_comparisons(job, pol_name, job.limit or 3000, 2, 5.0, job.seed)
-            pairs = _first_pairs(rankings)
-        else:
-            pairs = load_preferences(job.data, job.data_dir, limit=job.limit)
-        fit = train_dpo(policy, ref, tok, pairs, job, progress=job.progress)
+            data = _first_pairs(rankings)
+        fit = train_dpo(policy, ref, tok, data, job, progress=job.progress)
         save_lm(policy, tok, out / "model", {"kind": "rlhf-dpo", "config": job.key()})
         metrics = {"loss_first": fit.losses[0], "loss_last": float(np.mean(fit.losses[-10:])),
                    "tokens": fit.tokens, "tokens_per_s": fit.tokens / fit.wall_s, "wall_s": fit.wall_s,
@@ -362,10 +391,12 @@ def best_of_n_samples(policy, rm, tok, prompts: list[str], n: int, response_len:
 
 
 def run_bon(job: BoNJob) -> dict:
+    prompts = _prompts(job.prompts, job.prompt_col, job.n_prompts, job.seed)
+    check_models(job.policy, job.reward, trust_remote_code=job.trust_remote_code)
+
     def body(store, out):
         tok, policy = load_lm(resolve_policy(job.policy, job.home, job.progress), job.home, job.trust_remote_code)
         _, rm = load_reward_model(resolve_reward(job.reward, job.home, job.progress), job.home, job.trust_remote_code)
-        prompts = _prompts(job.prompts, job.prompt_col, job.n_prompts, job.seed)
         texts, proxy, ended = best_of_n_samples(policy, rm, tok, prompts, job.n, job.response_len, job.temperature,
                                                 job.seed)
         best = proxy.argmax(1)

@@ -308,6 +308,10 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
             old_values = _values(value_model, ro) * mask
             # ---- 2. score
             raw = score_rollout(rm, ro)
+            if not torch.isfinite(raw).all():
+                raise SuperalignError(f"the reward model returned NaN/inf for {int((~torch.isfinite(raw)).sum())} of "
+                                      f"{len(raw)} responses at update {update}",
+                                      "check the reward-model checkpoint (retrain it with a lower --lr)")
             scores = (raw - cfg.eos_penalty * (~ended).float() - norm_mean) / norm_std
             # ---- 3. per-token reward with the KL penalty
             kl = (kl_k1 if cfg.kl_estimator == "k1" else kl_k3)(old_logp, ref_logp) * mask

@@ -46,7 +46,8 @@ class RewardModel(torch.nn.Module):
         self.backbone = backbone
         hidden = backbone.config.hidden_size if hasattr(backbone.config, "hidden_size") else backbone.config.n_embd
         self.head = torch.nn.Linear(hidden, 1)
-        torch.nn.init.normal_(self.head.weight, std=1 / math.sqrt(hidden + 1))
+        with torch.no_grad():  # a fixed generator: the same base model always starts from the same head
+            self.head.weight.normal_(std=1 / math.sqrt(hidden + 1), generator=torch.Generator().manual_seed(0))
         torch.nn.init.zeros_(self.head.bias)
         self.meta = dict(meta or {})
 
@@ -218,6 +219,9 @@ def train_reward_model(rm: RewardModel, tok, rankings: list[dict], cfg: RewardTr
             ids, mask = right_pad(seqs, tok.pad_token_id)
             scores = rm(ids, mask)
             loss, acc = ranking_loss(scores, [len(s) for s, _ in batch], [m for _, m in batch] if use_margin else None)
+            if not torch.isfinite(loss):
+                raise SuperalignError(f"reward-model loss became NaN/inf at step {step + 1}",
+                                      "lower --lr (or check the base model's weights)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
