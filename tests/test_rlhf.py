@@ -291,3 +291,19 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_lm, tmp_path, capsys)
     assert main(["rlhf", "ppo", "--home", str(home), "--kl-estimator", "k9"]) == 2
     assert "k1 or k3" in capsys.readouterr().err
     assert not home.exists()
+
+
+def test_report_escapes_rlhf_samples(tmp_path):
+    from superalign.runs import RunStore
+    from superalign.runs.report import render
+
+    store = RunStore(tmp_path)
+    store.start("rlhf-ppo-x", "rlhf-ppo", {"policy": "<b>p</b>", "kl_coef": 0.05})
+    hist = [{"update": u, "objective/scores": 0.1 * u, "gold": 0.2, "objective/kl": u, "policy/entropy": 2.0}
+            for u in (1, 2)]
+    store.finish("rlhf-ppo-x", {"history": hist, "final_gold": 0.3,
+                                "samples": [{"update": 2, "prompt": "<script>x</script>", "response": "a & b",
+                                             "score": 1.0, "gold": 0.5}]})
+    html = render(store)
+    assert "<script>x" not in html and "&lt;script&gt;x" in html and "a &amp; b" in html
+    assert "&lt;b&gt;p" in html and "<h2>RLHF</h2>" in html

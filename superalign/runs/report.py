@@ -29,10 +29,22 @@ NA = "n/a"
 KEY_CONFIG: dict[str, tuple[str, ...]] = {
     "w2s": ("task", "weak", "strong", "loss", "seed", "mode"),
     SWEEP_KIND: ("task", "weak", "strong", "loss", "seed", "mode"),
+    "rlhf-sft": ("policy", "data", "epochs", "lr", "seed"),
+    "rlhf-rm": ("base", "data", "k", "label_beta", "epochs", "lr", "seed"),
+    "rlhf-ppo": ("policy", "reward", "kl_coef", "kl_estimator", "updates", "lr", "seed"),
+    "rlhf-dpo": ("policy", "data", "beta", "epochs", "lr", "seed"),
+    "rlhf-bon": ("policy", "reward", "n", "n_prompts", "seed"),
+    "rlhf-overopt": ("policy", "reward", "n_max", "kl_coefs", "updates", "seed"),
 }
 HEADLINE: dict[str, tuple[str, ...]] = {
     "w2s": ("weak_acc", "student_acc", "ceiling_acc", "pgr_acc", "pgr_auroc"),
     SWEEP_KIND: ("n_runs", "n_new"),
+    "rlhf-sft": ("loss_first", "loss_last", "tokens_per_s"),
+    "rlhf-rm": ("eval_acc", "eval_gold_agreement", "loss_last", "tokens_per_s"),
+    "rlhf-ppo": ("initial_gold", "final_gold", "initial_proxy", "final_proxy", "final_kl", "eos_rate"),
+    "rlhf-dpo": ("loss_last", "accuracy_last", "initial_gold", "final_gold", "final_kl", "tokens_per_s"),
+    "rlhf-bon": ("proxy_best", "gold_best", "gold_mean", "kl_bon"),
+    "rlhf-overopt": ("sft_gold", "bon_gold_max", "bon_gold_argmax_n", "rl_gold_max"),
 }
 MAX_GENERIC = 12
 MAX_TEXT = 300  # long config values and errors are cut so one run stays one table row
@@ -377,6 +389,9 @@ def render(store: RunStore, kinds: list[str] | None = None) -> str:
             rows = _combined(groups)
             parts += [f"<h3>All {len(groups)} sweeps combined</h3>", pgr_table(rows),
                       plot_student_vs_weak(rows, losses), plot_pgr(rows, losses)]
+    if any(r["kind"].startswith("rlhf-") for r in runs):
+        from ..rlhf.report import rlhf_section  # numpy/matplotlib only: no torch import for the report
+        parts.append(rlhf_section(runs))
     parts += ["<h2>All runs</h2>", runs_table(runs), "</body></html>"]
     return "\n".join(parts)
 
