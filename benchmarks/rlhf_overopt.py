@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=80)
     ap.add_argument("--n-prompts", type=int, default=64)
     ap.add_argument("--n-max", type=int, default=256)
+    ap.add_argument("--rm-prompts", type=int, default=3000,
+                    help="comparisons the proxy reward model is trained on (fewer = a more exploitable proxy)")
     ap.add_argument("--home", help="run store (default: a fresh temporary folder)")
     ap.add_argument("--quick", action="store_true", help="CI-sized: 16 prompts, n ≤ 32, 10 PPO updates")
     ap.add_argument("--out", default="benchmarks/results/rlhf_overopt.json")
@@ -40,7 +42,14 @@ def main() -> None:
         a.kl_coefs, a.updates, a.n_prompts, a.n_max = a.kl_coefs[:1], 10, 16, 32
     home = Path(a.home) if a.home else Path(tempfile.mkdtemp(prefix="rlhf_overopt_"))
     t = time.perf_counter()
-    r = run_overopt(OveroptJob(home=str(home), kl_coefs=a.kl_coefs, updates=a.updates, n_prompts=a.n_prompts,
+    reward = "testbed-rm"
+    if a.rm_prompts != 3000:
+        from superalign.rlhf.jobs import RMJob, run_rm
+        rm = run_rm(RMJob(home=str(home), n_prompts=a.rm_prompts, progress=False))
+        reward = rm["artefacts"]["model"]
+        print(f"proxy RM on {a.rm_prompts} comparisons: held-out accuracy {rm['metrics']['eval_acc']:.3f}, "
+              f"agreement with gold {rm['metrics']['eval_gold_agreement']:.3f}")
+    r = run_overopt(OveroptJob(home=str(home), reward=reward, kl_coefs=a.kl_coefs, updates=a.updates, n_prompts=a.n_prompts,
                                n_max=a.n_max, eval_every=max(1, a.updates // 16), progress=False))
     wall = time.perf_counter() - t
     m = r["metrics"]
