@@ -200,6 +200,13 @@ def test_ppo_rejects_nan_rewards(tiny_lm, pairs):
                   progress=False)
 
 
+def test_ppo_rejects_prompts_longer_than_the_context(tiny_lm, pairs):
+    tok, policy, ref, rm = _ppo_setup(tiny_lm, pairs)
+    with pytest.raises(SuperalignError, match="exceeds the model's context of 64"):
+        train_ppo(policy, ref, rm, tok, ["the food was " * 15], PPOConfig(updates=1, batch_size=4, minibatch_size=4,
+                  response_len=24), progress=False)
+
+
 @pytest.mark.parametrize("kw, msg", [({"kl_estimator": "k2"}, "KL estimator"),
                                      ({"batch_size": 10, "minibatch_size": 4}, "multiple"),
                                      ({"temperature": 0.0}, "temperature")])

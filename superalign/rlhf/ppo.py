@@ -266,6 +266,11 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     prompt_ids = encode_prompts(tok, prompts, cfg.max_prompt_len)
+    ctx = getattr(policy.config, "n_positions", None) or getattr(policy.config, "max_position_embeddings", None)
+    longest = max(map(len, prompt_ids))
+    if ctx and longest + cfg.response_len > ctx:
+        raise SuperalignError(f"the longest prompt ({longest} tokens) plus --response-len {cfg.response_len} exceeds "
+                              f"the model's context of {ctx} tokens", "shorten the prompts or lower --response-len")
     value_model = value_model if value_model is not None else copy.deepcopy(rm)
     for m in (policy, ref, rm, value_model):
         m.eval()  # dropout off everywhere
