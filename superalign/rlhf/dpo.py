@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SuperalignError
-from .lm import completion_batch, completion_logps, encode_pairs
+from .lm import completion_batch, completion_logps, encode_pairs, epoch_batches
 
 
 def dpo_loss(pi_c: torch.Tensor, pi_r: torch.Tensor, ref_c: torch.Tensor, ref_r: torch.Tensor, beta: float,
@@ -49,6 +49,8 @@ class DPOConfig:
     """context limit in tokens (prompt + completion + EOS)"""
     seed: int = 0
     """seed for batch order"""
+    group_by_length: bool = True
+    """batch pairs of similar length together (less padding, same pairs per epoch)"""
 
     def __post_init__(self):
         if not self.beta > 0:
@@ -95,10 +97,9 @@ def train_dpo(model, ref, tok, pairs: list[dict], cfg: DPOConfig, progress: bool
     gen = torch.Generator().manual_seed(cfg.seed)
     losses, metrics, tokens = [], [], 0
     bar = tqdm(total=steps, desc="DPO", disable=not progress)
+    lengths = [max(len(c[0]), len(r[0])) for c, r in zip(chosen, rejected)]
     for _ in range(cfg.epochs):
-        order = torch.randperm(len(pairs), generator=gen).tolist()
-        for b in range(0, len(order), cfg.batch_size):
-            idx = order[b:b + cfg.batch_size]
+        for idx in epoch_batches(len(pairs), cfg.batch_size, gen, lengths, cfg.group_by_length):
             ids, mask, lmask = completion_batch([chosen[i] for i in idx] + [rejected[i] for i in idx], tok.pad_token_id)
             lp, _ = completion_logps(model, ids, mask, lmask)
             n = len(idx)

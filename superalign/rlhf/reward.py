@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..errors import SuperalignError
-from .lm import _from_pretrained, encode_prompts, load_tokenizer, positions, resolve_lm_path
+from .lm import (_from_pretrained, encode_prompts, epoch_batches, fuse_activations, load_tokenizer, mask_kwargs,
+                 resolve_lm_path)
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -53,12 +54,12 @@ class RewardModel(torch.nn.Module):
 
     def values(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Scalar output at every position [B, L] (the value-model use)."""
-        h = self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).last_hidden_state
+        h = self.backbone(input_ids=ids, **mask_kwargs(mask)).last_hidden_state
         return self.head(h).squeeze(-1).float()
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Reward [B] read at the last real token (the EOS)."""
-        h = self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).last_hidden_state
+        h = self.backbone(input_ids=ids, **mask_kwargs(mask)).last_hidden_state
         last = h[torch.arange(h.shape[0]), last_token_index(mask)]
         return self.head(last).squeeze(-1).float()
 
@@ -101,6 +102,7 @@ def load_reward_model(name: str, home=None, trust_remote_code: bool = False):
         backbone = _from_pretrained(AutoModel.from_pretrained, name, p, trust_remote_code=trust_remote_code, **kw)
         rm = RewardModel(backbone, {"base": name})
     rm.eval()  # dropout off
+    fuse_activations(rm)
     return tok, rm
 
 
@@ -129,6 +131,11 @@ def ranking_loss(scores: torch.Tensor, group_sizes: list[int], margins: list[flo
     """Bradley–Terry loss over rankings. ``scores`` holds each group's K scores in rank order (best first).
 
     Returns (loss = mean over groups of the mean over its C(K,2) pairs of −log σ(r_i − r_j − margin), pair accuracy)."""
+    if all(k == 2 for k in group_sizes):  # pairs: one vectorised expression
+        diff = scores[0::2] - scores[1::2]
+        m = torch.as_tensor(margins, dtype=scores.dtype) if margins is not None else 0.0
+        acc = ((diff > 0).float() + 0.5 * (diff == 0).float()).mean()
+        return -F.logsigmoid(diff - m).mean(), acc.detach()
     losses, correct, n_pairs = [], 0.0, 0
     start = 0
     for g, k in enumerate(group_sizes):
@@ -163,6 +170,8 @@ class RewardTrainConfig:
     """seed for batch order and the head's initialisation"""
     log_every: int = 1
     """record the loss every this many steps"""
+    group_by_length: bool = True
+    """batch rankings of similar length together (less padding, same examples per epoch)"""
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.max_len < 2:
@@ -211,10 +220,10 @@ def train_reward_model(rm: RewardModel, tok, rankings: list[dict], cfg: RewardTr
     losses, accs, tokens, step = [], [], 0, 0
     t0 = time.perf_counter()
     bar = tqdm(total=steps, desc="reward model", disable=not progress)
+    lengths = [max(map(len, seqs)) for seqs, _ in data]
     for _ in range(cfg.epochs):
-        order = torch.randperm(len(data), generator=gen).tolist()
-        for b in range(0, len(order), cfg.batch_size):
-            batch = [data[i] for i in order[b:b + cfg.batch_size]]
+        for idx in epoch_batches(len(data), cfg.batch_size, gen, lengths, cfg.group_by_length):
+            batch = [data[i] for i in idx]
             seqs = [s for seqs, _ in batch for s in seqs]
             ids, mask = right_pad(seqs, tok.pad_token_id)
             scores = rm(ids, mask)

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import SuperalignError
-from .lm import completion_batch, completion_logps, encode_pairs
+from .lm import completion_batch, completion_logps, encode_pairs, epoch_batches
 
 
 @dataclass
@@ -27,6 +27,8 @@ class SFTConfig:
     """context limit in tokens (prompt + completion + EOS)"""
     seed: int = 0
     """seed for batch order"""
+    group_by_length: bool = True
+    """batch demonstrations of similar length together (less padding)"""
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -57,9 +59,8 @@ def train_sft(model, tok, rows: list[dict], cfg: SFTConfig, progress: bool = Tru
     t0 = time.perf_counter()
     bar = tqdm(total=steps, desc="SFT", disable=not progress)
     for _ in range(cfg.epochs):
-        order = torch.randperm(len(data), generator=gen).tolist()
-        for b in range(0, len(order), cfg.batch_size):
-            ids, mask, lmask = completion_batch([data[i] for i in order[b:b + cfg.batch_size]], tok.pad_token_id)
+        for idx in epoch_batches(len(data), cfg.batch_size, gen, [len(s) for s, _ in data], cfg.group_by_length):
+            ids, mask, lmask = completion_batch([data[i] for i in idx], tok.pad_token_id)
             lp, n = completion_logps(model, ids, mask, lmask)
             loss = -lp.sum() / n.sum()
             opt.zero_grad(set_to_none=True)
