@@ -325,3 +325,28 @@ def test_smollm2_offline_when_installed():
     q, qm = left_pad(encode_prompts(tok, ["The food was"]), tok.pad_token_id)
     r = sample(model, q, qm, 4, 0.0, tok.eos_token_id, tok.pad_token_id)
     assert r.shape == (1, 4) and tok.eos_token == "<|im_end|>"
+
+
+def test_mask_free_right_padded_forward_matches_masked(tiny_lm):
+    from superalign.rlhf.lm import model_inputs, positions
+
+    tok, model = load_lm(tiny_lm)
+    ids = torch.tensor([[1, 5, 6, 7], [1, 8, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        fast = model(**model_inputs(ids, mask)).logits
+        full = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
+    assert "attention_mask" not in model_inputs(ids, mask)
+    assert torch.allclose(fast[mask.bool()], full[mask.bool()], atol=1e-5)
+    assert "attention_mask" in model_inputs(ids.flip(1), mask.flip(1))  # left padding keeps the mask
+
+
+def test_fused_gelu_keeps_the_function(tiny_lm):
+    from transformers import AutoModelForCausalLM
+
+    tok, fused = load_lm(tiny_lm)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    assert not any(type(m).__name__ == "NewGELUActivation" for m in fused.modules())
+    x = torch.tensor([[1, 5, 6, 7, 9]])
+    with torch.no_grad():
+        assert torch.allclose(fused(input_ids=x).logits, plain(input_ids=x).logits, atol=1e-5)

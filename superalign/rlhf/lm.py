@@ -128,14 +128,15 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def mask_kwargs(mask: torch.Tensor) -> dict:
-    """Attention kwargs for a batch. Right-padded batches need none: under causal attention a real token never
-    sees the padding after it, and positions are 0..L−1 anyway — dropping the mask lets SDPA take its causal fast
-    path. Anything else (left padding) gets the mask and mask-derived position ids."""
+def model_inputs(ids: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Forward kwargs for a batch. Right-padded batches need no attention mask: under causal attention a real token
+    never sees the padding after it, and positions are 0..L−1 anyway — dropping the mask lets SDPA take its causal
+    fast path. Their padding ids are overwritten with each row's first token (never read) so that transformers does
+    not warn about pad tokens without a mask. Anything else (left padding) gets the mask and mask-derived positions."""
     m = mask.long()
     if bool((m[:, 0] == 1).all()) and bool((m.cummin(dim=1).values == m).all()):
-        return {}
-    return {"attention_mask": mask, "position_ids": positions(mask)}
+        return {"input_ids": torch.where(m.bool(), ids, ids[:, :1])}
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask)}
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,7 +267,7 @@ def completion_batch(seqs: list[tuple[list[int], int]], pad_id: int) -> tuple[to
 def completion_logps(model, ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor,
                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of log p over completion tokens [B], number of completion tokens [B])."""
-    logits = model(input_ids=ids, **mask_kwargs(mask)).logits[:, :-1].float()
+    logits = model(**model_inputs(ids, mask)).logits[:, :-1].float()
     if temperature != 1.0:
         logits = logits / temperature
     tgt, lm = ids[:, 1:], loss_mask[:, 1:]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..errors import SuperalignError
-from .lm import (_from_pretrained, encode_prompts, epoch_batches, fuse_activations, load_tokenizer, mask_kwargs,
+from .lm import (_from_pretrained, encode_prompts, epoch_batches, fuse_activations, load_tokenizer, model_inputs,
                  resolve_lm_path)
 
 
@@ -54,12 +54,12 @@ class RewardModel(torch.nn.Module):
 
     def values(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Scalar output at every position [B, L] (the value-model use)."""
-        h = self.backbone(input_ids=ids, **mask_kwargs(mask)).last_hidden_state
+        h = self.backbone(**model_inputs(ids, mask)).last_hidden_state
         return self.head(h).squeeze(-1).float()
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Reward [B] read at the last real token (the EOS)."""
-        h = self.backbone(input_ids=ids, **mask_kwargs(mask)).last_hidden_state
+        h = self.backbone(**model_inputs(ids, mask)).last_hidden_state
         last = h[torch.arange(h.shape[0]), last_token_index(mask)]
         return self.head(last).squeeze(-1).float()
 
