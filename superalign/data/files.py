@@ -13,15 +13,15 @@ from ..errors import SuperalignError
 DATA_ENV = "SUPERALIGN_DATA"
 
 
-def resolve_data_dir(data: str | None, needed_by: str) -> Path:
+def resolve_data_dir(data: str | None, needed_by: str, flag: str = "--data") -> Path:
     """The folder of shared datasets: ``data`` if given, else ``$SUPERALIGN_DATA``."""
     root = data or os.environ.get(DATA_ENV)
     if not root:
         raise SuperalignError(f"{needed_by} needs the shared datasets folder",
-                              f"pass --data DIR or set {DATA_ENV}=DIR (e.g. ../shared/data)")
+                              f"pass {flag} DIR or set {DATA_ENV}=DIR (e.g. ../shared/data)")
     p = Path(root).expanduser()
     if not p.is_dir():
-        raise SuperalignError(f"datasets folder {p} does not exist", f"pass --data DIR or set {DATA_ENV}")
+        raise SuperalignError(f"datasets folder {p} does not exist", f"pass {flag} DIR or set {DATA_ENV}")
     return p
 
 

@@ -120,12 +120,12 @@ def load_preferences(source: str, data: str | None = None, prompt_col: str = "pr
                      rejected_col: str = "rejected", split: str = "train", limit: int | None = None) -> list[dict]:
     """Preference pairs from a named source (see the module docstring), validated."""
     if source == "anthropic_hh":
-        df = read_table(resolve_data_dir(data, "anthropic_hh") / "anthropic_hh" / "harmless_base_test.jsonl")
+        df = read_table(resolve_data_dir(data, "anthropic_hh", "--data-dir") / "anthropic_hh" / "harmless_base_test.jsonl")
         cols = {"prompt": "prompt", "chosen": "chosen_response", "rejected": "rejected_response"}
         _columns(df, cols, source)
         rows = [{k: r[v] for k, v in cols.items()} for r in df[list(cols.values())].to_dict("records")]
     elif source == "tldr":
-        df = read_table(resolve_data_dir(data, "tldr") / "summarize_from_feedback" / "comparisons_tldr.jsonl")
+        df = read_table(resolve_data_dir(data, "tldr", "--data-dir") / "summarize_from_feedback" / "comparisons_tldr.jsonl")
         _columns(df, {k: k for k in ("subreddit", "title", "post", "summary_a", "summary_b", "choice")}, source)
         rows = _tldr_rows(df)
     elif source.startswith("hf:"):
