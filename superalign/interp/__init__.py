@@ -1,0 +1,1 @@
+"""Automated interpretability: TopK sparse autoencoders (Gao et al. 2024); explain → simulate → score to come."""

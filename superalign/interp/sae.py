@@ -1,0 +1,235 @@
+"""TopK sparse autoencoders with the recipe of Gao et al. 2024 ("Scaling and evaluating sparse autoencoders").
+
+    z  = TopK(ReLU(W_enc (x − b_pre) + b_enc))          k active latents per input
+    x̂  = W_dec z + b_pre
+
+- tied initialisation: W_enc = W_decᵀ at the start, decoder rows (one per latent) of unit norm;
+- b_pre initialised at the geometric median of a sample of inputs (Weiszfeld iterations);
+- decoder rows kept at unit norm: before each step the gradient component parallel to each row is projected out,
+  after the step the rows are renormalised;
+- AuxK: latents that have not fired for ``dead_tokens`` inputs are "dead"; the top ``k_aux`` of their
+  pre-activations reconstruct the residual x − x̂, and that normalised MSE, times ``aux_coef`` (1/32), is added;
+- optional Multi-TopK (the paper's 4k term): the same latents' top-(mult·k) reconstruction adds a loss weighted
+  ``multi_topk_coef`` (1/8 in the paper) so that the SAE also works at larger k.
+
+Loss and the headline metric are the fraction of variance unexplained, FVU = ‖x − x̂‖² / ‖x − mean(x)‖².
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import SuperalignError
+
+
+@dataclass
+class SAEConfig:
+    """Architecture and loss of a TopK sparse autoencoder."""
+
+    d_in: int = 384
+    """input width (the hook point's hidden size)"""
+    n_latents: int = 4096
+    """number of latents (dictionary size)"""
+    k: int = 32
+    """active latents per input"""
+    aux_k: int | None = None
+    """latents used by the AuxK loss (default: d_in // 2, as in the paper)"""
+    aux_coef: float = 1 / 32
+    """weight of the AuxK loss (0 turns it off)"""
+    dead_tokens: int = 10_000_000
+    """a latent that has not fired for this many inputs counts as dead"""
+    multi_topk: int = 0
+    """Multi-TopK multiplier (0: off; the paper uses 4)"""
+    multi_topk_coef: float = 1 / 8
+    """weight of the Multi-TopK term"""
+
+    def __post_init__(self):
+        if self.d_in < 1 or self.n_latents < 1:
+            raise SuperalignError("d_in and n_latents must be ≥ 1", "fix the SAE config")
+        if not 1 <= self.k <= self.n_latents:
+            raise SuperalignError(f"k must be in 1..n_latents ({self.n_latents}), got {self.k}", "pass a smaller --k")
+        if self.multi_topk and self.multi_topk * self.k > self.n_latents:
+            raise SuperalignError("multi_topk · k exceeds n_latents", "lower --multi-topk or --k")
+
+
+def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Fraction of variance unexplained: Σ‖x − x̂‖² / Σ‖x − mean(x)‖² (mean over the batch, per dimension)."""
+    return (x - x_hat).pow(2).sum() / (x - x.mean(0, keepdim=True)).pow(2).sum().clamp(min=1e-12)
+
+
+def geometric_median(x: torch.Tensor, iters: int = 100, eps: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances to the rows of x."""
+    y = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - y).norm(dim=1).clamp(min=eps)
+        y_new = (w[:, None] * x).sum(0) / w.sum()
+        if (y_new - y).norm() < eps * max(1.0, float(y.norm())):
+            return y_new
+        y = y_new
+    return y
+
+
+class EncoderOutput(NamedTuple):
+    top_acts: torch.Tensor
+    """values of the k active latents [B, k]"""
+    top_indices: torch.Tensor
+    """indices of the k active latents [B, k]"""
+    pre_acts: torch.Tensor
+    """ReLU pre-activations of every latent [B, n_latents]"""
+
+
+class ForwardOutput(NamedTuple):
+    x_hat: torch.Tensor
+    """reconstruction"""
+    fvu: torch.Tensor
+    """fraction of variance unexplained of this batch"""
+    aux_loss: torch.Tensor
+    """AuxK loss (0 when no latent is dead)"""
+    multi_topk_fvu: torch.Tensor
+    """FVU of the Multi-TopK reconstruction (0 when off)"""
+    loss: torch.Tensor
+    """fvu + aux_coef · aux_loss + multi_topk_coef · multi_topk_fvu"""
+    top_indices: torch.Tensor
+    """active latents [B, k]"""
+    top_acts: torch.Tensor
+    """their activations [B, k]"""
+
+
+class TopKSAE(torch.nn.Module):
+    def __init__(self, cfg: SAEConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        g = torch.Generator().manual_seed(seed)
+        w_dec = torch.randn(cfg.n_latents, cfg.d_in, generator=g)
+        w_dec /= w_dec.norm(dim=1, keepdim=True)
+        self.W_dec = torch.nn.Parameter(w_dec)                 # [n_latents, d_in], unit-norm rows
+        self.W_enc = torch.nn.Parameter(w_dec.clone())         # tied initialisation (used as W_enc = this ᵀ)
+        self.b_enc = torch.nn.Parameter(torch.zeros(cfg.n_latents))
+        self.b_pre = torch.nn.Parameter(torch.zeros(cfg.d_in))
+        # inputs since each latent last fired (for AuxK and the dead fraction)
+        self.register_buffer("since_fired", torch.zeros(cfg.n_latents, dtype=torch.long))
+
+    @torch.no_grad()
+    def init_b_pre(self, sample: torch.Tensor) -> None:
+        self.b_pre.copy_(geometric_median(sample.float()))
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu((x - self.b_pre) @ self.W_enc.T + self.b_enc)
+
+    def encode(self, x: torch.Tensor, k: int | None = None) -> EncoderOutput:
+        pre = self.pre_acts(x)
+        acts, idx = pre.topk(k or self.cfg.k, dim=-1, sorted=False)
+        return EncoderOutput(acts, idx, pre)
+
+    def decode(self, top_acts: torch.Tensor, top_indices: torch.Tensor) -> torch.Tensor:
+        """x̂ = Σ_j a_j · W_dec[i_j] + b_pre, computed sparsely (gather of k rows per input)."""
+        return torch.einsum("bk,bkd->bd", top_acts, self.W_dec[top_indices]) + self.b_pre
+
+    def forward(self, x: torch.Tensor, track_dead: bool = True) -> ForwardOutput:
+        cfg = self.cfg
+        enc = self.encode(x)
+        x_hat = self.decode(enc.top_acts, enc.top_indices)
+        loss_fvu = fvu(x, x_hat)
+        zero = x.new_zeros(())
+        aux = zero
+        if track_dead and self.training:
+            with torch.no_grad():
+                fired = torch.zeros_like(self.since_fired, dtype=torch.bool)
+                fired[enc.top_indices[enc.top_acts > 0]] = True
+                self.since_fired += x.shape[0]
+                self.since_fired[fired] = 0
+        dead = self.since_fired >= cfg.dead_tokens
+        if cfg.aux_coef > 0 and self.training and bool(dead.any()):
+            k_aux = min(cfg.aux_k or cfg.d_in // 2, int(dead.sum()))
+            dead_pre = enc.pre_acts.masked_fill(~dead, 0.0)  # only dead latents may explain the residual
+            acts, idx = dead_pre.topk(k_aux, dim=-1, sorted=False)
+            residual = (x - x_hat).detach()
+            e_hat = torch.einsum("bk,bkd->bd", acts, self.W_dec[idx])
+            aux = (e_hat - residual).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum().clamp(min=1e-12)
+            aux = torch.nan_to_num(aux, nan=0.0)
+        multi = zero
+        if cfg.multi_topk:
+            acts, idx = enc.pre_acts.topk(cfg.multi_topk * cfg.k, dim=-1, sorted=False)
+            multi = fvu(x, self.decode(acts, idx))
+        loss = loss_fvu + cfg.aux_coef * aux + cfg.multi_topk_coef * multi
+        return ForwardOutput(x_hat, loss_fvu, aux, multi, loss, enc.top_indices, enc.top_acts)
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Project out the gradient component parallel to each (unit-norm) decoder row."""
+        if self.W_dec.grad is None:
+            return
+        dot = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
+        self.W_dec.grad -= dot * self.W_dec
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+    def dead_fraction(self) -> float:
+        return float((self.since_fired >= self.cfg.dead_tokens).float().mean())
+
+    # ------------------------------------------------------------------ checkpoints: safetensors + cfg.json
+
+    def save(self, folder: str | Path, meta: dict | None = None) -> Path:
+        import os
+        import shutil
+
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp / "sae.safetensors"))
+        (tmp / "cfg.json").write_text(json.dumps({**asdict(self.cfg), **({"meta": meta} if meta else {})}, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, expect_d_in: int | None = None) -> "TopKSAE":
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not (folder / "cfg.json").exists() or not (folder / "sae.safetensors").exists():
+            raise SuperalignError(f"{folder} is not an SAE checkpoint (needs cfg.json and sae.safetensors)",
+                                  "pass a folder written by superalign interp sae")
+        raw = json.loads((folder / "cfg.json").read_text())
+        raw.pop("meta", None)
+        cfg = SAEConfig(**raw)
+        if expect_d_in is not None and expect_d_in != cfg.d_in:
+            raise SuperalignError(f"SAE in {folder} expects inputs of width {cfg.d_in}, the activations have "
+                                  f"{expect_d_in}", "load the SAE trained on this model and hook point")
+        sae = cls(cfg)
+        sae.load_state_dict(load_file(str(folder / "sae.safetensors")))
+        return sae
+
+
+def l0(top_acts: torch.Tensor) -> float:
+    """Mean number of non-zero latents per input."""
+    return float((top_acts > 0).sum(-1).float().mean())
+
+
+def latent_density(top_indices: torch.Tensor, top_acts: torch.Tensor, n_latents: int) -> torch.Tensor:
+    """Fraction of inputs on which each latent is active."""
+    counts = torch.zeros(n_latents)
+    counts.index_add_(0, top_indices[top_acts > 0].flatten(), torch.ones(int((top_acts > 0).sum())))
+    return counts / top_acts.shape[0]
+
+
+def auxk_default(d_in: int) -> int:
+    return max(1, d_in // 2)
+
+
+def lr_default(n_latents: int) -> float:
+    """Gao et al.'s scaling for the learning rate: 2e-4 / sqrt(n_latents / 2**14)."""
+    return 2e-4 / math.sqrt(n_latents / 2 ** 14)
