@@ -33,7 +33,11 @@ def _rlhf(ns: argparse.Namespace) -> int:
     from .rlhf.jobs import JOBS
     from .rlhf.overopt import OveroptJob, run_overopt
 
-    cls, fn = (OveroptJob, run_overopt) if ns.rlhf_cmd == "overopt" else JOBS[ns.rlhf_cmd]
+    if getattr(ns, "interp_cmd", None):
+        from .interp.jobs import JOBS as INTERP_JOBS
+        cls, fn = INTERP_JOBS[ns.interp_cmd]
+    else:
+        cls, fn = (OveroptJob, run_overopt) if ns.rlhf_cmd == "overopt" else JOBS[ns.rlhf_cmd]
     r = fn(from_args(cls, ns))
     m = r["metrics"]
     scal = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -135,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
              "overopt": "gold vs proxy reward against sqrt(KL) for best-of-n and PPO (Gao et al. 2022)"}
     for name, cls in [(k, v[0]) for k, v in JOBS.items()] + [("overopt", OveroptJob)]:
         sp = rlsub.add_parser(name, help=helps[name], description=(cls.__doc__ or helps[name]).strip())
+        add_dataclass_args(sp, cls)
+        sp.set_defaults(fn=_rlhf)
+
+    from .interp.jobs import JOBS as INTERP_JOBS
+
+    ip = sub.add_parser("interp", help="automated interpretability: activation caches, TopK sparse autoencoders")
+    isub = ip.add_subparsers(dest="interp_cmd", required=True)
+    for name, (cls, _) in INTERP_JOBS.items():
+        sp = isub.add_parser(name, help=(cls.__doc__ or name).strip(), description=(cls.__doc__ or name).strip())
         add_dataclass_args(sp, cls)
         sp.set_defaults(fn=_rlhf)
 

@@ -46,3 +46,21 @@ def test_hook_names_and_bad_input(tiny_bert, tmp_path):
     assert not (tmp_path / "c").exists()
     with pytest.raises(SuperalignError, match="not an activation cache"):
         load_activations(tmp_path)
+
+
+def test_cli_cache_then_sae(tiny_bert, tmp_path, capsys):
+    from superalign.cli import main
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(f'{{"body": "sentence number {i} about food and hotels"}}\n' for i in range(40)))
+    home = ["--home", str(tmp_path / "h"), "--progress", "false"]
+    assert main(["interp", "cache", *home, "--model", f"hf:{tiny_bert}", "--texts", str(corpus),
+                 "--text-col", "body", "--hook", "layers.1"]) == 0
+    cache = capsys.readouterr().out.split("cache: ")[1].split()[0]
+    assert main(["interp", "sae", *home, "--cache", cache, "--n-latents", "64", "--k", "4", "--epochs", "2",
+                 "--batch-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "fvu" in out and "sae: " in out
+    assert main(["interp", "cache", "--home", str(tmp_path / "bad"), "--model", f"hf:{tiny_bert}",
+                 "--texts", str(corpus)]) == 2  # column 'text' missing
+    assert "--text-col" in capsys.readouterr().err and not (tmp_path / "bad").exists()
