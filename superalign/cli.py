@@ -46,6 +46,8 @@ def _rlhf(ns: argparse.Namespace) -> int:
         print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
     for s in m.get("samples", [])[-4:]:
         print("sample:", json.dumps(s, ensure_ascii=False))
+    for s in m.get("examples", []):
+        print("example:", json.dumps(s, ensure_ascii=False))
     for k, v in r["artefacts"].items():
         print(f"{k}: {v}")
     print(f"\nrun {r['id']} ({'already done: stored result' if r.get('cached') else 'stored'}); "

@@ -1,0 +1,249 @@
+"""`superalign interp explain|score`: explain → simulate → score (Bills et al. 2023) over neurons or SAE latents.
+
+``explain`` picks units (random live latents of an SAE, or neurons of the cache's hook point), builds their
+activation records from the activation cache (see :mod:`.records`) and writes one explanation per unit;
+``score`` reads those records and explanations and scores each explanation by simulation (``ev_correlation``,
+``rsquared``) and optionally by detection and fuzzing. Both are recorded in the run store and keyed by their config.
+A score run writes each finished unit to ``scores.partial.jsonl`` as it goes, so an interrupted run resumes
+without redoing the units it had finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import SuperalignError
+from ..rlhf.jobs import JobBase, run_job
+from .records import build_records, records_from_json, records_to_json, unit_activations
+
+SCORERS = ("simulation", "detection", "fuzzing")
+SIMULATORS = ("all-at-once", "per-token", "generate", "token-lookup")
+
+
+def _f(default, help_: str, **kw):
+    return field(default=default, metadata={"help": help_, **kw})
+
+
+@dataclass
+class ExplainJob(JobBase):
+    """Explain neurons or SAE latents from their top-activating records (Bills et al. 2023)."""
+
+    cache: str = _f("", "activation cache folder (superalign interp cache)")
+    sae: str | None = _f(None, "SAE checkpoint folder (superalign interp sae); without it, explain the hook's neurons")
+    units: int = _f(50, "how many units to explain: random live latents (or neurons), seeded")
+    unit_ids: list[int] | None = _f(None, "explain exactly these latents/neurons instead")
+    explainer: str = _f("token-lookup", "token-lookup (baseline) or an LLM: smollm2, hf:<id|path>, openai:<model>, "
+                                        "http://host:port/v1#<model>")
+    n_explain: int = _f(10, "top-activating records shown to the explainer")
+    n_score_top: int = _f(5, "held-out top-activating records for scoring")
+    n_random: int = _f(5, "random records for scoring")
+    window: int = _f(24, "tokens per record")
+    max_new_tokens: int = _f(40, "LLM explainer: tokens to generate")
+    llm_concurrency: int = _f(4, "HTTP LLMs: simultaneous requests")
+    seed: int = _f(0, "unit choice and random records")
+
+    def __post_init__(self):
+        if not self.cache:
+            raise SuperalignError("no activation cache given", "pass --cache DIR (from superalign interp cache)")
+        if self.units < 1 and not self.unit_ids:
+            raise SuperalignError("units must be ≥ 1", "pass --units 50 or --unit-ids 3 17 …")
+        if min(self.n_explain, self.window) < 1 or min(self.n_score_top, self.n_random) < 0 \
+                or self.n_score_top + self.n_random < 1:
+            raise SuperalignError("record counts and window must be positive", "e.g. --n-explain 10 --n-score-top 5 "
+                                  "--n-random 5 --window 24")
+
+
+@dataclass
+class ScoreJob(JobBase):
+    """Score explanations by simulation (ev_correlation, R²), detection and fuzzing."""
+
+    explanations: str = _f("", "an explain run's id (prefix) or its artefact folder")
+    simulator: str = _f("all-at-once", "all-at-once (echo logprobs), per-token (next-token logprobs), generate "
+                                       "(logprob-free) or token-lookup (no LLM)", choices=SIMULATORS)
+    llm: str = _f("smollm2", "simulator / judge LLM: smollm2, hf:<id|path>, openai:<model>, http://host:port/v1#<model>")
+    scorers: list[str] = _f(("simulation",), "any of simulation, detection, fuzzing")
+    llm_concurrency: int = _f(4, "HTTP LLMs: simultaneous requests")
+    seed: int = _f(0, "fuzzing's random markings")
+
+    def __post_init__(self):
+        self.scorers = list(self.scorers)
+        if not self.explanations:
+            raise SuperalignError("no explanations given", "pass --explanations RUN_ID (from superalign interp explain)")
+        bad = [s for s in self.scorers if s not in SCORERS]
+        if bad or not self.scorers:
+            raise SuperalignError(f"unknown scorer(s) {bad}", f"use any of {', '.join(SCORERS)}")
+        if self.simulator not in SIMULATORS:
+            raise SuperalignError(f"unknown simulator {self.simulator!r}", f"use one of {', '.join(SIMULATORS)}")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_tokenizer(model_name: str, trust_remote_code: bool = False):
+    """The tokenizer of a cached model (by its registry name), without loading the weights."""
+    from transformers import AutoTokenizer
+
+    from ..models import resolve_model
+    from ..models.registry import _hf_call
+
+    if model_name == "smollm2":
+        from ..rlhf.lm import SMOLLM2_GGUF, smollm2_dir
+        return AutoTokenizer.from_pretrained(str(smollm2_dir()), gguf_file=SMOLLM2_GGUF)
+    return _hf_call(resolve_model(model_name), AutoTokenizer.from_pretrained, trust_remote_code)
+
+
+def choose_units(acts: torch.Tensor, sae, n: int, seed: int, batch_size: int = 8192) -> list[int]:
+    """``n`` random live units (active on at least one cached token), sorted."""
+    if sae is None:
+        live = torch.nonzero((acts > 0).any(0)).squeeze(1)
+    else:
+        fired = torch.zeros(sae.cfg.n_latents, dtype=torch.bool)
+        with torch.no_grad():
+            for b in range(0, len(acts), batch_size):
+                a = sae.latent_acts(acts[b:b + batch_size].float())
+                fired |= (a > 0).any(0)
+        live = torch.nonzero(fired).squeeze(1)
+    if len(live) == 0:
+        raise SuperalignError("no unit is ever active on this cache", "train the SAE longer or use another cache")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(live), size=min(n, len(live)), replace=False)
+    return sorted(int(live[i]) for i in pick)
+
+
+def run_explain(job: ExplainJob) -> dict:
+    from .activations import load_activations
+    from .explain import LLMExplainer, TokenLookupExplainer
+
+    cache = load_activations(job.cache)              # every input is checked before anything is written
+    sae = None
+    if job.sae:
+        from .sae import load_sae
+        sae = load_sae(job.sae, expect_d_in=cache.acts.shape[1])
+    tok = load_tokenizer(cache.meta.get("model", ""), job.trust_remote_code)
+    if job.explainer != "token-lookup":
+        from .llm import make_llm
+        llm = make_llm(job.explainer, **({"max_concurrency": job.llm_concurrency}
+                                         if job.explainer.startswith(("openai:", "http")) else {}))
+        explainer = LLMExplainer(llm, max_new_tokens=job.max_new_tokens)
+    else:
+        explainer = TokenLookupExplainer()
+
+    def body(store, out: Path):
+        t0 = time.perf_counter()
+        acts = cache.acts.float()
+        units = sorted(set(job.unit_ids)) if job.unit_ids else choose_units(acts, sae, job.units, job.seed)
+        ua = unit_activations(acts, units, sae)
+        recs = build_records(ua, units, cache.tokens, cache.doc, cache.pos, tok, job.n_explain, job.n_score_top,
+                             job.n_random, job.window, job.seed)
+        t_rec = time.perf_counter() - t0
+        expl = []
+        from tqdm.auto import tqdm
+        for i in tqdm(range(0, len(recs), 8), desc=f"explain ({explainer.name})", disable=not job.progress):
+            expl += explainer.explain(recs[i:i + 8])
+        _write_atomic(out / "records.json", json.dumps({"meta": {"model": cache.meta.get("model"),
+                                                                 "hook": cache.meta.get("hook"),
+                                                                 "sae": job.sae, "explainer": explainer.name},
+                                                        "records": records_to_json(recs)}))
+        _write_atomic(out / "explanations.jsonl", "".join(
+            json.dumps({"unit": r.unit, "explanation": e, "max_act": r.max_act, "density": r.density}) + "\n"
+            for r, e in zip(recs, expl)))
+        metrics = {"n_units": len(recs), "explainer": explainer.name, "records_wall_s": t_rec,
+                   "explain_wall_s": time.perf_counter() - t0 - t_rec,
+                   "mean_density": float(np.mean([r.density for r in recs])),
+                   "examples": [{"unit": r.unit, "explanation": e} for r, e in zip(recs[:10], expl[:10])]}
+        return metrics, {"explanations": str(out / "explanations.jsonl"), "records": str(out / "records.json")}
+    return run_job("interp-explain", job, body)
+
+
+def _explanations_folder(ref: str, home) -> Path:
+    p = Path(ref).expanduser()
+    if p.is_dir() and (p / "explanations.jsonl").exists():
+        return p
+    from ..runs.store import RunStore
+    store = RunStore(home)
+    r = store.get(ref) or store.find(ref)
+    if r is None or r["kind"] != "interp-explain" or r["status"] != "done":
+        raise SuperalignError(f"{ref!r} is neither a finished explain run nor a folder with explanations.jsonl",
+                              "pass the run id printed by superalign interp explain")
+    return Path(r["artefacts"]["explanations"]).parent
+
+
+def _summary(values: list[float]) -> dict:
+    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if not len(v):
+        return {"mean": math.nan, "median": math.nan, "std": math.nan, "n": 0}
+    return {"mean": float(v.mean()), "median": float(np.median(v)), "std": float(v.std(ddof=1)) if len(v) > 1
+            else 0.0, "n": int(len(v))}
+
+
+def run_score(job: ScoreJob) -> dict:
+    from .scoring import score_detection, score_fuzzing, score_simulation
+    from .simulate import make_simulator
+
+    folder = _explanations_folder(job.explanations, job.home)
+    rec_json = json.loads((folder / "records.json").read_text())
+    recs = records_from_json(rec_json["records"])
+    expl = {int(d["unit"]): d["explanation"] for d in map(json.loads, (folder / "explanations.jsonl")
+                                                           .read_text().splitlines()) if d}
+    needs_llm = job.simulator != "token-lookup" or any(s != "simulation" for s in job.scorers)
+    llm = None
+    if needs_llm:
+        from .llm import make_llm
+        llm = make_llm(job.llm, **({"max_concurrency": job.llm_concurrency}
+                                   if job.llm.startswith(("openai:", "http")) else {}))
+    sim = make_simulator(job.simulator, llm) if "simulation" in job.scorers else None
+
+    def body(store, out: Path):
+        from tqdm.auto import tqdm
+        partial = out / "scores.partial.jsonl"
+        done = {}
+        if partial.exists():  # resume: keep every unit an interrupted run had finished
+            for line in partial.read_text().splitlines():
+                try:
+                    d = json.loads(line)
+                    done[d["unit"]] = d
+                except (json.JSONDecodeError, KeyError):
+                    break  # a torn last line from the interruption
+        t0 = time.perf_counter()
+        with partial.open("a", encoding="utf-8") as fh:
+            for r in tqdm(recs, desc="score", disable=not job.progress):
+                if r.unit in done:
+                    continue
+                e = expl[r.unit]
+                row = {"unit": r.unit, "explanation": e}
+                if sim is not None:
+                    s = score_simulation(sim, e, r)
+                    row |= {k: getattr(s, k) for k in ("ev_correlation", "ev_correlation_top",
+                                                       "ev_correlation_random", "rsquared", "predictions")}
+                if "detection" in job.scorers:
+                    c = score_detection(llm, e, r)
+                    row |= {"detection_bacc": c.balanced_accuracy, "detection_auroc": c.auroc}
+                if "fuzzing" in job.scorers:
+                    c = score_fuzzing(llm, e, r, job.seed)
+                    row |= {"fuzzing_bacc": c.balanced_accuracy, "fuzzing_auroc": c.auroc}
+                fh.write(json.dumps(row) + "\n")
+                fh.flush()
+                done[r.unit] = row
+        rows = [done[r.unit] for r in recs]
+        _write_atomic(out / "scores.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
+        metrics = {"n_units": len(rows), "explainer": rec_json["meta"].get("explainer"),
+                   "simulator": sim.name if sim else None, "wall_s": time.perf_counter() - t0}
+        for key in ("ev_correlation", "ev_correlation_top", "ev_correlation_random", "rsquared", "detection_bacc",
+                    "detection_auroc", "fuzzing_bacc", "fuzzing_auroc"):
+            if any(key in x for x in rows):
+                s = _summary([x.get(key) for x in rows])
+                metrics |= {f"{key}_{k}": v for k, v in s.items() if k != "n" or key == "ev_correlation"}
+        return metrics, {"scores": str(out / "scores.jsonl"), "explanations": str(folder / "explanations.jsonl"),
+                         "records": str(folder / "records.json")}
+    return run_job("interp-score", job, body)
