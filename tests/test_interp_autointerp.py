@@ -315,6 +315,11 @@ def test_cli_cache_sae_explain_score_and_resume(tiny_bert, tmp_path, capsys):
     rows = [json.loads(x) for x in open(scores_path)]
     assert len(rows) == 6 and "ev_correlation_mean" in out
     assert all(-1 <= x["ev_correlation"] <= 1 for x in rows if not math.isnan(x["ev_correlation"]))
+    # the report: SAE table, score histogram, explanations beside highlighted contexts
+    assert main(["report", "--home", str(tmp_path / "h"), "--out", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    assert "<h2>Interpretability</h2>" in html and "data:image/png;base64" in html and "<span title=" in html
+    assert html.count("the tokens &quot;") >= 1
     # neurons instead of latents
     assert main(["interp", "explain", *home, "--cache", cache, "--unit-ids", "0", "5", "--window", "6"]) == 0
     capsys.readouterr()
@@ -352,3 +357,11 @@ def test_score_resumes_from_partial(tmp_path, monkeypatch):
     assert calls == [1, 2, 3, 3] and res["metrics"]["n_units"] == 3
     assert res["metrics"]["ev_correlation_mean"] == pytest.approx(orig(TokenLookupSimulator(), 'the tokens "good"',
                                                                        recs[0]).ev_correlation)
+
+
+def test_report_highlight_escapes_tokens():
+    from superalign.interp.report import highlight
+
+    h = highlight(["<script>", " ok"], [2.0, 0.0], 2.0)
+    assert "<script>" not in h and "&lt;script&gt;" in h
+    assert "rgba(220,40,40,1.00)" in h and h.count("background") == 1

@@ -35,6 +35,10 @@ KEY_CONFIG: dict[str, tuple[str, ...]] = {
     "rlhf-dpo": ("policy", "data", "beta", "epochs", "lr", "seed"),
     "rlhf-bon": ("policy", "reward", "n", "n_prompts", "seed"),
     "rlhf-overopt": ("policy", "reward", "n_max", "kl_coefs", "updates", "seed"),
+    "interp-cache": ("model", "texts", "hook", "max_length"),
+    "interp-sae": ("cache", "architecture", "n_latents", "k", "epochs", "seed"),
+    "interp-explain": ("sae", "explainer", "units", "window", "seed"),
+    "interp-score": ("explanations", "simulator", "llm", "scorers"),
 }
 HEADLINE: dict[str, tuple[str, ...]] = {
     "w2s": ("weak_acc", "student_acc", "ceiling_acc", "pgr_acc", "pgr_auroc"),
@@ -45,6 +49,10 @@ HEADLINE: dict[str, tuple[str, ...]] = {
     "rlhf-dpo": ("loss_last", "accuracy_last", "initial_gold", "final_gold", "final_kl", "tokens_per_s"),
     "rlhf-bon": ("proxy_best", "gold_best", "gold_mean", "kl_bon"),
     "rlhf-overopt": ("sft_gold", "bon_gold_max", "bon_gold_argmax_n", "rl_gold_max"),
+    "interp-cache": ("tokens", "texts", "d"),
+    "interp-sae": ("fvu", "l0", "dead_fraction_eval", "ce_loss_recovered", "tokens_per_s"),
+    "interp-explain": ("n_units", "explainer", "mean_density"),
+    "interp-score": ("n_units", "ev_correlation_mean", "ev_correlation_median", "rsquared_mean", "detection_bacc_mean"),
 }
 MAX_GENERIC = 12
 MAX_TEXT = 300  # long config values and errors are cut so one run stays one table row
@@ -392,6 +400,9 @@ def render(store: RunStore, kinds: list[str] | None = None) -> str:
     if any(r["kind"].startswith("rlhf-") for r in runs):
         from ..rlhf.report import rlhf_section  # numpy/matplotlib only: no torch import for the report
         parts.append(rlhf_section(runs))
+    if any(r["kind"].startswith("interp-") for r in runs):
+        from ..interp.report import interp_section  # numpy/matplotlib only
+        parts.append(interp_section(runs))
     parts += ["<h2>All runs</h2>", runs_table(runs), "</body></html>"]
     return "\n".join(parts)
 
