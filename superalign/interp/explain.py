@@ -25,12 +25,14 @@ EXPLAIN_SYSTEM = (
     "what it's looking for is represented by a non-zero activation value. The higher the activation value, the "
     "stronger the match.")
 
+# One worked example, deliberately unlike text sentiment or topic words, so that a small model that copies it
+# instead of reading the real records gets an explanation that scores badly rather than one that looks plausible.
 EXAMPLE_RECORDS = [
-    ActivationRecord(["the", " food", " was", " delicious", " and", " the", " staff", " friendly"],
-                     [0, 0, 0, 10, 0, 0, 0, 6], 0, 0),
-    ActivationRecord(["a", " wonderful", " view", " from", " the", " room"], [0, 9, 0, 0, 0, 0], 0, 0),
+    ActivationRecord(["the", " band", " formed", " in", " 1987", " and", " split", " in", " 1994"],
+                     [0, 0, 0, 1, 10, 0, 0, 1, 9], 0, 0),
+    ActivationRecord(["by", " march", " 2003", " the", " company", " had", " grown"], [0, 4, 8, 0, 0, 0, 0], 0, 0),
 ]
-EXAMPLE_EXPLANATION = "positive adjectives describing how good something is"
+EXAMPLE_EXPLANATION = "years and dates"
 LEAD = "the main thing this neuron does is find"
 
 
