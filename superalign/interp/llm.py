@@ -1,0 +1,509 @@
+"""LLM backends for automated interpretability (explain → simulate → score, Bills et al. 2023).
+
+The explainer needs text from a model; the simulator needs next-token distributions over activation values
+("0".."10"). Bills et al. read the simulator's distributions for every token of an excerpt in ONE pass ("all at
+once"): the prompt lists each token followed by "\\t" and a value, and the model's prediction right after each "\\t"
+is read with teacher forcing (`echo_logprobs`). A local HF model can always do that; a remote API only when its
+/completions endpoint echoes prompt log-probs (vLLM does, OpenAI's chat models do not) — otherwise the simulator
+falls back to one request per token (`next_token_logprobs`).
+
+Backends: :class:`HFLocalLLM` (any Hugging Face causal LM, names as in :mod:`superalign.rlhf.lm`) and
+:class:`OpenAICompatLLM` (any OpenAI-compatible HTTP endpoint, standard library only). :func:`make_llm` picks one
+from a spec string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from ..errors import SuperalignError
+from ..rlhf.lm import left_pad, load_lm, model_inputs
+
+log = logging.getLogger(__name__)
+
+Prompt = str | list[dict]
+"""A raw text prompt, or chat messages [{"role": "system"|"user"|"assistant", "content": str}]."""
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+TOP_LOGPROBS = 20  # the most OpenAI's chat endpoint returns (and vLLM's default cap)
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class LogprobsUnavailable(SuperalignError):
+    """The backend cannot give the log-probs asked for (the message names a backend that can)."""
+
+
+def cut_at_stop(text: str, stop: list[str] | None) -> str:
+    """``text`` up to the earliest occurrence of any stop string (servers may stop late or ignore extra stops)."""
+    cuts = [i for i in (text.find(s) for s in stop or [] if s) if i >= 0]
+    return text[:min(cuts)] if cuts else text
+
+
+def _check_candidates(candidates: list[str]) -> None:
+    if not candidates or len(set(candidates)) != len(candidates):
+        raise SuperalignError(f"candidates must be distinct and non-empty, got {candidates!r}",
+                              'pass distinct strings such as ["0", ..., "9"]')
+
+
+class LLM(ABC):
+    """A language model the explainer and simulator can call. Prompts are raw text or chat messages."""
+
+    name: str
+    supports_next_token_logprobs: bool = False
+    """can give next-token distributions after a prompt"""
+    supports_echo_logprobs: bool = False
+    """can give next-token distributions at many positions of one prompt in one pass"""
+
+    @abstractmethod
+    def generate(self, prompts: list[Prompt], max_new_tokens: int = 128, temperature: float = 0.0,
+                 stop: list[str] | None = None, seed: int = 0) -> list[str]:
+        """One completion per prompt, greedy when temperature == 0, without the prompt, cut at the first stop
+        string. Chat messages get the model's chat template (HF) or the chat endpoint (HTTP)."""
+
+    def next_token_logprobs(self, prompts: list[Prompt], candidates: list[str]) -> np.ndarray:
+        """[len(prompts), len(candidates)] log P(next token = candidate | prompt); -inf where unknown."""
+        raise LogprobsUnavailable(f"{self.name} cannot give next-token log-probs",
+                                  "use a local model (hf:<id|path>, smollm2) or an endpoint that returns logprobs")
+
+    def echo_logprobs(self, prompt: str, offsets: list[int], candidates: list[str]) -> np.ndarray:
+        """[len(offsets), len(candidates)]: the next-token log-probs of the candidates given ``prompt[:o]`` for each
+        character offset o, all from one teacher-forced pass over ``prompt``. Offsets must be token boundaries."""
+        raise LogprobsUnavailable(f"{self.name} cannot give echo (prompt) log-probs",
+                                  "use a local model (hf:<id|path>, smollm2) or an OpenAI-compatible /completions "
+                                  "endpoint with echo support (e.g. vLLM) and echo=True")
+
+    def format_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The raw string the model sees for chat messages, so callers can append assistant text and score it with
+        :meth:`echo_logprobs`. Without a chat template: one "role: content" line per message."""
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+        return text + ("assistant: " if add_generation_prompt else "")
+
+
+# ----------------------------------------------------------------------------------------------- local HF models
+
+
+class HFLocalLLM(LLM):
+    """Any Hugging Face causal LM, run locally: ``smollm2``, ``testbed``, ``hf:<hub id or path>`` or a local folder.
+
+    Prompts are encoded as in RLHF (:func:`superalign.rlhf.lm.encode_prompts`): a tokenizer without a BOS token
+    (GPT-2 style) gets EOS in front, as in pretraining. A chat-rendered prompt that already starts with the BOS
+    text gets no second one. Batches are left-padded with positions taken from the attention mask."""
+
+    supports_next_token_logprobs = True
+    supports_echo_logprobs = True
+
+    def __init__(self, model: str, device: str = "cpu", dtype: torch.dtype | str | None = None, batch_size: int = 8,
+                 trust_remote_code: bool = False, max_length: int | None = None):
+        dt = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+        if dtype is not None and not isinstance(dt, torch.dtype):
+            raise SuperalignError(f"unknown dtype {dtype!r}", "use float32, bfloat16 or float16")
+        tok, lm = load_lm(model, trust_remote_code=trust_remote_code, dtype=dt or torch.float32)
+        self._setup(tok, lm, model, device, batch_size, max_length)
+
+    @classmethod
+    def from_model(cls, tok, model, name: str = "custom", device: str | None = None, batch_size: int = 8,
+                   max_length: int | None = None) -> HFLocalLLM:
+        """Wrap an already-loaded (tokenizer, causal LM) pair; the model is put in eval mode."""
+        self = cls.__new__(cls)
+        self._setup(tok, model, name, device or str(next(model.parameters()).device), batch_size, max_length)
+        return self
+
+    def _setup(self, tok, model, name: str, device: str, batch_size: int, max_length: int | None) -> None:
+        if batch_size < 1:
+            raise SuperalignError(f"batch_size must be >= 1, got {batch_size}", "pass batch_size=8")
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        if pad is None:
+            raise SuperalignError(f"tokenizer of {name} has neither a pad nor an EOS token", "set tok.pad_token")
+        self.tok, self.name, self.batch_size, self.pad_id = tok, name, batch_size, pad
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()  # eval = dropout off: deterministic log-probs
+        self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
+        eos = model.generation_config.eos_token_id  # chat models often end turns with their own token(s)
+        self.eos_ids = sorted({tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None})
+
+    def __repr__(self) -> str:
+        return f"HFLocalLLM({self.name!r}, device={str(self.device)!r})"
+
+    def format_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        if getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return super().format_chat(messages, add_generation_prompt)
+
+    def _render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        if isinstance(prompt, list):
+            return self.format_chat(prompt)
+        raise SuperalignError(f"a prompt must be a string or a list of chat messages, got {type(prompt).__name__}",
+                              'pass "text" or [{"role": "user", "content": "text"}]')
+
+    def _encode(self, text: str, with_offsets: bool = False,
+                reserve: int = 0) -> tuple[list[int], list[tuple[int, int]]]:
+        """(token ids, character spans of the tokens; (0, 0) for added special tokens). ``reserve`` positions are
+        kept free for generated tokens."""
+        bos = self.tok.bos_token
+        enc = self.tok(text, add_special_tokens=not (bos and text.startswith(bos)),
+                       return_offsets_mapping=with_offsets)
+        ids, spans = list(enc["input_ids"]), [tuple(s) for s in enc.get("offset_mapping", [])]
+        if not ids or (self.tok.bos_token_id is None and ids[0] != self.tok.eos_token_id):
+            ids = [self.tok.bos_token_id if self.tok.bos_token_id is not None else self.tok.eos_token_id] + ids
+            spans = [(0, 0)] + spans
+        if self.max_length and len(ids) + reserve > self.max_length:
+            raise SuperalignError(f"prompt of {len(ids)} tokens (+{reserve} to generate) is longer than {self.name}'s "
+                                  f"limit {self.max_length}: {text[:60]!r}",
+                                  "shorten the prompt (fewer or shorter examples) or max_new_tokens")
+        return ids, spans
+
+    def _candidate_ids(self, candidates: list[str]) -> list[int]:
+        """Token id of each candidate. A string the tokenizer splits is still accepted when it is a vocabulary entry
+        (SentencePiece encodes "7" as "▁" "7", but "7" after a "\\t" is the single token "7")."""
+        _check_candidates(candidates)
+        vocab, out = None, []
+        for c in candidates:
+            ids = self.tok.encode(c, add_special_tokens=False)
+            if len(ids) != 1:
+                vocab = vocab or self.tok.get_vocab()
+                if c not in vocab:
+                    raise SuperalignError(f"candidate {c!r} is not a single token of {self.name} (it is "
+                                          f"{self.tok.convert_ids_to_tokens(ids)})",
+                                          'use single-token candidates, e.g. "0".."9"')
+                ids = [vocab[c]]
+            out.append(ids[0])
+        return out
+
+    def _batches(self, seqs: list[list[int]]) -> list[list[int]]:
+        """Index batches of similar length (less padding), longest first so that running out of memory shows at once."""
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        return [order[b:b + self.batch_size] for b in range(0, len(order), self.batch_size)]
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[Prompt], max_new_tokens: int = 128, temperature: float = 0.0,
+                 stop: list[str] | None = None, seed: int = 0) -> list[str]:
+        """Batched ``model.generate`` (KV cache, early stop on EOS and stop strings). Sampling is plain
+        softmax(logits / temperature): the model's own top-k/top-p defaults are switched off. With temperature > 0
+        the samples depend on ``seed`` and on how prompts fall into batches."""
+        from transformers import GenerationConfig
+
+        seqs = [self._encode(self._render(p), reserve=max_new_tokens)[0] for p in prompts]
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {}
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
+                               stop_strings=stop or None, **sampling)
+        out = [""] * len(prompts)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for idx in self._batches(seqs):
+                ids, mask = left_pad([seqs[i] for i in idx], self.pad_id)
+                gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                          generation_config=cfg, tokenizer=self.tok)
+                for i, row in zip(idx, gen[:, ids.shape[1]:].tolist(), strict=True):
+                    end = next((k for k, t in enumerate(row) if t in self.eos_ids), len(row))
+                    out[i] = cut_at_stop(self.tok.decode(row[:end], skip_special_tokens=True), stop)
+        return out
+
+    @torch.inference_mode()
+    def next_token_logprobs(self, prompts: list[Prompt], candidates: list[str]) -> np.ndarray:
+        cand = self._candidate_ids(candidates)
+        seqs = [self._encode(self._render(p))[0] for p in prompts]
+        out = np.empty((len(prompts), len(cand)), dtype=np.float64)
+        for idx in self._batches(seqs):
+            ids, mask = left_pad([seqs[i] for i in idx], self.pad_id)
+            logits = self.model(**model_inputs(ids.to(self.device), mask.to(self.device)), logits_to_keep=1).logits
+            out[idx] = logits[:, -1].float().log_softmax(-1)[:, cand].cpu().double().numpy()
+        return out
+
+    @torch.inference_mode()
+    def echo_logprobs(self, prompt: str, offsets: list[int], candidates: list[str]) -> np.ndarray:
+        """One forward pass over ``prompt``; the logits at the last token of ``prompt[:o]`` are the next-token
+        distribution given that prefix. Equals :meth:`next_token_logprobs` on the prefixes when the tokenizer
+        splits the prefix as it splits the whole prompt, which holds at separators such as "\\t"."""
+        cand = self._candidate_ids(candidates)
+        ids, spans = self._encode(prompt, with_offsets=True)
+        rows = [_prefix_tokens(prompt, spans, o) - 1 for o in offsets]
+        keep = torch.tensor(rows, dtype=torch.long, device=self.device)
+        logits = self.model(input_ids=torch.tensor([ids], device=self.device), logits_to_keep=keep).logits[0]
+        return logits.float().log_softmax(-1)[:, cand].cpu().double().numpy().reshape(len(offsets), len(cand))
+
+
+def _prefix_tokens(text: str, spans: list[tuple[int, int]], offset: int) -> int:
+    """How many tokens make up ``text[:offset]``; an error when a token straddles the offset."""
+    if not 0 <= offset <= len(text):
+        raise SuperalignError(f"offset {offset} is outside the prompt (length {len(text)})", "pass 0 <= offset <= len")
+    inside = next(((s, e) for s, e in spans if s < offset < e), None)
+    if inside is not None:
+        raise SuperalignError(f"offset {offset} is not at a token boundary: it falls inside the token "
+                              f"{text[inside[0]:inside[1]]!r}", 'pass offsets right after a separator such as "\\t"')
+    n = sum(e <= offset for _, e in spans)
+    if n == 0:
+        raise SuperalignError(f"offset {offset} has no token before it (the tokenizer adds no BOS)",
+                              "pass offsets after the start of the prompt")
+    return n
+
+
+# ----------------------------------------------------------------------------------------------- HTTP endpoints
+
+
+class OpenAICompatLLM(LLM):
+    """Any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp server, Ollama...), standard library only.
+
+    One HTTP request per prompt, at most ``max_concurrency`` in flight; 429/5xx/connection errors are retried with
+    exponential backoff and jitter (``Retry-After`` honoured), other 4xx fail at once with the server's message.
+    With ``cache_dir`` every response is stored under the sha256 of its URL and JSON body, so a rerun makes no
+    request it made before. The API key is read from ``$api_key_env`` at each request and never stored on the
+    object, logged, cached or put in an error message (a server message quoting it is scrubbed)."""
+
+    supports_next_token_logprobs = True
+    backoff_s = 1.0
+    """first retry waits about this long (x0.5..1.5 jitter), doubling each retry"""
+
+    def __init__(self, model: str, base_url: str = OPENAI_BASE_URL, api_key_env: str = "OPENAI_API_KEY",
+                 max_concurrency: int = 4, max_retries: int = 5, timeout_s: float = 60, cache_dir: str | None = None,
+                 use_chat: bool = True, echo: bool = False):
+        url = urllib.parse.urlparse(base_url)
+        if url.scheme not in ("http", "https") or not url.hostname or not model:
+            raise SuperalignError(f"bad endpoint {base_url!r} / model {model!r}",
+                                  "pass a model name and a base_url like http://localhost:8000/v1")
+        if max_concurrency < 1 or max_retries < 0:
+            raise SuperalignError(f"max_concurrency={max_concurrency}, max_retries={max_retries}",
+                                  "use max_concurrency >= 1 and max_retries >= 0")
+        host = url.hostname + (f":{url.port}" if url.port else "")
+        self.model, self.base_url, self.name = model, base_url.rstrip("/"), f"{model}@{host}"
+        self.api_key_env, self.max_concurrency, self.max_retries, self.timeout_s = (api_key_env, max_concurrency,
+                                                                                    max_retries, timeout_s)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.use_chat, self.echo = use_chat, echo
+        self.supports_echo_logprobs = echo
+        if not os.environ.get(api_key_env) and url.hostname not in LOCAL_HOSTS:
+            raise SuperalignError(f"no API key for {self.name}: the environment variable {api_key_env} is not set",
+                                  f"export {api_key_env}=<your key> (only localhost endpoints may go without)")
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatLLM({self.name!r}, use_chat={self.use_chat}, echo={self.echo})"
+
+    # -- requests
+
+    def _request(self, prompt: Prompt, params: dict, logprobs: bool = False) -> tuple[str, dict]:
+        """(path, body): chat messages, and raw text when ``use_chat``, go to /chat/completions (raw text as one user
+        message); raw text otherwise to /completions."""
+        if isinstance(prompt, str) and not self.use_chat:
+            return "/completions", {"model": self.model, "prompt": prompt, **params,
+                                    **({"logprobs": TOP_LOGPROBS} if logprobs else {})}
+        if not isinstance(prompt, (str, list)):
+            raise SuperalignError(f"a prompt must be a string or a list of chat messages, got {type(prompt).__name__}",
+                                  'pass "text" or [{"role": "user", "content": "text"}]')
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        return "/chat/completions", {"model": self.model, "messages": messages, **params,
+                                     **({"logprobs": True, "top_logprobs": TOP_LOGPROBS} if logprobs else {})}
+
+    def _post(self, path: str, body: dict) -> dict:
+        """The first choice of the JSON response (from the cache when there)."""
+        url = self.base_url + path
+        cached = None
+        if self.cache_dir is not None:
+            digest = hashlib.sha256(json.dumps({"url": url, "body": body}, sort_keys=True).encode()).hexdigest()
+            cached = self.cache_dir / f"{digest}.json"
+            if cached.exists():
+                return _first_choice(json.loads(cached.read_text())["response"], self.name)
+        resp = self._send(url, path, json.dumps(body).encode())
+        choice = _first_choice(resp, self.name)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps({"url": url, "request": body, "response": resp}))
+            os.replace(tmp, cached)  # atomic: a concurrent reader sees the whole file or none
+        return choice
+
+    def _send(self, url: str, path: str, data: bytes) -> dict:
+        attempt = 0
+        while True:
+            key = os.environ.get(self.api_key_env)
+            headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+            retry_after = None
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers, method="POST"),
+                                            timeout=self.timeout_s) as r:
+                    raw = r.read()
+                try:
+                    return json.loads(raw)
+                except ValueError:
+                    raise SuperalignError(f"{self.name}: {path} returned invalid JSON: {_scrub(raw, key)}",
+                                          "check that base_url points at an OpenAI-compatible /v1 API") from None
+            except urllib.error.HTTPError as e:
+                msg = _server_message(e, key)
+                if e.code != 429 and e.code < 500:
+                    raise SuperalignError(f"{self.name}: HTTP {e.code} from {path}: {msg}",
+                                          _fix_for(e.code, self)) from None
+                problem, retry_after = f"HTTP {e.code}: {msg}", _retry_after(e.headers.get("Retry-After"))
+            except (OSError, http.client.HTTPException) as e:  # refused/reset connections, timeouts (URLError is one)
+                problem = _scrub(f"{type(e).__name__}: {e}", key)
+            if attempt == self.max_retries:
+                raise SuperalignError(f"{self.name}: {path} failed after {attempt + 1} attempts ({problem})",
+                                      "check that the server is up, or raise max_retries / timeout_s")
+            delay = retry_after if retry_after is not None else self.backoff_s * 2 ** attempt * random.uniform(.5, 1.5)
+            log.warning("%s: %s; retry %d/%d in %.1f s", self.name, problem, attempt + 1, self.max_retries, delay)
+            time.sleep(delay)
+            attempt += 1
+
+    def _map(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
+        """fn over items with at most ``max_concurrency`` requests in flight; the first error cancels the rest."""
+        pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="llm")
+        try:
+            return list(pool.map(fn, items))
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+    # -- the LLM interface
+
+    def generate(self, prompts: list[Prompt], max_new_tokens: int = 128, temperature: float = 0.0,
+                 stop: list[str] | None = None, seed: int = 0) -> list[str]:
+        """Stop strings go to the server (OpenAI takes at most 4) and are applied again to the returned text."""
+        params = {"max_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
+                  **({"stop": stop[:4]} if stop else {})}
+
+        def one(prompt: Prompt) -> str:
+            path, body = self._request(prompt, params)
+            choice = self._post(path, body)
+            text = (choice.get("message") or {}).get("content") if path == "/chat/completions" else choice.get("text")
+            return cut_at_stop(text or "", stop)
+
+        return self._map(one, prompts)
+
+    def next_token_logprobs(self, prompts: list[Prompt], candidates: list[str]) -> np.ndarray:
+        """One token with the top-20 log-probs. A returned token counts for the candidate it equals after
+        stripping leading whitespace (" 7" and "7" both count for "7", their probabilities summed); a candidate
+        outside the top 20 gets -inf."""
+        _check_candidates(candidates)
+        params = {"max_tokens": 1, "temperature": 0.0}
+
+        def one(prompt: Prompt) -> np.ndarray:
+            path, body = self._request(prompt, params, logprobs=True)
+            lp = self._post(path, body).get("logprobs") or {}
+            try:
+                if path == "/chat/completions":
+                    top = [(t["token"], t["logprob"]) for t in lp["content"][0]["top_logprobs"]]
+                else:
+                    top = list(lp["top_logprobs"][0].items())
+            except (KeyError, IndexError, TypeError):
+                raise SuperalignError(f"{self.name} returned no top log-probs on {path}",
+                                      "use a server/model that supports logprobs (e.g. vLLM, OpenAI chat models)"
+                                      ) from None
+            return _match(top, candidates)
+
+        return np.array(self._map(one, prompts), dtype=np.float64).reshape(len(prompts), len(candidates))
+
+    def echo_logprobs(self, prompt: str, offsets: list[int], candidates: list[str]) -> np.ndarray:
+        """POST /completions with echo=true: the server returns, for every prompt token, its character offset and
+        the top-20 distribution it was predicted from. The one generated token (max_tokens=1; some servers reject
+        0) answers the offset len(prompt)."""
+        if not self.echo:
+            return super().echo_logprobs(prompt, offsets, candidates)
+        _check_candidates(candidates)
+        body = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": True,
+                "logprobs": TOP_LOGPROBS}
+        lp = self._post("/completions", body).get("logprobs") or {}
+        if not lp.get("text_offset") or lp.get("top_logprobs") is None:
+            raise LogprobsUnavailable(f"{self.name} returned no echo log-probs",
+                                      "use a server whose /completions supports echo with logprobs (e.g. vLLM)")
+        first: dict[int, int] = {}
+        for i, o in enumerate(lp["text_offset"]):
+            first.setdefault(o, i)
+        rows = []
+        for o in offsets:
+            i = first.get(o)
+            if i is None or lp["top_logprobs"][i] is None:
+                raise SuperalignError(f"offset {o} is not at a token boundary of {self.name}'s tokenization "
+                                      "(or is the first token)", 'pass offsets right after a separator such as "\\t"')
+            rows.append(_match(list(lp["top_logprobs"][i].items()), candidates))
+        return np.array(rows, dtype=np.float64).reshape(len(offsets), len(candidates))
+
+
+def _match(top: list[tuple[str, float]], candidates: list[str]) -> np.ndarray:
+    out = np.full(len(candidates), -np.inf)
+    index = {c: i for i, c in enumerate(candidates)}
+    for token, logprob in top:
+        i = index.get(token.lstrip())
+        if i is not None:
+            out[i] = np.logaddexp(out[i], logprob)
+    return out
+
+
+def _first_choice(resp: dict, name: str) -> dict:
+    try:
+        return resp["choices"][0]
+    except (KeyError, IndexError, TypeError):
+        raise SuperalignError(f"{name} returned no choices: {str(resp)[:200]}",
+                              "check that base_url points at an OpenAI-compatible /v1 API") from None
+
+
+def _scrub(text: str | bytes, key: str | None, limit: int = 300) -> str:
+    """One line of at most ``limit`` characters, with the API key (should a server quote it) masked."""
+    text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    if key:
+        text = text.replace(key, "***")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _server_message(e: urllib.error.HTTPError, key: str | None) -> str:
+    raw = e.read()[:4000]
+    try:
+        err = json.loads(raw)
+        err = err.get("error", err) if isinstance(err, dict) else err
+        msg = err.get("message", err) if isinstance(err, dict) else err
+    except ValueError:
+        msg = raw
+    return _scrub(msg if isinstance(msg, (str, bytes)) else json.dumps(msg), key) or e.reason
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (capped at 5 min); None when absent or an HTTP date."""
+    try:
+        return min(max(float(value), 0.0), 300.0) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _fix_for(code: int, llm: OpenAICompatLLM) -> str:
+    if code in (401, 403):
+        return f"check the API key in ${llm.api_key_env}"
+    if code == 404:
+        return f"check the model name {llm.model!r} and that base_url {llm.base_url} ends in /v1"
+    return "check the request parameters (this server may not support logprobs, echo or seed)"
+
+
+# ----------------------------------------------------------------------------------------------- by name
+
+
+def make_llm(spec: str, **kw) -> LLM:
+    """An LLM from a spec: ``hf:<id|path>``, ``smollm2``, ``testbed`` or a local folder (HFLocalLLM);
+    ``openai:<model>`` (OpenAICompatLLM at ``$OPENAI_BASE_URL`` or OpenAI); ``http(s)://host:port/v1#<model>``
+    (OpenAICompatLLM at that URL). ``kw`` go to the backend."""
+    if spec.startswith("openai:") and spec[7:]:
+        return OpenAICompatLLM(spec[7:], **{"base_url": os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL, **kw})
+    if spec.startswith(("http://", "https://")) and spec.partition("#")[2]:
+        base_url, _, model = spec.partition("#")
+        return OpenAICompatLLM(model, base_url=base_url, **kw)
+    if spec in ("smollm2", "testbed") or spec.startswith("hf:") or Path(spec).expanduser().is_dir():
+        return HFLocalLLM(spec, **kw)
+    raise SuperalignError(f"unknown LLM {spec!r}", "use hf:<hub id or path>, smollm2, testbed, a model folder, "
+                                                   "openai:<model> or http://host:port/v1#<model>")
