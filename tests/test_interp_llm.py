@@ -97,6 +97,17 @@ def test_echo_equals_next_token_on_prefixes(llm):
     assert llm.echo_logprobs(PROMPT, [], DIGITS).shape == (0, 11)
 
 
+def test_echo_reuses_the_shared_prefix_exactly(llm, tiny):
+    """Consecutive echo prompts that share a head reuse its KV cache; the numbers equal a fresh pass."""
+    other = PROMPT.replace("the bird\t7", "a fish\t2") + "b\t"
+    prompts = [PROMPT, other, PROMPT, PROMPT[:20] + "x\t"]
+    got = [llm.echo_logprobs(p, tab_offsets(p), DIGITS) for p in prompts]
+    for p, g in zip(prompts, got):
+        fresh = HFLocalLLM.from_model(*tiny).echo_logprobs(p, tab_offsets(p), DIGITS)
+        np.testing.assert_allclose(g, fresh, atol=1e-5)
+    assert llm._echo_kv[0] == llm._encode(prompts[-1])[0]
+
+
 def test_logprobs_are_the_models_normalized_distribution(llm, tiny):
     tok, model = tiny
     vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])

@@ -93,6 +93,10 @@ class LLM(ABC):
                                   "use a local model (hf:<id|path>, smollm2) or an OpenAI-compatible /completions "
                                   "endpoint with echo support (e.g. vLLM) and echo=True")
 
+    def is_single_token(self, text: str) -> bool:
+        """Whether ``text`` can be a candidate of the logprob methods (remote backends cannot tell: True)."""
+        return True
+
     def format_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """The raw string the model sees for chat messages, so callers can append assistant text and score it with
         :meth:`echo_logprobs`. Without a chat template: one "role: content" line per message."""
@@ -136,6 +140,7 @@ class HFLocalLLM(LLM):
         if pad is None:
             raise SuperalignError(f"tokenizer of {name} has neither a pad nor an EOS token", "set tok.pad_token")
         self.tok, self.name, self.batch_size, self.pad_id = tok, name, batch_size, pad
+        self._echo_kv = None  # (token ids, KV cache) of the last echo prompt
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()  # eval = dropout off: deterministic log-probs
         self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
@@ -192,6 +197,13 @@ class HFLocalLLM(LLM):
             out.append(ids[0])
         return out
 
+    def is_single_token(self, text: str) -> bool:
+        try:
+            self._candidate_ids([text])
+            return True
+        except SuperalignError:
+            return False
+
     def _batches(self, seqs: list[list[int]]) -> list[list[int]]:
         """Index batches of similar length (less padding), longest first so that running out of memory shows at once."""
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
@@ -240,8 +252,23 @@ class HFLocalLLM(LLM):
         cand = self._candidate_ids(candidates)
         ids, spans = self._encode(prompt, with_offsets=True)
         rows = [_prefix_tokens(prompt, spans, o) - 1 for o in offsets]
-        keep = torch.tensor(rows, dtype=torch.long, device=self.device)
-        logits = self.model(input_ids=torch.tensor([ids], device=self.device), logits_to_keep=keep).logits[0]
+        if not rows:
+            return np.zeros((0, len(cand)))
+        # Simulation prompts share a long head (instructions, worked example, explanation): keep the KV cache of
+        # the previous prompt, crop it to the tokens the two prompts share and run only the rest.
+        from transformers import DynamicCache
+
+        prev_ids, kv = self._echo_kv if self._echo_kv is not None else ([], None)
+        n = next((i for i, (a, b) in enumerate(zip(prev_ids, ids)) if a != b), min(len(prev_ids), len(ids)))
+        n = min(n, min(rows))  # the logits we need must come out of this pass
+        if kv is None or n == 0:
+            kv, n = DynamicCache(), 0
+        elif kv.get_seq_length() > n:
+            kv.crop(n - kv.get_seq_length())  # a negative count drops that many tokens (transformers 4.x and 5.x)
+        keep = torch.tensor([r - n for r in rows], dtype=torch.long, device=self.device)
+        logits = self.model(input_ids=torch.tensor([ids[n:]], device=self.device), past_key_values=kv,
+                            use_cache=True, logits_to_keep=keep).logits[0]
+        self._echo_kv = (ids, kv)
         return logits.float().log_softmax(-1)[:, cand].cpu().double().numpy().reshape(len(offsets), len(cand))
 
 
