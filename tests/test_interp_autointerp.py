@@ -15,7 +15,8 @@ from superalign.interp.explain import (LLMExplainer, TokenLookupExplainer, expla
 from superalign.interp.records import ActivationRecord, UnitRecords, build_records, discretize, records_from_json, \
     records_to_json
 from superalign.interp.scoring import (auroc, balanced_accuracy, correlation_score, fuzz_examples, join_tokens, mark,
-                                       rsquared_score, score_detection, score_fuzzing, score_simulation)
+                                       rsquared_score, score_detection, score_embedding, score_fuzzing,
+                                       score_simulation)
 from superalign.interp.simulate import (AllAtOnceSimulator, GenerationSimulator, PerTokenSimulator,
                                         TokenLookupSimulator, expected_value, make_simulator, parse_levels)
 
@@ -288,6 +289,16 @@ def test_llm_explainer_detection_and_fuzzing():
     assert wrong.balanced_accuracy == 0.0
 
 
+def test_embedding_scorer_by_hand():
+    def embed(texts):   # a stand-in encoder: one axis for "good", one for "staff"
+        v = np.array([[("good" in t) * 1.0, ("staff" in t) * 1.0, 0.1] for t in texts])
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+    r = _unit()   # held out: "so good and good" (fires), "the bad staff" (does not)
+    assert score_embedding(embed, "good", r).auroc == 1.0
+    assert score_embedding(embed, "staff", r).auroc == 0.0
+    assert score_embedding(embed, "hotel", r).auroc == 0.5   # equal similarity: ties count ½
+
+
 # ----------------------------------------------------------------------------------------------- CLI chain, resume
 
 def test_cli_cache_sae_explain_score_and_resume(tiny_bert, tmp_path, capsys):
@@ -309,11 +320,12 @@ def test_cli_cache_sae_explain_score_and_resume(tiny_bert, tmp_path, capsys):
     explain_id = re.search(r"run (\S+) \(stored\)", out).group(1)
     expl = [json.loads(x) for x in open(out.split("explanations: ")[1].split()[0])]
     assert len(expl) == 6 and all(e["explanation"].startswith("the tokens") for e in expl)
-    assert main(["interp", "score", *home, "--explanations", explain_id[:12], "--simulator", "token-lookup"]) == 0
+    assert main(["interp", "score", *home, "--explanations", explain_id[:12], "--simulator", "token-lookup",
+                 "--scorers", "simulation", "embedding", "--embedder", f"hf:{tiny_bert}"]) == 0
     out = capsys.readouterr().out
     scores_path = out.split("scores: ")[1].split()[0]
     rows = [json.loads(x) for x in open(scores_path)]
-    assert len(rows) == 6 and "ev_correlation_mean" in out
+    assert len(rows) == 6 and "ev_correlation_mean" in out and "embedding_auroc_mean" in out
     assert all(-1 <= x["ev_correlation"] <= 1 for x in rows if not math.isnan(x["ev_correlation"]))
     # the report: SAE table, score histogram, explanations beside highlighted contexts
     assert main(["report", "--home", str(tmp_path / "h"), "--out", str(tmp_path / "r.html")]) == 0

@@ -24,7 +24,7 @@ from ..errors import SuperalignError
 from ..rlhf.jobs import JobBase, run_job
 from .records import build_records, records_from_json, records_to_json, unit_activations
 
-SCORERS = ("simulation", "detection", "fuzzing")
+SCORERS = ("simulation", "detection", "fuzzing", "embedding")
 SIMULATORS = ("all-at-once", "per-token", "generate", "token-lookup")
 
 
@@ -69,7 +69,8 @@ class ScoreJob(JobBase):
     simulator: str = _f("all-at-once", "all-at-once (echo logprobs), per-token (next-token logprobs), generate "
                                        "(logprob-free) or token-lookup (no LLM)", choices=SIMULATORS)
     llm: str = _f("smollm2", "simulator / judge LLM: smollm2, hf:<id|path>, openai:<model>, http://host:port/v1#<model>")
-    scorers: list[str] = _f(("simulation",), "any of simulation, detection, fuzzing")
+    scorers: list[str] = _f(("simulation",), "any of simulation, detection, fuzzing, embedding")
+    embedder: str = _f("minilm", "sentence encoder of the embedding scorer (minilm or hf:<encoder>)")
     llm_concurrency: int = _f(4, "HTTP LLMs: simultaneous requests")
     seed: int = _f(0, "fuzzing's random markings")
 
@@ -188,7 +189,7 @@ def _summary(values: list[float]) -> dict:
 
 
 def run_score(job: ScoreJob) -> dict:
-    from .scoring import score_detection, score_fuzzing, score_simulation
+    from .scoring import TextEmbedder, score_detection, score_embedding, score_fuzzing, score_simulation
     from .simulate import make_simulator
 
     folder = _explanations_folder(job.explanations, job.home)
@@ -196,13 +197,15 @@ def run_score(job: ScoreJob) -> dict:
     recs = records_from_json(rec_json["records"])
     expl = {int(d["unit"]): d["explanation"] for d in map(json.loads, (folder / "explanations.jsonl")
                                                            .read_text().splitlines()) if d}
-    needs_llm = job.simulator != "token-lookup" or any(s != "simulation" for s in job.scorers)
+    needs_llm = job.simulator != "token-lookup" and "simulation" in job.scorers \
+        or any(s in ("detection", "fuzzing") for s in job.scorers)
     llm = None
     if needs_llm:
         from .llm import make_llm
         llm = make_llm(job.llm, **({"max_concurrency": job.llm_concurrency}
                                    if job.llm.startswith(("openai:", "http")) else {}))
     sim = make_simulator(job.simulator, llm) if "simulation" in job.scorers else None
+    embed = TextEmbedder(job.embedder, trust_remote_code=job.trust_remote_code) if "embedding" in job.scorers else None
 
     def body(store, out: Path):
         from tqdm.auto import tqdm
@@ -232,6 +235,8 @@ def run_score(job: ScoreJob) -> dict:
                 if "fuzzing" in job.scorers:
                     c = score_fuzzing(llm, e, r, job.seed)
                     row |= {"fuzzing_bacc": c.balanced_accuracy, "fuzzing_auroc": c.auroc}
+                if embed is not None:
+                    row["embedding_auroc"] = score_embedding(embed, e, r).auroc
                 fh.write(json.dumps(row) + "\n")
                 fh.flush()
                 done[r.unit] = row
@@ -240,7 +245,7 @@ def run_score(job: ScoreJob) -> dict:
         metrics = {"n_units": len(rows), "explainer": rec_json["meta"].get("explainer"),
                    "simulator": sim.name if sim else None, "wall_s": time.perf_counter() - t0}
         for key in ("ev_correlation", "ev_correlation_top", "ev_correlation_random", "rsquared", "detection_bacc",
-                    "detection_auroc", "fuzzing_bacc", "fuzzing_auroc"):
+                    "detection_auroc", "fuzzing_bacc", "fuzzing_auroc", "embedding_auroc"):
             if any(key in x for x in rows):
                 s = _summary([x.get(key) for x in rows])
                 metrics |= {f"{key}_{k}": v for k, v in s.items() if k != "n" or key == "ev_correlation"}

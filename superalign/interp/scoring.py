@@ -14,6 +14,9 @@ Classification scores (EleutherAI/delphi), which ask the language model yes/no q
 - ``detection`` — does this text contain what the explanation describes? Positives are windows on which the unit
   fires, negatives windows on which it does not; balanced accuracy, and AUROC from P("1") when the backend gives
   logprobs.
+- ``embedding`` — no language model at all: a sentence encoder (MiniLM by default) embeds the explanation and each
+  held-out window; the score is the AUROC with which cosine similarity to the explanation separates windows where
+  the unit fires from windows where it does not (delphi's embedding scorer).
 - ``fuzzing`` — in a window on which the unit fires, are the tokens marked ``<<like this>>`` the ones the
   explanation describes? Half the windows mark the tokens the unit really fires on, half mark as many random
   other tokens; balanced accuracy (and AUROC).
@@ -184,3 +187,36 @@ def score_fuzzing(llm, explanation: str, rec: UnitRecords, seed: int = 0) -> Cla
           f"activates are supposed to be marked <<like this>>.\n\nText: {t}\n\nAre the marked tokens the ones the "
           "explanation describes? Answer 1 for yes or 0 for no." for t in texts]
     return _classification(labels, ask_yes_no(llm, qs), getattr(llm, "supports_next_token_logprobs", False))
+
+
+class TextEmbedder:
+    """Mean-pooled, L2-normalised sentence embeddings from any registered encoder (default: offline MiniLM-L6)."""
+
+    def __init__(self, model: str = "minilm", batch_size: int = 64, trust_remote_code: bool = False):
+        from ..models import load_hf, resolve_model
+
+        self.tok, self.model, _ = load_hf(resolve_model(model), trust_remote_code)
+        self.model.eval()
+        self.batch_size, self.name = batch_size, model
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        from ..models.features import pool
+
+        out = []
+        with torch.inference_mode():
+            for b in range(0, len(texts), self.batch_size):
+                enc = self.tok(texts[b:b + self.batch_size], return_tensors="pt", padding=True, truncation=True,
+                               max_length=128)
+                h = self.model(**enc).last_hidden_state
+                e = pool(h, enc["attention_mask"], causal=False)
+                out.append(torch.nn.functional.normalize(e, dim=-1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def score_embedding(embed, explanation: str, rec: UnitRecords) -> ClassificationScore:
+    records, labels = detection_examples(rec)
+    vecs = embed([explanation] + [join_tokens(r.tokens) for r in records])
+    sims = vecs[1:] @ vecs[0]
+    return ClassificationScore(math.nan, auroc(labels, sims), len(labels))
