@@ -39,7 +39,7 @@ from superalign.interp.autointerp import ExplainJob, ScoreJob, run_explain, run_
 from superalign.interp.jobs import CacheJob, SAEJob, run_cache, run_sae  # noqa: E402
 
 KEYS = ("ev_correlation", "ev_correlation_top", "ev_correlation_random", "rsquared", "detection_bacc",
-        "fuzzing_bacc")
+        "fuzzing_bacc", "embedding_auroc")
 
 
 def stats(rows: list[dict], key: str) -> dict:
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--n-latents", type=int, default=2048)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--llm", default="smollm2", help="explainer and simulator LLM")
-    ap.add_argument("--scorers", nargs="+", default=["simulation", "detection", "fuzzing"])
+    ap.add_argument("--scorers", nargs="+", default=["simulation", "detection", "fuzzing", "embedding"])
     ap.add_argument("--home", default="superalign_runs_bench", help="run store (stages are cached and resumable)")
     ap.add_argument("--quick", action="store_true", help="CI-sized: 500 texts, 4 units, simulation only")
     ap.add_argument("--out", default="benchmarks/results/autointerp.json")
@@ -68,7 +68,7 @@ def main() -> None:
     data = Path(a.data or os.environ.get("SUPERALIGN_DATA", "../shared/data"))
     sst2 = data / "sst2" / "train.jsonl"
     if a.quick:
-        a.texts, a.units, a.scorers = 500, 4, ["simulation"]
+        a.texts, a.units, a.scorers = 500, 4, ["simulation", "embedding"]
     common = {"home": a.home, "progress": True}
     t0 = time.perf_counter()
     walls = {}
@@ -87,7 +87,7 @@ def main() -> None:
         explain[explainer] = r
         walls[f"explain {explainer}"] = r["compute"].get("wall_s")
     results, rows_by = [], {}
-    plan = [(e, "all-at-once", a.scorers) for e in explain] + [("token-lookup", "token-lookup", ["simulation"])]
+    plan = [(e, "all-at-once", a.scorers) for e in explain] + [("token-lookup", "token-lookup", ["simulation", "embedding"])]
     for explainer, simulator, scorers in plan:
         r = run_score(ScoreJob(**common, explanations=explain[explainer]["id"], simulator=simulator, llm=a.llm,
                                scorers=scorers))
@@ -103,14 +103,17 @@ def main() -> None:
         s = res.get(k)
         return f"{s['mean']:+.3f} / {s['median']:+.3f} ± {s['std']:.3f}" if s and s["n"] else "—"
     print(f"\n{'explainer / simulator':<44} {'ev_corr (mean / median ± sd)':<30} {'top':>8} {'random':>8} "
-          f"{'R²':>8} {'detect':>7} {'fuzz':>7}")
+          f"{'R²':>8} {'detect':>7} {'fuzz':>7} {'embed':>7}")
     for res, label in zip(results, rows_by):
         m = {k: res.get(k, {}).get("mean", math.nan) for k in KEYS}
         print(f"{label:<44} {cell(res, 'ev_correlation'):<30} {m['ev_correlation_top']:>+8.3f} "
               f"{m['ev_correlation_random']:>+8.3f} {m['rsquared']:>+8.2f} {m['detection_bacc']:>7.3f} "
-              f"{m['fuzzing_bacc']:>7.3f}")
+              f"{m['fuzzing_bacc']:>7.3f} {m['embedding_auroc']:>7.3f}")
     ex = {e: [json.loads(x) for x in Path(r["artefacts"]["explanations"]).read_text().splitlines()]
           for e, r in explain.items()}
+    for e, r in explain.items():
+        if r["metrics"].get("copied_example_frac"):
+            print(f"{e}: {100 * r['metrics']['copied_example_frac']:.0f}% of explanations repeat the prompt's worked example")
     print("\nexample explanations (unit: token-lookup | LLM):")
     for x, y in list(zip(*ex.values()))[:12]:
         print(f"  {x['unit']:>5}: {x['explanation'][:60]:<62} | {y['explanation'][:80]}")
@@ -123,7 +126,7 @@ def main() -> None:
     if not a.quick:
         from superalign.runs.report import _figure
         fig, axes = _figure(10, 3, ncols=3)
-        for ax, k in zip(axes, ("ev_correlation", "detection_bacc", "fuzzing_bacc")):
+        for ax, k in zip(axes, ("ev_correlation", "detection_bacc", "embedding_auroc")):
             for label, rows in rows_by.items():
                 v = [x[k] for x in rows if isinstance(x.get(k), (int, float)) and math.isfinite(x[k])]
                 if v:

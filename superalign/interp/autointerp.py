@@ -124,7 +124,7 @@ def choose_units(acts: torch.Tensor, sae, n: int, seed: int, batch_size: int = 8
 
 def run_explain(job: ExplainJob) -> dict:
     from .activations import load_activations
-    from .explain import LLMExplainer, TokenLookupExplainer
+    from .explain import EXAMPLE_EXPLANATION, LLMExplainer, TokenLookupExplainer
 
     cache = load_activations(job.cache)              # every input is checked before anything is written
     sae = None
@@ -162,6 +162,8 @@ def run_explain(job: ExplainJob) -> dict:
         metrics = {"n_units": len(recs), "explainer": explainer.name, "records_wall_s": t_rec,
                    "explain_wall_s": time.perf_counter() - t0 - t_rec,
                    "mean_density": float(np.mean([r.density for r in recs])),
+                   # small models often repeat the prompt's worked example instead of reading the records
+                   "copied_example_frac": float(np.mean([e.strip().lower() == EXAMPLE_EXPLANATION for e in expl])),
                    "examples": [{"unit": r.unit, "explanation": e} for r, e in zip(recs[:10], expl[:10])]}
         return metrics, {"explanations": str(out / "explanations.jsonl"), "records": str(out / "records.json")}
     return run_job("interp-explain", job, body)
