@@ -10,6 +10,7 @@ import torch
 
 from ..errors import SuperalignError
 from ..rlhf.jobs import JobBase, run_job
+from .relu_sae import ReLUSAE, ReLUSAEConfig
 from .sae import SAEConfig, TopKSAE
 from .train_sae import SAETrainConfig, evaluate_sae, train_sae
 
@@ -33,11 +34,15 @@ class CacheJob(JobBase):
 
 @dataclass
 class SAEJob(SAETrainConfig, JobBase):
-    """Train a TopK SAE (Gao et al. 2024) on cached activations."""
+    """Train a TopK (Gao et al. 2024) or ReLU + L1 (Anthropic, April 2024) SAE on cached activations; on a causal
+    LM's cache also measure CE/KL loss recovered with the SAE spliced into the model."""
 
     cache: str = _f("", "activation cache folder (printed by superalign interp cache)")
+    architecture: str = _f("topk", "topk (Gao et al. 2024) or relu (ReLU + decoder-norm-weighted L1)")
     n_latents: int = _f(2048, "number of latents")
-    k: int = _f(32, "active latents per token")
+    k: int = _f(32, "topk: active latents per token")
+    l1_coef: float = _f(5.0, "relu: L1 weight relative to FVU, on the scale of Anthropic's λ (higher: sparser)")
+    loss_recovered_texts: int = _f(64, "causal LMs: held-out texts (not trained on) for CE/KL loss recovered; 0: skip")
     aux_coef: float = _f(1 / 32, "AuxK weight (0: off)")
     dead_tokens: int = _f(20000, "tokens without firing after which a latent counts as dead")
     multi_topk: int = _f(0, "Multi-TopK multiplier (0: off; the paper uses 4)")
@@ -52,6 +57,12 @@ class SAEJob(SAETrainConfig, JobBase):
             raise SuperalignError("no activation cache given", "pass --cache DIR (from superalign interp cache)")
         if not 0 < self.eval_frac < 1:
             raise SuperalignError("eval_frac must be in (0, 1)", "pass e.g. --eval-frac 0.1")
+        if self.architecture not in ("topk", "relu"):
+            raise SuperalignError(f"unknown SAE architecture {self.architecture!r}", "pass --architecture topk or relu")
+        if not self.l1_coef >= 0:
+            raise SuperalignError(f"l1_coef must be ≥ 0, got {self.l1_coef}", "pass e.g. --l1-coef 5")
+        if self.loss_recovered_texts < 0:
+            raise SuperalignError("loss_recovered_texts must be ≥ 0", "pass e.g. --loss-recovered-texts 64 (0: skip)")
 
 
 def _texts(job: CacheJob) -> list[str]:
@@ -70,6 +81,14 @@ def _texts(job: CacheJob) -> list[str]:
     if not texts:
         raise SuperalignError(f"the corpus {job.texts!r} is empty", "pass a file with at least one non-empty text")
     return texts
+
+
+def _corpus_ref(texts: str) -> str:
+    """A corpus name that still resolves from another working directory: task names as they are, files absolute."""
+    from ..data import list_tasks
+
+    path = Path(texts[5:] if texts.startswith("file:") else texts)
+    return texts if texts in list_tasks() or not path.exists() else str(path.resolve())
 
 
 def run_cache(job: CacheJob) -> dict:
@@ -92,26 +111,79 @@ def run_cache(job: CacheJob) -> dict:
                                    max_length=job.max_length, batch_size=job.batch_size, progress=job.progress)
         import json
         meta = json.loads((folder / "meta.json").read_text())
+        # how to re-read the same corpus (doc i = texts[i]): run_sae needs the texts for loss recovered
+        meta["texts_spec"] = {"texts": _corpus_ref(job.texts), "text_col": job.text_col, "limit": job.limit}
+        (folder / ".meta.json.tmp").write_text(json.dumps(meta, indent=2))
+        (folder / ".meta.json.tmp").replace(folder / "meta.json")  # atomic: the cache stays whole
         return {"tokens": meta["tokens"], "texts": meta["texts"], "d": meta["d"]}, {"cache": str(folder)}
     return run_job("interp-cache", job, body)
+
+
+def _held_out_texts(job: SAEJob, cache) -> tuple[torch.Tensor | None, list[str], str]:
+    """(doc ids, texts, why skipped) for loss recovered: ``loss_recovered_texts`` texts of a causal LM's cache,
+    drawn with the job's seed (at most half the corpus). Encoders have no LM loss: nothing, silently."""
+    from ..models import resolve_model
+    from ..models.registry import load_config
+    from .loss_recovered import is_causal_lm_config
+
+    name = cache.meta.get("model")
+    if not job.loss_recovered_texts or not name:
+        return None, [], ""
+    try:
+        spec = resolve_model(name)
+        causal = spec.is_transformer and is_causal_lm_config(load_config(spec, job.trust_remote_code))
+    except SuperalignError as e:
+        raise SuperalignError(f"cannot load the cache's model for loss recovered: {e}",
+                              "pass --loss-recovered-texts 0 to skip it") from None
+    if not causal:
+        return None, [], ""
+    spec_t = cache.meta.get("texts_spec")
+    if spec_t is None:
+        return None, [], "the cache does not record its corpus (made by an older version): re-run interp cache"
+    texts = _texts(CacheJob(texts=spec_t["texts"], text_col=spec_t["text_col"], limit=spec_t["limit"]))
+    if len(texts) != cache.meta["texts"]:
+        raise SuperalignError(f"the corpus {spec_t['texts']!r} now has {len(texts)} texts, the cache was made from "
+                              f"{cache.meta['texts']}",
+                              "re-run superalign interp cache, or pass --loss-recovered-texts 0")
+    n = min(job.loss_recovered_texts, len(texts) // 2)
+    if n == 0:
+        return None, [], "the corpus has a single text: nothing to hold out"
+    docs = torch.randperm(len(texts), generator=torch.Generator().manual_seed(job.seed))[:n].sort().values
+    return docs, [texts[i] for i in docs.tolist()], ""
 
 
 def run_sae(job: SAEJob) -> dict:
     from .activations import load_activations
 
     cache = load_activations(job.cache)  # validates the folder before anything is written
+    held_docs, held_texts, note = _held_out_texts(job, cache)  # so is the corpus, for loss recovered
 
     def body(store, out):
         acts = cache.acts.float()
-        perm = torch.randperm(len(acts), generator=torch.Generator().manual_seed(job.seed))
-        n_eval = max(1, int(job.eval_frac * len(acts)))
-        sae = TopKSAE(SAEConfig(d_in=acts.shape[1], n_latents=job.n_latents, k=job.k, aux_coef=job.aux_coef,
-                                dead_tokens=job.dead_tokens, multi_topk=job.multi_topk), seed=job.seed)
+        # the loss-recovered texts' tokens are kept out of training and of the FVU split (none for encoders)
+        pool = torch.arange(len(acts)) if held_docs is None else (~torch.isin(cache.doc, held_docs)).nonzero()[:, 0]
+        perm = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(job.seed))]
+        n_eval = max(1, int(job.eval_frac * len(pool)))
+        if job.architecture == "relu":
+            sae = ReLUSAE(ReLUSAEConfig(d_in=acts.shape[1], n_latents=job.n_latents, l1_coef=job.l1_coef,
+                                        dead_tokens=job.dead_tokens), seed=job.seed)
+        else:
+            sae = TopKSAE(SAEConfig(d_in=acts.shape[1], n_latents=job.n_latents, k=job.k, aux_coef=job.aux_coef,
+                                    dead_tokens=job.dead_tokens, multi_topk=job.multi_topk), seed=job.seed)
         train_cfg = SAETrainConfig(**{f.name: getattr(job, f.name) for f in dataclasses.fields(SAETrainConfig)})
         fit = train_sae(sae, acts[perm[n_eval:]], train_cfg, progress=job.progress)
         metrics = evaluate_sae(sae, acts[perm[:n_eval]])
         metrics |= {"train_fvu_last": fit.fvu[-1], "tokens_per_s": fit.tokens / fit.wall_s, "wall_s": fit.wall_s,
-                    "n_train": len(acts) - n_eval, "n_eval": n_eval}
+                    "n_train": len(pool) - n_eval, "n_eval": n_eval}
+        if held_texts:
+            from .loss_recovered import load_causal_lm, loss_recovered
+
+            tok, lm = load_causal_lm(cache.meta["model"], job.trust_remote_code)
+            lm.to("cuda" if torch.cuda.is_available() else "cpu")
+            metrics |= loss_recovered(lm, tok, sae, held_texts, cache.meta["hook"],
+                                      max_length=cache.meta.get("max_length", 128), progress=job.progress).metrics()
+        elif note:
+            metrics["loss_recovered_skipped"] = note
         sae.save(out / "sae", meta={"model": cache.meta.get("model"), "hook": cache.meta.get("hook"),
                                     "cache": str(Path(job.cache))})
         return metrics, {"sae": str(out / "sae")}

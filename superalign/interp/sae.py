@@ -103,6 +103,9 @@ class ForwardOutput(NamedTuple):
 
 
 class TopKSAE(torch.nn.Module):
+    architecture = "topk"
+    """written to cfg.json so that :func:`load_sae` rebuilds the right class"""
+
     def __init__(self, cfg: SAEConfig, seed: int = 0):
         super().__init__()
         self.cfg = cfg
@@ -176,6 +179,18 @@ class TopKSAE(torch.nn.Module):
     def dead_fraction(self) -> float:
         return float((self.since_fired >= self.cfg.dead_tokens).float().mean())
 
+    def latent_acts(self, x: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Activation of each requested latent on each input, [B, len(latents)] (all latents: [B, n_latents]):
+        its value when the latent is among that input's k active ones (the ones ``decode`` uses), else 0."""
+        enc = self.encode(x)
+        if latents is None or len(latents) * enc.top_indices.shape[1] > self.cfg.n_latents:
+            dense = enc.top_acts.new_zeros(x.shape[0], self.cfg.n_latents).scatter_(1, enc.top_indices, enc.top_acts)
+            return dense if latents is None else dense[:, torch.as_tensor(latents, dtype=torch.long, device=x.device)]
+        # few latents: match them against the k active indices instead of materialising [B, n_latents]
+        latents = torch.as_tensor(latents, dtype=torch.long, device=x.device)
+        hit = enc.top_indices.unsqueeze(-1) == latents  # [B, k, L]
+        return (enc.top_acts.unsqueeze(-1) * hit).sum(1)
+
     # ------------------------------------------------------------------ checkpoints: safetensors + cfg.json
 
     def save(self, folder: str | Path, meta: dict | None = None) -> Path:
@@ -189,7 +204,8 @@ class TopKSAE(torch.nn.Module):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp / "sae.safetensors"))
-        (tmp / "cfg.json").write_text(json.dumps({**asdict(self.cfg), **({"meta": meta} if meta else {})}, indent=2))
+        (tmp / "cfg.json").write_text(json.dumps({"architecture": self.architecture, **asdict(self.cfg),
+                                                  **({"meta": meta} if meta else {})}, indent=2))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -199,19 +215,43 @@ class TopKSAE(torch.nn.Module):
     def load(cls, folder: str | Path, expect_d_in: int | None = None) -> "TopKSAE":
         from safetensors.torch import load_file
 
-        folder = Path(folder)
-        if not (folder / "cfg.json").exists() or not (folder / "sae.safetensors").exists():
-            raise SuperalignError(f"{folder} is not an SAE checkpoint (needs cfg.json and sae.safetensors)",
-                                  "pass a folder written by superalign interp sae")
-        raw = json.loads((folder / "cfg.json").read_text())
-        raw.pop("meta", None)
-        cfg = SAEConfig(**raw)
-        if expect_d_in is not None and expect_d_in != cfg.d_in:
-            raise SuperalignError(f"SAE in {folder} expects inputs of width {cfg.d_in}, the activations have "
-                                  f"{expect_d_in}", "load the SAE trained on this model and hook point")
-        sae = cls(cfg)
+        raw, folder = read_checkpoint_cfg(folder, expect_d_in, "topk")
+        sae = cls(SAEConfig(**raw))
         sae.load_state_dict(load_file(str(folder / "sae.safetensors")))
         return sae
+
+
+def read_checkpoint_cfg(folder: str | Path, expect_d_in: int | None = None,
+                        architecture: str | None = None) -> tuple[dict, Path]:
+    """(config fields, folder) of an SAE checkpoint, checked: it is one, of ``architecture`` (when given), and its
+    width is ``expect_d_in`` (when given). Checkpoints written before the ``architecture`` field are TopK."""
+    folder = Path(folder)
+    if not (folder / "cfg.json").exists() or not (folder / "sae.safetensors").exists():
+        raise SuperalignError(f"{folder} is not an SAE checkpoint (needs cfg.json and sae.safetensors)",
+                              "pass a folder written by superalign interp sae")
+    raw = json.loads((folder / "cfg.json").read_text())
+    raw.pop("meta", None)
+    arch = raw.pop("architecture", "topk")
+    if architecture is not None and arch != architecture:
+        raise SuperalignError(f"SAE in {folder} is a {arch} SAE, not {architecture}",
+                              "load it with superalign.interp.sae.load_sae, which picks the class")
+    if expect_d_in is not None and expect_d_in != raw.get("d_in"):
+        raise SuperalignError(f"SAE in {folder} expects inputs of width {raw.get('d_in')}, the activations have "
+                              f"{expect_d_in}", "load the SAE trained on this model and hook point")
+    return raw, folder
+
+
+def load_sae(folder: str | Path, expect_d_in: int | None = None):
+    """Load a TopK or ReLU SAE checkpoint, dispatching on cfg.json's ``architecture`` (absent = topk)."""
+    from .relu_sae import ReLUSAE
+
+    classes = {"topk": TopKSAE, "relu": ReLUSAE}
+    _, folder = read_checkpoint_cfg(folder, expect_d_in)  # the same checks and messages for every architecture
+    arch = json.loads((folder / "cfg.json").read_text()).get("architecture", "topk")
+    if arch not in classes:
+        raise SuperalignError(f"SAE in {folder} has unknown architecture {arch!r}",
+                              f"use a checkpoint of one of: {', '.join(classes)}")
+    return classes[arch].load(folder, expect_d_in)
 
 
 def l0(top_acts: torch.Tensor) -> float:
