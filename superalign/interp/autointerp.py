@@ -98,9 +98,6 @@ def load_tokenizer(model_name: str, trust_remote_code: bool = False):
     from ..models import resolve_model
     from ..models.registry import _hf_call
 
-    if model_name == "smollm2":
-        from ..rlhf.lm import SMOLLM2_GGUF, smollm2_dir
-        return AutoTokenizer.from_pretrained(str(smollm2_dir()), gguf_file=SMOLLM2_GGUF)
     return _hf_call(resolve_model(model_name), AutoTokenizer.from_pretrained, trust_remote_code)
 
 

@@ -190,4 +190,9 @@ def run_sae(job: SAEJob) -> dict:
     return run_job("interp-sae", job, body)
 
 
-JOBS = {"cache": (CacheJob, run_cache), "sae": (SAEJob, run_sae)}
+def _autointerp_jobs() -> dict:
+    from .autointerp import ExplainJob, ScoreJob, run_explain, run_score
+    return {"explain": (ExplainJob, run_explain), "score": (ScoreJob, run_score)}
+
+
+JOBS = {"cache": (CacheJob, run_cache), "sae": (SAEJob, run_sae), **_autointerp_jobs()}

@@ -279,5 +279,6 @@ def load_causal_lm(name: str, trust_remote_code: bool = False):
     tok = _hf_call(spec, AutoTokenizer.from_pretrained, trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
-    model = AutoModelForCausalLM.from_pretrained(spec.path, config=cfg, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(spec.path, config=cfg, trust_remote_code=trust_remote_code,
+                                                 **spec.hf_kwargs())
     return tok, model.eval()

