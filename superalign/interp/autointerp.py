@@ -12,24 +12,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import SuperalignError
-from ..rlhf.jobs import JobBase, run_job
+from ..runs.jobs import JobBase, _f, run_job, write_text_atomic
 from .records import build_records, records_from_json, records_to_json, unit_activations
 
 SCORERS = ("simulation", "detection", "fuzzing", "embedding")
 SIMULATORS = ("all-at-once", "per-token", "generate", "token-lookup")
 
-
-def _f(default, help_: str, **kw):
-    return field(default=default, metadata={"help": help_, **kw})
 
 
 @dataclass
@@ -83,12 +79,6 @@ class ScoreJob(JobBase):
             raise SuperalignError(f"unknown scorer(s) {bad}", f"use any of {', '.join(SCORERS)}")
         if self.simulator not in SIMULATORS:
             raise SuperalignError(f"unknown simulator {self.simulator!r}", f"use one of {', '.join(SIMULATORS)}")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def load_tokenizer(model_name: str, trust_remote_code: bool = False):
@@ -149,11 +139,11 @@ def run_explain(job: ExplainJob) -> dict:
         from tqdm.auto import tqdm
         for i in tqdm(range(0, len(recs), 8), desc=f"explain ({explainer.name})", disable=not job.progress):
             expl += explainer.explain(recs[i:i + 8])
-        _write_atomic(out / "records.json", json.dumps({"meta": {"model": cache.meta.get("model"),
+        write_text_atomic(out / "records.json", json.dumps({"meta": {"model": cache.meta.get("model"),
                                                                  "hook": cache.meta.get("hook"),
                                                                  "sae": job.sae, "explainer": explainer.name},
                                                         "records": records_to_json(recs)}))
-        _write_atomic(out / "explanations.jsonl", "".join(
+        write_text_atomic(out / "explanations.jsonl", "".join(
             json.dumps({"unit": r.unit, "explanation": e, "max_act": r.max_act, "density": r.density}) + "\n"
             for r, e in zip(recs, expl)))
         metrics = {"n_units": len(recs), "explainer": explainer.name, "records_wall_s": t_rec,
@@ -240,7 +230,7 @@ def run_score(job: ScoreJob) -> dict:
                 fh.flush()
                 done[r.unit] = row
         rows = [done[r.unit] for r in recs]
-        _write_atomic(out / "scores.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
+        write_text_atomic(out / "scores.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
         metrics = {"n_units": len(rows), "explainer": rec_json["meta"].get("explainer"),
                    "simulator": sim.name if sim else None, "wall_s": time.perf_counter() - t0}
         for key in ("ev_correlation", "ev_correlation_top", "ev_correlation_random", "rsquared", "detection_bacc",

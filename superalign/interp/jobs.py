@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import SuperalignError
-from ..rlhf.jobs import JobBase, run_job
+from ..runs.jobs import JobBase, _f, run_job
 from .relu_sae import ReLUSAE, ReLUSAEConfig
 from .sae import SAEConfig, TopKSAE
 from .train_sae import SAETrainConfig, evaluate_sae, train_sae
 
-
-def _f(default, help_: str):
-    return field(default=default, metadata={"help": help_})
 
 
 @dataclass

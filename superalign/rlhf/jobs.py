@@ -12,17 +12,13 @@ import copy
 import dataclasses
 import json
 import math
-import time
-import traceback
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import SuperalignError
-from ..runs.store import RunStore, run_id
+from ..runs.jobs import JobBase, _f, run_job  # noqa: F401  (re-exported for the RLHF jobs)
 from .dpo import DPOConfig, train_dpo
 from .lm import encode_prompts, load_lm, save_lm
 from .ppo import PPOConfig, evaluate_policy, rollout, score_rollout, train_ppo
@@ -31,24 +27,6 @@ from .sft import SFTConfig, train_sft
 from .testbed import GoldReward, label_pairs, sample_prompts, testbed_data
 
 TESTBED_NAMES = ("testbed-sft", "testbed-rm")
-
-
-def _f(default, help_: str, **kw):
-    return field(default=default, metadata={"help": help_, **kw})
-
-
-@dataclass
-class JobBase:
-    home: str | None = _f(None, "run store folder (else $SUPERALIGN_HOME or ./superalign_runs)")
-    trust_remote_code: bool = _f(False, "allow custom model code from the hub (off unless you trust the model)")
-    progress: bool = _f(True, "show progress bars")
-
-    def key(self) -> dict:
-        """The config that identifies the run (display-only fields dropped)."""
-        d = asdict(self)
-        for k in ("home", "progress"):
-            d.pop(k, None)
-        return d
 
 
 @dataclass
@@ -139,28 +117,6 @@ class BoNJob(JobBase):
 
 
 # ----------------------------------------------------------------------------- running and recording
-
-
-def run_job(kind: str, job: JobBase, body: Callable[[RunStore, Path], tuple[dict, dict]]) -> dict:
-    """Run ``body(store, artefact_dir) -> (metrics, artefacts)`` once per config; a finished run is returned as is."""
-    store = RunStore(job.home)
-    rid = run_id(kind, job.key())
-    if store.is_done(rid):
-        r = store.get(rid)
-        r["cached"] = True
-        return r
-    store.start(rid, kind, job.key())
-    t0 = time.perf_counter()
-    try:
-        metrics, artefacts = body(store, store.artefact_dir(rid))
-    except BaseException as e:
-        store.fail(rid, f"{type(e).__name__}: {e}" if isinstance(e, (SuperalignError, KeyboardInterrupt))
-                   else traceback.format_exc(limit=3))
-        raise
-    store.finish(rid, metrics, artefacts, {"wall_s": time.perf_counter() - t0})
-    r = store.get(rid)
-    r["cached"] = False
-    return r
 
 
 def check_models(*names: str | None, trust_remote_code: bool = False) -> None:

@@ -16,14 +16,12 @@ Dropout is off in every model (they stay in eval mode), so log-probs in rollout 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import SuperalignError
 from .lm import (completion_batch, completion_logps, decode_responses, encode_prompts, left_pad, response_mask,

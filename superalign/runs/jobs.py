@@ -1,0 +1,65 @@
+"""Jobs: one config dataclass per command, run once per config and recorded in the run store.
+
+Every pillar's commands (``superalign rlhf …``, ``superalign interp …``) are a dataclass deriving from
+:class:`JobBase` and a body run by :func:`run_job`: the run id is a hash of the config, so rerunning a finished job
+returns the stored result and artefacts at once, and chains of jobs resume where they stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import SuperalignError
+from .store import RunStore, run_id
+
+
+def _f(default, help_: str, **kw):
+    return field(default=default, metadata={"help": help_, **kw})
+
+
+@dataclass
+class JobBase:
+    home: str | None = _f(None, "run store folder (else $SUPERALIGN_HOME or ./superalign_runs)")
+    trust_remote_code: bool = _f(False, "allow custom model code from the hub (off unless you trust the model)")
+    progress: bool = _f(True, "show progress bars")
+
+    def key(self) -> dict:
+        """The config that identifies the run (display-only fields dropped)."""
+        d = asdict(self)
+        for k in ("home", "progress"):
+            d.pop(k, None)
+        return d
+
+
+def run_job(kind: str, job: JobBase, body: Callable[[RunStore, Path], tuple[dict, dict]]) -> dict:
+    """Run ``body(store, artefact_dir) -> (metrics, artefacts)`` once per config; a finished run is returned as is."""
+    store = RunStore(job.home)
+    rid = run_id(kind, job.key())
+    if store.is_done(rid):
+        r = store.get(rid)
+        r["cached"] = True
+        return r
+    store.start(rid, kind, job.key())
+    t0 = time.perf_counter()
+    try:
+        metrics, artefacts = body(store, store.artefact_dir(rid))
+    except BaseException as e:
+        store.fail(rid, f"{type(e).__name__}: {e}" if isinstance(e, (SuperalignError, KeyboardInterrupt))
+                   else traceback.format_exc(limit=3))
+        raise
+    store.finish(rid, metrics, artefacts, {"wall_s": time.perf_counter() - t0})
+    r = store.get(rid)
+    r["cached"] = False
+    return r
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file so that a reader sees the old content or the new one, never half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
