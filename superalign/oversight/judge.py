@@ -1,0 +1,251 @@
+"""The sparse-pixel judge of Irving, Christiano & Amodei 2018 ("AI safety via debate", MNIST experiment).
+
+The judge is a small convnet that sees only a few revealed pixels of a digit. Its input is two planes of the
+image's size: plane 0 is the reveal mask (1 where a pixel was revealed), plane 1 the revealed pixel values
+(0 elsewhere), so that a revealed black pixel differs from a hidden one. It is trained, as in the paper, on
+``k`` randomly chosen *nonzero* pixels per image, with a fresh subset per example per epoch.
+
+Data: MNIST from ``mnist.npz`` (keys x_train, y_train, x_test, y_test) found through ``JudgeConfig.data`` or
+``$SUPERALIGN_DATA/mnist/mnist.npz``. Offline fallback (``dataset="auto"`` with no file, or ``dataset="digits"``):
+scikit-learn's ``load_digits`` (1,797 8×8 digits, values 0–16), used at its own 8×8 size: the network is built for
+any input size (two 2×2 max-pools, so the dense layer sees 64 × ⌊H/4⌋ × ⌊W/4⌋ features), and its numbers are not
+comparable with the paper's, only a fast stand-in for tests and --quick runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SuperalignError
+
+DATASETS = ("auto", "mnist", "digits")
+
+
+@dataclass
+class JudgeConfig:
+    """How to train a sparse-pixel judge (defaults: the paper's architecture and optimiser)."""
+
+    k: int = 6
+    """pixels revealed to the judge per training example (the paper: 6 or 4), chosen among the nonzero pixels"""
+    dataset: str = "auto"
+    """mnist (needs the npz file), digits (scikit-learn's 8×8 digits, offline) or auto (mnist if found, else digits)"""
+    data: str = ""
+    """path of mnist.npz (else $SUPERALIGN_DATA/mnist/mnist.npz)"""
+    epochs: int = 30
+    """passes over the training images (a fresh random pixel subset per example in every pass)"""
+    batch_size: int = 128
+    """images per Adam step"""
+    lr: float = 1e-4
+    """Adam learning rate (the paper: 1e-4)"""
+    dropout: float = 0.4
+    """dropout before the last dense layer (the paper: 0.4)"""
+    max_train: int = 0
+    """use at most this many training images (0: all); for quick runs"""
+    max_test: int = 0
+    """evaluate on at most this many test images (0: all)"""
+    seed: int = 0
+    """seed of the initialisation, the pixel subsets, the shuffling and dropout (runs are deterministic on CPU)"""
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise SuperalignError(f"k must be ≥ 1, got {self.k}", "pass e.g. --k 6")
+        if self.dataset not in DATASETS:
+            raise SuperalignError(f"unknown dataset {self.dataset!r}", f"pass --dataset one of {', '.join(DATASETS)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise SuperalignError("epochs and batch_size must be ≥ 1", "pass e.g. --epochs 30 --batch-size 128")
+        if not self.lr > 0:
+            raise SuperalignError(f"lr must be > 0, got {self.lr}", "pass e.g. --lr 1e-4")
+        if not 0 <= self.dropout < 1:
+            raise SuperalignError(f"dropout must be in [0, 1), got {self.dropout}", "pass e.g. --dropout 0.4")
+        if self.max_train < 0 or self.max_test < 0:
+            raise SuperalignError("max_train and max_test must be ≥ 0", "pass 0 for all images")
+
+
+class Images(NamedTuple):
+    """Digits as floats in [0, 1], (N, H, W), and their labels (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+class Split(NamedTuple):
+    train: Images
+    test: Images
+    name: str  # "mnist" or "digits"
+
+
+def mnist_path(data: str = "") -> Path | None:
+    """The MNIST file to use: ``data`` if given (must exist), else $SUPERALIGN_DATA/mnist/mnist.npz if present."""
+    if data:
+        p = Path(data)
+        p = p / "mnist.npz" if p.is_dir() else p
+        if not p.is_file():
+            raise SuperalignError(f"MNIST file not found: {p}",
+                                  "pass --data PATH/mnist.npz, or --dataset digits for the offline 8×8 digits")
+        return p
+    root = os.environ.get("SUPERALIGN_DATA")
+    if root and (Path(root) / "mnist" / "mnist.npz").is_file():
+        return Path(root) / "mnist" / "mnist.npz"
+    return None
+
+
+def load_images(dataset: str = "auto", data: str = "") -> Split:
+    """Train and test digits. MNIST's official split; for scikit-learn's digits a fixed split (the last 20% are the
+    test set: the file's order, no shuffling, so it is the same everywhere)."""
+    path = mnist_path(data) if dataset != "digits" else None
+    if dataset == "mnist" and path is None:
+        raise SuperalignError("MNIST not found (no --data and no $SUPERALIGN_DATA/mnist/mnist.npz)",
+                              "pass --data PATH/mnist.npz or set SUPERALIGN_DATA, or use --dataset digits")
+    if path is not None:
+        with np.load(path) as f:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
+            if missing:
+                raise SuperalignError(f"{path} lacks {', '.join(sorted(missing))}",
+                                      "pass an npz with keys x_train, y_train, x_test, y_test")
+            parts = [torch.from_numpy(f[k].astype(np.float32) / 255.0) if k[0] == "x"
+                     else torch.from_numpy(f[k].astype(np.int64)) for k in ("x_train", "y_train", "x_test", "y_test")]
+        return Split(Images(parts[0], parts[1]), Images(parts[2], parts[3]), "mnist")
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    n_test = len(x) // 5
+    return Split(Images(x[:-n_test], y[:-n_test]), Images(x[-n_test:], y[-n_test:]), "digits")
+
+
+def encode(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Judge input (N, 2, H, W): plane 0 = the reveal mask, plane 1 = the image where revealed, 0 elsewhere."""
+    mask = mask.to(images.dtype)
+    return torch.stack([mask, images * mask], dim=1)
+
+
+def random_reveals(images: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """A (N, H, W) bool mask of k pixels per image drawn uniformly among its nonzero pixels (all of them where an
+    image has fewer than k: only in training, where the debate game would refuse such an image)."""
+    flat = images.reshape(len(images), -1)
+    # random scores, nonzero pixels always above zero ones: the top k are a uniform k-subset of the nonzero pixels
+    scores = torch.rand(flat.shape, generator=generator) + (flat > 0).float()
+    idx = scores.topk(min(k, flat.shape[1]), dim=1).indices
+    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True) & (flat > 0)
+    return mask.reshape(images.shape)
+
+
+class Judge(nn.Module):
+    """conv 32@5×5 (same) → ReLU → maxpool 2 → conv 64@5×5 (same) → ReLU → maxpool 2 → dense 1024 → ReLU →
+    dropout → dense 10: the paper's judge, for inputs of any size (H, W)."""
+
+    def __init__(self, height: int = 28, width: int = 28, dropout: float = 0.4, n_classes: int = 10):
+        super().__init__()
+        self.height, self.width, self.n_classes = height, width, n_classes
+        self.features = nn.Sequential(
+            nn.Conv2d(2, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(64 * (height // 4) * (width // 4), 1024), nn.ReLU(),
+                                  nn.Dropout(dropout), nn.Linear(1024, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@torch.no_grad()
+def judge_logits(judge: Judge, images_mask_values: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Logits (N, 10) of a batch of encoded inputs (N, 2, H, W), in eval mode (no dropout), in chunks."""
+    if images_mask_values.ndim != 4 or images_mask_values.shape[1:] != (2, judge.height, judge.width):
+        raise SuperalignError(f"judge input has shape {tuple(images_mask_values.shape)}, expected "
+                              f"(N, 2, {judge.height}, {judge.width})", "build it with superalign.oversight.encode")
+    was_training = judge.training
+    judge.eval()
+    out = torch.cat([judge(images_mask_values[i:i + batch_size]) for i in range(0, len(images_mask_values), batch_size)]
+                    ) if len(images_mask_values) else torch.zeros(0, judge.n_classes)
+    judge.train(was_training)
+    return out
+
+
+def judge_accuracy(judge: Judge, data: Images, k: int, seed: int = 0) -> float:
+    """Judge-alone accuracy (over all 10 classes) with k random nonzero pixels per image (the paper's baseline)."""
+    mask = random_reveals(data.x, k, torch.Generator().manual_seed(seed))
+    pred = judge_logits(judge, encode(data.x, mask)).argmax(1)
+    return float((pred == data.y).float().mean())
+
+
+class JudgeFit(NamedTuple):
+    judge: Judge
+    dataset: str
+    losses: list[float]       # mean training loss per epoch
+    test_acc: float           # judge alone, k random nonzero pixels, all 10 classes
+    n_train: int
+    n_test: int
+    wall_s: float
+
+
+def train_judge(cfg: JudgeConfig, split: Split | None = None, progress: bool = False) -> JudgeFit:
+    """Train a judge with Adam on cross-entropy; deterministic given ``cfg.seed`` on CPU (the global RNG, used by
+    dropout, is forked so the caller's random state is left alone)."""
+    split = split or load_images(cfg.dataset, cfg.data)
+    train = Images(*(t[:cfg.max_train] if cfg.max_train else t for t in split.train))
+    test = Images(*(t[:cfg.max_test] if cfg.max_test else t for t in split.test))
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        judge = Judge(train.x.shape[1], train.x.shape[2], cfg.dropout)
+        opt = torch.optim.Adam(judge.parameters(), lr=cfg.lr)
+        judge.train()
+        for epoch in range(cfg.epochs):
+            perm = torch.randperm(len(train.x), generator=gen)
+            total = 0.0
+            for i in range(0, len(perm), cfg.batch_size):
+                b = perm[i:i + cfg.batch_size]
+                x = encode(train.x[b], random_reveals(train.x[b], cfg.k, gen))  # fresh subset every time
+                loss = nn.functional.cross_entropy(judge(x), train.y[b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(b)
+            losses.append(total / len(perm))
+            if progress:
+                print(f"judge epoch {epoch + 1}/{cfg.epochs}: loss {losses[-1]:.4f}", flush=True)
+    judge.eval()
+    acc = judge_accuracy(judge, test, cfg.k, seed=cfg.seed + 1)
+    return JudgeFit(judge, split.name, losses, acc, len(train.x), len(test.x), time.perf_counter() - t0)
+
+
+def save_judge(judge: Judge, folder: str | Path, cfg: JudgeConfig | None = None, meta: dict | None = None) -> Path:
+    """``model.safetensors`` + ``cfg.json`` (input size, training config, anything in ``meta``)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(folder / "model.safetensors"))
+    info = {"height": judge.height, "width": judge.width, "n_classes": judge.n_classes,
+            "dropout": float(judge.head[2].p), "train": asdict(cfg) if cfg else None, **(meta or {})}
+    tmp = folder / ".cfg.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(folder / "cfg.json")
+    return folder
+
+
+def load_judge(folder: str | Path) -> tuple[Judge, dict]:
+    """A judge saved by :func:`save_judge` (weights read with safetensors only: no pickle), in eval mode."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / "cfg.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise SuperalignError(f"no judge checkpoint in {folder} (needs cfg.json and model.safetensors)",
+                              "train one with `superalign debate train-judge` and pass its folder")
+    info = json.loads((folder / "cfg.json").read_text())
+    judge = Judge(info["height"], info["width"], info.get("dropout", 0.4), info.get("n_classes", 10))
+    judge.load_state_dict(load_file(str(folder / "model.safetensors")))
+    judge.eval()
+    return judge, info
