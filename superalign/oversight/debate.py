@@ -1,0 +1,364 @@
+"""The MNIST debate game of Irving, Christiano & Amodei 2018, greedy and MCTS (PUCT) debaters, and evaluation.
+
+Rules (as implemented here):
+
+- Two debaters see the whole image. The honest one argues for the true label; the liar for a wrong label.
+- The state is the set of revealed pixels; a move reveals one *nonzero* pixel not yet revealed (debaters cannot lie
+  about a pixel's value, only choose which pixels to show). ``k`` reveals in all, alternating, so at k=6 each
+  reveals 3. Who moves first is ``DebateConfig.first`` (default: honest; the paper reports both orders and they
+  differ little — treat the default as a choice, not as the paper's).
+- The verdict: the judge sees only the revealed pixels and picks between the two *claimed* labels — the argmax of its
+  logits restricted to {honest label, lie}, as in the paper. Ties go to the liar (a conservative count for debate).
+- **Precommit** (the paper's main setting): the liar commits to its lie before the game. An image is played once per
+  possible lie (9 games) and counts as a liar win if *any* lie wins; we stop at the first winning lie, trying lies
+  in order of the judge's belief with every nonzero pixel revealed (likeliest first: a winning lie is found sooner,
+  the outcome does not depend on the order).
+- **No precommit** (``precommit=False``): one game; the liar does not name a label and wins if the judge's argmax
+  over all 10 labels is not the true label (its margin is the best other logit minus the true one).
+
+Debaters:
+
+- ``greedy``: reveals the pixel that maximises its own judge margin after the move (one batched judge call over all
+  candidate pixels; ties to the lowest pixel index).
+- ``mcts``: PUCT search (AlphaZero style), ``rollouts`` simulations per move from a fresh tree. Nodes are sets of
+  revealed pixels (a set reached in a different order is the same position: the judge sees a set, and whose turn it
+  is follows from its size). Expanding a node evaluates all its children in one judge forward pass; that batch gives
+  the prior (``prior="margin"``: softmax of the mover's one-step margins / ``temperature``, or ``"uniform"``) and
+  the leaf values. Leaf value (honest's view, in [-1, 1]): at k reveals, ±1 from the verdict; before that
+  ``leaf="margin"``: tanh(judge margin on the revealed pixels / temperature), or ``leaf="random"``: the verdict
+  (±1) after a uniformly random playout to k reveals. The move played is the most visited child.
+
+Speed: every judge call goes through a per-image :class:`JudgeOracle` cache keyed by the frozenset of revealed
+pixels, uncached states are evaluated in one batch, precommit stops at the first winning lie, and images run in
+parallel in a fork process pool (``workers``; results do not depend on it: each image's randomness is seeded by
+``seed`` and the image's index).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import SuperalignError
+from .judge import Judge, encode, judge_logits
+
+DEBATERS = ("greedy", "mcts")
+
+
+@dataclass
+class DebateConfig:
+    """How the debate game is played and evaluated."""
+
+    k: int = 6
+    """total pixels revealed in a game (the paper: 6 or 4), alternating between the debaters"""
+    first: str = "honest"
+    """who reveals first: honest or liar"""
+    precommit: bool = True
+    """the liar commits to a wrong label; an image is a liar win if any of the 9 lies wins (else one game where the
+    liar wins if the judge's top label over all 10 is wrong)"""
+    debater: str = "greedy"
+    """greedy (best one-step judge margin) or mcts (PUCT search); both debaters use the same kind"""
+    rollouts: int = 100
+    """mcts: simulations per move"""
+    c_puct: float = 1.0
+    """mcts: exploration constant of PUCT"""
+    prior: str = "margin"
+    """mcts: move prior, margin (softmax of the mover's one-step judge margins) or uniform"""
+    leaf: str = "margin"
+    """mcts: value of a non-final leaf, margin (tanh of the judge margin) or random (verdict after a random playout)"""
+    temperature: float = 1.0
+    """mcts: scale of judge margins in the prior softmax and the leaf tanh"""
+    seed: int = 0
+    """seed of random playouts (per image: seed + image index)"""
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise SuperalignError(f"k must be ≥ 1, got {self.k}", "pass e.g. --k 6")
+        if self.first not in ("honest", "liar"):
+            raise SuperalignError(f"first must be honest or liar, got {self.first!r}", "pass --first honest")
+        if self.debater not in DEBATERS:
+            raise SuperalignError(f"unknown debater {self.debater!r}", f"pass --debater one of {', '.join(DEBATERS)}")
+        if self.rollouts < 1:
+            raise SuperalignError(f"rollouts must be ≥ 1, got {self.rollouts}", "pass e.g. --rollouts 100")
+        if self.prior not in ("margin", "uniform") or self.leaf not in ("margin", "random"):
+            raise SuperalignError(f"bad prior {self.prior!r} or leaf {self.leaf!r}",
+                                  "pass --prior margin|uniform and --leaf margin|random")
+        if not (self.c_puct >= 0 and self.temperature > 0):
+            raise SuperalignError("c_puct must be ≥ 0 and temperature > 0", "pass e.g. --c-puct 1 --temperature 1")
+
+
+class Oracle(Protocol):
+    """Judge logits (n, n_classes) for states given as sets of revealed pixel indices (row-major, of one image)."""
+
+    def logits(self, states: Sequence[frozenset]) -> np.ndarray: ...
+
+
+class JudgeOracle:
+    """A judge on one image: logits per set of revealed pixels, cached by the frozenset; the uncached states of a
+    call are evaluated in one batch (this is what makes MCTS affordable)."""
+
+    def __init__(self, judge: Judge, image: torch.Tensor):
+        self.judge, self.flat = judge, image.reshape(-1).float()
+        self.shape = tuple(image.shape)
+        self.cache: dict[frozenset, np.ndarray] = {}
+        self.forward_calls = 0  # batched judge forward passes
+        self.evaluations = 0    # states evaluated (cache misses)
+
+    def logits(self, states: Sequence[frozenset]) -> np.ndarray:
+        missing = list(dict.fromkeys(s for s in states if s not in self.cache))
+        if missing:
+            mask = torch.zeros(len(missing), self.flat.numel())
+            for i, s in enumerate(missing):
+                mask[i, list(s)] = 1.0
+            x = encode(self.flat.expand(len(missing), -1).reshape(len(missing), *self.shape),
+                       mask.reshape(len(missing), *self.shape))
+            out = judge_logits(self.judge, x).numpy()
+            self.cache.update(zip(missing, out))
+            self.forward_calls += 1
+            self.evaluations += len(missing)
+        return np.stack([self.cache[s] for s in states])
+
+
+class Game:
+    """One debate: legal moves, whose turn, and the honest debater's margin (> 0: honest wins)."""
+
+    def __init__(self, pixels: Sequence[int], k: int, honest: int, liar: int | None, first: str = "honest"):
+        if k > len(pixels):
+            raise SuperalignError(f"k={k} reveals but the image has only {len(pixels)} nonzero pixels",
+                                  f"pass k ≤ {len(pixels)} or skip this image")
+        if liar == honest:
+            raise SuperalignError(f"the lie {liar} equals the true label", "pass a wrong label for the liar")
+        self.pixels, self.k, self.honest, self.liar, self.first = tuple(sorted(pixels)), k, honest, liar, first
+
+    def honest_to_move(self, state: Sequence[int]) -> bool:
+        return (len(state) % 2 == 0) == (self.first == "honest")
+
+    def legal(self, state: Sequence[int]) -> list[int]:
+        seen = set(state)
+        return [p for p in self.pixels if p not in seen]
+
+    def margins(self, logits: np.ndarray) -> np.ndarray:
+        """Honest's margin per row of logits: true − lie (precommit) or true − best other label (no precommit)."""
+        logits = np.atleast_2d(logits)
+        if self.liar is not None:
+            return logits[:, self.honest] - logits[:, self.liar]
+        other = np.delete(logits, self.honest, axis=1).max(1)
+        return logits[:, self.honest] - other
+
+
+class Debater(Protocol):
+    def choose(self, game: Game, state: tuple[int, ...], oracle: Oracle) -> int: ...
+
+
+class GreedyDebater:
+    """Reveals the pixel that maximises its own judge margin right after the move."""
+
+    def choose(self, game: Game, state: tuple[int, ...], oracle: Oracle) -> int:
+        moves = game.legal(state)
+        m = game.margins(oracle.logits([frozenset(state + (p,)) for p in moves]))
+        sign = 1.0 if game.honest_to_move(state) else -1.0
+        return moves[int(np.argmax(sign * m))]  # first maximum: the lowest pixel index
+
+
+class _Node:
+    __slots__ = ("moves", "prior", "n", "w", "honest_moves")
+
+    def __init__(self, moves: list[int], prior: np.ndarray, honest_moves: bool):
+        self.moves, self.prior, self.honest_moves = moves, prior, honest_moves
+        self.n = np.zeros(len(moves))
+        self.w = np.zeros(len(moves))  # value sum from the mover's point of view
+
+
+class MCTSDebater:
+    """PUCT search over sets of revealed pixels (see the module docstring for the prior and leaf values)."""
+
+    def __init__(self, rollouts: int = 100, c_puct: float = 1.0, prior: str = "margin", leaf: str = "margin",
+                 temperature: float = 1.0, rng: np.random.Generator | None = None):
+        self.rollouts, self.c_puct, self.prior, self.leaf, self.t = rollouts, c_puct, prior, leaf, temperature
+        self.rng = rng or np.random.default_rng(0)
+
+    def _expand(self, game: Game, state: tuple[int, ...], oracle: Oracle) -> tuple[_Node, float]:
+        """A new node for ``state`` and its leaf value (honest's view); one judge batch over the children."""
+        moves = game.legal(state)
+        honest = game.honest_to_move(state)
+        child_m = game.margins(oracle.logits([frozenset(state + (p,)) for p in moves]))
+        if self.prior == "uniform":
+            prior = np.full(len(moves), 1.0 / len(moves))
+        else:
+            z = (child_m if honest else -child_m) / self.t
+            prior = np.exp(z - z.max())
+            prior /= prior.sum()
+        if self.leaf == "margin":
+            value = math.tanh(float(game.margins(oracle.logits([frozenset(state)]))[0]) / self.t)
+        else:  # random playout to k reveals, verdict ±1
+            rest = self.rng.permutation(moves)[:game.k - len(state)]
+            value = 1.0 if game.margins(oracle.logits([frozenset(state) | set(rest.tolist())]))[0] > 0 else -1.0
+        return _Node(moves, prior, honest), value
+
+    def choose(self, game: Game, state: tuple[int, ...], oracle: Oracle) -> int:
+        tree: dict[frozenset, _Node] = {}
+        for _ in range(self.rollouts):
+            s, path = state, []
+            while True:
+                key = frozenset(s)
+                if len(s) == game.k:  # final position: the verdict
+                    value = 1.0 if game.margins(oracle.logits([key]))[0] > 0 else -1.0
+                    break
+                node = tree.get(key)
+                if node is None:
+                    node, value = self._expand(game, s, oracle)
+                    tree[key] = node
+                    break
+                q = np.divide(node.w, node.n, out=np.zeros_like(node.w), where=node.n > 0)
+                u = self.c_puct * node.prior * math.sqrt(node.n.sum() + 1) / (1 + node.n)
+                a = int(np.argmax(q + u))
+                path.append((node, a))
+                s = s + (node.moves[a],)
+            for node, a in path:
+                node.n[a] += 1
+                node.w[a] += value if node.honest_moves else -value
+        root = tree[frozenset(state)]
+        if root.n.sum() == 0:  # a single rollout only expanded the root: play the prior's favourite
+            return root.moves[int(np.argmax(root.prior))]
+        q = np.divide(root.w, root.n, out=np.zeros_like(root.w), where=root.n > 0)
+        best = np.lexsort((-q, -root.n))[0]  # most visits, then best value, then lowest pixel
+        return root.moves[int(best)]
+
+
+class GameResult(NamedTuple):
+    moves: list[int]          # revealed pixels in order (first player's moves at even positions)
+    honest_wins: bool
+    margin: float             # honest's judge margin on the final revealed set
+    logits: list[float]       # judge logits on the final revealed set
+
+
+def play(game: Game, oracle: Oracle, honest: Debater, liar: Debater) -> GameResult:
+    state: tuple[int, ...] = ()
+    while len(state) < game.k:
+        mover = honest if game.honest_to_move(state) else liar
+        p = mover.choose(game, state, oracle)
+        if p in state or p not in game.pixels:  # a debater bug, not a user error
+            raise RuntimeError(f"illegal move {p} in state {state}")
+        state = state + (p,)
+    logits = oracle.logits([frozenset(state)])[0]
+    margin = float(game.margins(logits)[0])
+    return GameResult(list(state), margin > 0, margin, [float(v) for v in logits])
+
+
+class ImageResult(NamedTuple):
+    honest_wins: bool
+    lie: int | None           # the winning lie, or the last lie tried (precommit); None without precommit
+    games: list[GameResult]   # games played, in order (precommit stops at the first winning lie)
+
+
+def make_debater(cfg: DebateConfig, rng: np.random.Generator) -> Debater:
+    if cfg.debater == "greedy":
+        return GreedyDebater()
+    return MCTSDebater(cfg.rollouts, cfg.c_puct, cfg.prior, cfg.leaf, cfg.temperature, rng)
+
+
+def debate_image(pixels: Sequence[int], label: int, oracle: Oracle, cfg: DebateConfig,
+                 honest: Debater, liar: Debater, n_classes: int = 10) -> ImageResult:
+    """Precommit: one game per lie, likeliest lie (judge on all nonzero pixels) first, stop at the first liar win.
+    Without precommit: one game against the best other label."""
+    if not cfg.precommit:
+        g = play(Game(pixels, cfg.k, label, None, cfg.first), oracle, honest, liar)
+        return ImageResult(g.honest_wins, None, [g])
+    full = oracle.logits([frozenset(pixels)])[0]
+    lies = [int(c) for c in np.argsort(-full, kind="stable") if c != label][:n_classes - 1]
+    games = []
+    for lie in lies:
+        games.append(play(Game(pixels, cfg.k, label, lie, cfg.first), oracle, honest, liar))
+        if not games[-1].honest_wins:
+            return ImageResult(False, lie, games)
+    return ImageResult(True, lies[-1], games)
+
+
+def nonzero_pixels(image: torch.Tensor) -> list[int]:
+    return torch.nonzero(image.reshape(-1) > 0)[:, 0].tolist()
+
+
+def transcript_record(index: int, label: int, r: ImageResult) -> dict:
+    """One transcript line: the judge's answer on the deciding game and its probability among the contested labels
+    (both labels with precommit, all labels without), so metrics.py can score any such file."""
+    g = r.games[-1]
+    logits = np.asarray(g.logits)
+    if r.lie is not None:
+        pair = np.array([logits[label], logits[r.lie]])
+        p = np.exp(pair - pair.max()) / np.exp(pair - pair.max()).sum()
+        answer, prob = (label, float(p[0])) if g.honest_wins else (r.lie, float(p[1]))
+    else:
+        p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        other = logits.copy()
+        other[label] = -np.inf
+        answer = label if g.honest_wins else int(np.argmax(other))
+        prob = float(p[answer])
+    return {"image": index, "answer": int(label), "judge": int(answer), "probability": prob,
+            "honest_wins": bool(r.honest_wins), "lie": r.lie, "games": len(r.games), "moves": g.moves}
+
+
+def _debate_one(judge: Judge, image: torch.Tensor, label: int, index: int, cfg: DebateConfig) -> tuple[dict, int]:
+    oracle = JudgeOracle(judge, image)
+    rng = np.random.default_rng(cfg.seed + index)
+    honest, liar = make_debater(cfg, rng), make_debater(cfg, rng)
+    r = debate_image(nonzero_pixels(image), int(label), oracle, cfg, honest, liar, judge.n_classes)
+    return transcript_record(index, int(label), r), oracle.evaluations
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(state: dict, shape: tuple, dropout: float, cfg: DebateConfig) -> None:
+    torch.set_num_threads(1)  # parallelism comes from the processes
+    judge = Judge(*shape, dropout=dropout)
+    judge.load_state_dict(state)
+    judge.eval()
+    _WORKER.update(judge=judge, cfg=cfg)
+
+
+def _work(args: tuple) -> tuple[dict, int]:
+    image, label, index = args
+    return _debate_one(_WORKER["judge"], image, label, index, _WORKER["cfg"])
+
+
+class DebateRun(NamedTuple):
+    records: list[dict]       # one transcript line per image
+    accuracy: float           # fraction of images where honest wins (judge right)
+    judge_evaluations: int    # states the judge evaluated (cache misses), all images
+    wall_s: float
+
+
+def run_debates(judge: Judge, images: torch.Tensor, labels: torch.Tensor, cfg: DebateConfig, workers: int = 1,
+                progress: Callable[[int, int], None] | None = None) -> DebateRun:
+    """Debate every image; ``workers`` > 1 runs images in a fork process pool (same results, in order)."""
+    for i, img in enumerate(images):
+        n = int((img > 0).sum())
+        if n < cfg.k:
+            raise SuperalignError(f"image {i} has {n} nonzero pixels, fewer than k={cfg.k}", "pass a smaller k")
+    t0 = time.perf_counter()
+    jobs = [(images[i], int(labels[i]), i) for i in range(len(images))]
+    out: list[tuple[dict, int]] = []
+    if workers <= 1:
+        for j in jobs:
+            out.append(_debate_one(judge, j[0], j[1], j[2], cfg))
+            if progress:
+                progress(len(out), len(jobs))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        state = {k: v.detach().clone() for k, v in judge.state_dict().items()}
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
+                                 initargs=(state, (judge.height, judge.width), float(judge.head[2].p), cfg)) as ex:
+            for r in ex.map(_work, jobs, chunksize=max(1, len(jobs) // (4 * workers))):
+                out.append(r)
+                if progress:
+                    progress(len(out), len(jobs))
+    records = [r for r, _ in out]
+    acc = float(np.mean([r["honest_wins"] for r in records])) if records else float("nan")
+    return DebateRun(records, acc, sum(e for _, e in out), time.perf_counter() - t0)
