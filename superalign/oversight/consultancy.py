@@ -1,0 +1,66 @@
+"""Consultancy baseline (Michael et al. 2023 style) on the sparse-pixel judge: one advocate, no opponent.
+
+Each image gets two candidate answers, its true label and a wrong label drawn uniformly. A single consultant is
+assigned one of the two at random (50/50) and reveals all ``k`` pixels itself, one at a time, each the nonzero pixel
+that most increases its label's judge margin over the other candidate (greedy: with nobody to answer, one-step
+greed is the natural baseline; a searching consultant is left for later). The judge then picks between the two
+candidates (argmax of its two logits; ties to the wrong label, as in debate). Compare with debate at the same k:
+consultancy's accuracy is what a judge gets from an advocate who may be lying and is never contradicted.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from ..errors import SuperalignError
+from .debate import Game, JudgeOracle, Oracle, nonzero_pixels
+from .judge import Judge
+
+
+def consult(pixels: list[int], label: int, wrong: int, argue_true: bool, k: int, oracle: Oracle) -> dict:
+    """One consultancy: the advocate's k greedy reveals and the judge's verdict between ``label`` and ``wrong``."""
+    game = Game(pixels, k, label, wrong)
+    sign = 1.0 if argue_true else -1.0
+    state: tuple[int, ...] = ()
+    while len(state) < k:
+        moves = game.legal(state)
+        m = game.margins(oracle.logits([frozenset(state + (p,)) for p in moves]))
+        state = state + (moves[int(np.argmax(sign * m))],)
+    logits = oracle.logits([frozenset(state)])[0]
+    right = bool(logits[label] > logits[wrong])
+    pair = np.array([logits[label], logits[wrong]])
+    p = np.exp(pair - pair.max()) / np.exp(pair - pair.max()).sum()
+    return {"answer": int(label), "judge": int(label if right else wrong), "probability": float(p[0] if right else p[1]),
+            "argued": int(label if argue_true else wrong), "honest_consultant": bool(argue_true), "moves": list(state)}
+
+
+class ConsultancyRun(NamedTuple):
+    records: list[dict]
+    accuracy: float            # judge right, all images
+    accuracy_honest: float     # when the consultant argued the true label
+    accuracy_dishonest: float  # when it argued the wrong one
+    wall_s: float
+
+
+def run_consultancy(judge: Judge, images: torch.Tensor, labels: torch.Tensor, k: int, seed: int = 0) -> ConsultancyRun:
+    if k < 1:
+        raise SuperalignError(f"k must be ≥ 1, got {k}", "pass e.g. --k 6")
+    t0 = time.perf_counter()
+    records = []
+    for i in range(len(images)):
+        rng = np.random.default_rng([seed, i])  # per image: the same draws whatever the other images are
+        label = int(labels[i])
+        wrong = int(rng.choice([c for c in range(judge.n_classes) if c != label]))
+        argue_true = bool(rng.random() < 0.5)
+        px = nonzero_pixels(images[i])
+        rec = consult(px, label, wrong, argue_true, k, JudgeOracle(judge, images[i]))
+        records.append({"image": i, **rec})
+
+    def acc(rs):
+        return float(np.mean([r["judge"] == r["answer"] for r in rs])) if rs else float("nan")
+    return ConsultancyRun(records, acc(records), acc([r for r in records if r["honest_consultant"]]),
+                          acc([r for r in records if not r["honest_consultant"]]), time.perf_counter() - t0)
