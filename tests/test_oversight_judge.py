@@ -4,8 +4,17 @@ import pytest
 import torch
 
 from superalign.errors import SuperalignError
-from superalign.oversight.judge import (Images, Judge, JudgeConfig, Split, encode, judge_logits, load_images,
-                                        load_judge, mnist_path, random_reveals, save_judge, train_judge)
+from superalign.oversight.judge import (Judge, JudgeConfig, encode, judge_logits, load_images,
+                                        load_judge, random_reveals, save_judge, train_judge)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small judge batches: one thread avoids oversubscription on busy CI machines (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_encode_by_hand():
