@@ -33,7 +33,10 @@ def _rlhf(ns: argparse.Namespace) -> int:
     from .rlhf.jobs import JOBS
     from .rlhf.overopt import OveroptJob, run_overopt
 
-    if getattr(ns, "interp_cmd", None):
+    if getattr(ns, "debate_cmd", None):
+        from .oversight.jobs import JOBS as DEBATE_JOBS
+        cls, fn = DEBATE_JOBS[ns.debate_cmd]
+    elif getattr(ns, "interp_cmd", None):
         from .interp.jobs import JOBS as INTERP_JOBS
         cls, fn = INTERP_JOBS[ns.interp_cmd]
     else:
@@ -152,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp = isub.add_parser(name, help=(cls.__doc__ or name).strip(), description=(cls.__doc__ or name).strip())
         add_dataclass_args(sp, cls)
         sp.set_defaults(fn=_rlhf)
+
+    from .oversight.jobs import JOBS as DEBATE_JOBS, add_report_parser
+
+    dp = sub.add_parser("debate", help="scalable oversight: debate on sparse-pixel MNIST judges (Irving et al. 2018)")
+    dsub = dp.add_subparsers(dest="debate_cmd", required=True)
+    for name, (cls, _) in DEBATE_JOBS.items():
+        sp = dsub.add_parser(name, help=(cls.__doc__ or name).strip(), description=(cls.__doc__ or name).strip())
+        add_dataclass_args(sp, cls)
+        sp.set_defaults(fn=_rlhf)
+    add_report_parser(dsub)
 
     r = sub.add_parser("runs", help="list or show stored runs")
     rsub = r.add_subparsers(dest="runs_cmd", required=True)

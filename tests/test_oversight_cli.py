@@ -1,0 +1,43 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from superalign.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)  # the jobs set --threads
+
+
+def test_debate_cli_train_run_report(tmp_path, capsys):
+    home = str(tmp_path / "h")
+    assert main(["debate", "train-judge", "--home", home, "--dataset", "digits", "--epochs", "1", "--lr", "1e-3",
+                 "--k", "4", "--threads", "1", "--progress", "false"]) == 0
+    out = capsys.readouterr().out
+    judge = [l.split(": ", 1)[1] for l in out.splitlines() if l.startswith("judge: ")][0]
+    assert (Path(judge) / "model.safetensors").exists() and "judge_acc" in out
+    assert main(["debate", "run", "--home", home, "--judge", judge, "--k", "4", "--n-images", "3",
+                 "--progress", "false"]) == 0
+    out = capsys.readouterr().out
+    assert "debate_acc" in out and "judge_alone_acc" in out and "consultancy_acc" in out
+    tr = [l.split(": ", 1)[1] for l in out.splitlines() if l.startswith("transcript: ")][0]
+    rows = [json.loads(l) for l in Path(tr).read_text().splitlines()]
+    assert len(rows) == 3 and all(len(r["moves"]) == 4 for r in rows)
+    assert main(["debate", "report", tr]) == 0
+    assert "judge accuracy" in capsys.readouterr().out
+
+
+def test_debate_cli_errors(tmp_path, capsys):
+    assert main(["debate", "train-judge", "--home", str(tmp_path / "h"), "--k", "0"]) == 2
+    assert "k must be ≥ 1" in capsys.readouterr().err
+    assert main(["debate", "train-judge", "--home", str(tmp_path / "h"), "--data", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("superalign: error: MNIST file not found") and "\n" not in err
+    assert main(["debate", "run", "--home", str(tmp_path / "h"), "--judge", str(tmp_path)]) == 2
+    assert "no judge checkpoint" in capsys.readouterr().err
+    assert main(["debate", "report", str(tmp_path / "none.jsonl")]) == 2
