@@ -8,6 +8,7 @@ budget), consultancy, and wall time. Paper (precommit, MCTS debaters): judge alo
     python benchmarks/debate_mnist.py --quick          # smoke test, minutes on a laptop CPU (numbers meaningless)
     python benchmarks/debate_mnist.py --data ../shared/data/mnist/mnist.npz --epochs 30 --n-images 1000 \\
         --rollouts 10 100 1000 --mcts-images 1000 --workers 16 --threads 1    # the full run (see notes below)
+    python benchmarks/debate_mnist.py --data ../shared/data/mnist/mnist.npz --device cuda ...  # judge on a GPU
 
 Notes for the full run: the judge trains on 60k images × 30 epochs at lr 1e-4 (CPU: roughly 1–2 min per epoch on a
 few cores). Debate cost is dominated by judge forward passes over batches of ~150 candidate states (one per nonzero
@@ -30,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._util import machine, write_json  # noqa: E402
 from superalign.oversight.consultancy import run_consultancy  # noqa: E402
 from superalign.oversight.debate import DebateConfig, run_debates  # noqa: E402
-from superalign.oversight.judge import Images, JudgeConfig, judge_accuracy, load_images, train_judge  # noqa: E402
+from superalign.oversight.judge import (Images, JudgeConfig, judge_accuracy, load_images, resolve_device,  # noqa: E402
+                                        train_judge)
 from superalign.oversight.metrics import accuracy_ci  # noqa: E402
 
 PAPER = {6: {"judge_alone": 0.594, "debate_precommit": 0.889}, 4: {"judge_alone": 0.482, "debate_precommit": 0.852}}
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rollouts", type=int, nargs="*", default=[10, 100])
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto: judge training, and debate with --workers 1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="")
     a = p.parse_args(argv)
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     for k in a.ks:
         fit = train_judge(JudgeConfig(k=k, dataset=split.name, epochs=a.epochs, lr=a.lr, max_train=a.max_train,
-                                      seed=a.seed), split)
+                                      seed=a.seed, device=a.device), split)
+        fit.judge.to(resolve_device(a.device))
         x, y = split.test.x[:a.n_images], split.test.y[:a.n_images]
         row = {"judge_train_s": fit.wall_s, "judge_alone_acc_all_test": fit.test_acc,
                "judge_alone_acc": judge_accuracy(fit.judge, Images(x, y), k, seed=a.seed), "n_images": len(x)}

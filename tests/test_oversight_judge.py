@@ -84,3 +84,14 @@ def test_mnist_file_if_present():
         pytest.skip("shared MNIST not found (set SUPERALIGN_DATA)")
     s = load_images("mnist", str(root / "mnist" / "mnist.npz"))
     assert s.train.x.shape == (60000, 28, 28) and s.test.y.shape == (10000,) and float(s.train.x.max()) == 1.0
+
+
+def test_device_option():
+    with pytest.raises(SuperalignError, match="unknown device"):
+        JudgeConfig(device="tpu")
+    from superalign.oversight.judge import resolve_device
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SuperalignError, match="no CUDA GPU"):
+            resolve_device("cuda")

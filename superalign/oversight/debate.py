@@ -335,7 +335,8 @@ class DebateRun(NamedTuple):
 
 def run_debates(judge: Judge, images: torch.Tensor, labels: torch.Tensor, cfg: DebateConfig, workers: int = 1,
                 progress: Callable[[int, int], None] | None = None) -> DebateRun:
-    """Debate every image; ``workers`` > 1 runs images in a fork process pool (same results, in order)."""
+    """Debate every image; ``workers`` > 1 runs images in a fork process pool of CPU judges (same results, in
+    order); with one worker the judge runs where it is (e.g. a GPU: batched candidate states suit it)."""
     for i, img in enumerate(images):
         n = int((img > 0).sum())
         if n < cfg.k:
@@ -352,7 +353,7 @@ def run_debates(judge: Judge, images: torch.Tensor, labels: torch.Tensor, cfg: D
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        state = {k: v.detach().clone() for k, v in judge.state_dict().items()}
+        state = {k: v.detach().cpu().clone() for k, v in judge.state_dict().items()}  # workers judge on the CPU
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
                                  initargs=(state, (judge.height, judge.width), float(judge.head[2].p), cfg)) as ex:
             for r in ex.map(_work, jobs, chunksize=max(1, len(jobs) // (4 * workers))):

@@ -13,7 +13,7 @@ import torch
 from ..errors import SuperalignError
 from ..runs.jobs import JobBase, _f, run_job, write_text_atomic
 from .debate import DebateConfig, run_debates
-from .judge import Images, JudgeConfig, judge_accuracy, load_images, load_judge, save_judge, train_judge
+from .judge import Images, JudgeConfig, judge_accuracy, resolve_device, load_images, load_judge, save_judge, train_judge
 
 
 @dataclass
@@ -34,6 +34,7 @@ class DebateJob(DebateConfig, JobBase):
     consultancy: bool = _f(True, "also run the consultancy baseline on the same images")
     workers: int = _f(1, "processes, one image at a time each (results do not depend on it)")
     threads: int = _f(1, "torch CPU threads in this process (small judge batches: 1 is usually fastest)")
+    device: str = _f("cpu", "where the judge runs with --workers 1: cpu, cuda or auto (worker processes use the CPU)")
 
     def key(self) -> dict:
         d = super().key()
@@ -84,6 +85,7 @@ def run_debate(job: DebateJob) -> dict:
 
     _threads(job.threads)
     judge, info = load_judge(job.judge)
+    judge.to(resolve_device(job.device))
     test = _test_images(job, info)
     x, y = test.x[:job.n_images], test.y[:job.n_images]
 

@@ -54,6 +54,8 @@ class JudgeConfig:
     """evaluate on at most this many test images (0: all)"""
     seed: int = 0
     """seed of the initialisation, the pixel subsets, the shuffling and dropout (runs are deterministic on CPU)"""
+    device: str = "cpu"
+    """where to train: cpu, cuda, cuda:<i> or auto (cuda when available); only CPU runs are bit-deterministic"""
 
     def __post_init__(self):
         if self.k < 1:
@@ -68,6 +70,17 @@ class JudgeConfig:
             raise SuperalignError(f"dropout must be in [0, 1), got {self.dropout}", "pass e.g. --dropout 0.4")
         if self.max_train < 0 or self.max_test < 0:
             raise SuperalignError("max_train and max_test must be ≥ 0", "pass 0 for all images")
+        if not (self.device in ("cpu", "auto") or self.device.startswith("cuda")):
+            raise SuperalignError(f"unknown device {self.device!r}", "pass --device cpu, cuda or auto")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → cuda when available, else cpu; asking for cuda without a GPU is a one-line error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SuperalignError(f"device {device!r} asked for but no CUDA GPU is available", "pass --device cpu")
+    return torch.device(device)
 
 
 class Images(NamedTuple):
@@ -159,13 +172,16 @@ class Judge(nn.Module):
 
 @torch.no_grad()
 def judge_logits(judge: Judge, images_mask_values: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """Logits (N, 10) of a batch of encoded inputs (N, 2, H, W), in eval mode (no dropout), in chunks."""
+    """Logits (N, 10) on the CPU of a batch of encoded inputs (N, 2, H, W), in eval mode (no dropout), in chunks
+    (moved to the judge's device and back)."""
     if images_mask_values.ndim != 4 or images_mask_values.shape[1:] != (2, judge.height, judge.width):
         raise SuperalignError(f"judge input has shape {tuple(images_mask_values.shape)}, expected "
                               f"(N, 2, {judge.height}, {judge.width})", "build it with superalign.oversight.encode")
     was_training = judge.training
     judge.eval()
-    out = torch.cat([judge(images_mask_values[i:i + batch_size]) for i in range(0, len(images_mask_values), batch_size)]
+    dev = next(judge.parameters()).device
+    out = torch.cat([judge(images_mask_values[i:i + batch_size].to(dev)).cpu()
+                     for i in range(0, len(images_mask_values), batch_size)]
                     ) if len(images_mask_values) else torch.zeros(0, judge.n_classes)
     judge.train(was_training)
     return out
@@ -195,11 +211,12 @@ def train_judge(cfg: JudgeConfig, split: Split | None = None, progress: bool = F
     train = Images(*(t[:cfg.max_train] if cfg.max_train else t for t in split.train))
     test = Images(*(t[:cfg.max_test] if cfg.max_test else t for t in split.test))
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # pixel subsets and shuffling are drawn on the CPU
+    dev = resolve_device(cfg.device)
     losses = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        judge = Judge(train.x.shape[1], train.x.shape[2], cfg.dropout)
+        judge = Judge(train.x.shape[1], train.x.shape[2], cfg.dropout).to(dev)
         opt = torch.optim.Adam(judge.parameters(), lr=cfg.lr)
         judge.train()
         for epoch in range(cfg.epochs):
@@ -208,7 +225,7 @@ def train_judge(cfg: JudgeConfig, split: Split | None = None, progress: bool = F
             for i in range(0, len(perm), cfg.batch_size):
                 b = perm[i:i + cfg.batch_size]
                 x = encode(train.x[b], random_reveals(train.x[b], cfg.k, gen))  # fresh subset every time
-                loss = nn.functional.cross_entropy(judge(x), train.y[b])
+                loss = nn.functional.cross_entropy(judge(x.to(dev)), train.y[b].to(dev))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -218,6 +235,7 @@ def train_judge(cfg: JudgeConfig, split: Split | None = None, progress: bool = F
                 print(f"judge epoch {epoch + 1}/{cfg.epochs}: loss {losses[-1]:.4f}", flush=True)
     judge.eval()
     acc = judge_accuracy(judge, test, cfg.k, seed=cfg.seed + 1)
+    judge.cpu()  # returned on the CPU: move it (``judge.to(...)``) to debate on a GPU
     return JudgeFit(judge, split.name, losses, acc, len(train.x), len(test.x), time.perf_counter() - t0)
 
 
@@ -227,7 +245,7 @@ def save_judge(judge: Judge, folder: str | Path, cfg: JudgeConfig | None = None,
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(folder / "model.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in judge.state_dict().items()}, str(folder / "model.safetensors"))
     info = {"height": judge.height, "width": judge.width, "n_classes": judge.n_classes,
             "dropout": float(judge.head[2].p), "train": asdict(cfg) if cfg else None, **(meta or {})}
     tmp = folder / ".cfg.json.tmp"
