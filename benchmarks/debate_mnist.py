@@ -73,16 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         x, y = split.test.x[:a.n_images], split.test.y[:a.n_images]
         row = {"judge_train_s": fit.wall_s, "judge_alone_acc_all_test": fit.test_acc,
                "judge_alone_acc": judge_accuracy(fit.judge, Images(x, y), k, seed=a.seed), "n_images": len(x)}
-        runs = [("greedy", None, len(x))] + [("mcts", r, min(a.mcts_images, len(x))) for r in a.rollouts]
-        for debater, rollouts, n in runs:
-            cfg = DebateConfig(k=k, debater=debater, rollouts=rollouts or 1, seed=a.seed)
+        runs = [("greedy", None, len(x), True), ("greedy", None, len(x), False)] + \
+            [("mcts", r, min(a.mcts_images, len(x)), True) for r in a.rollouts]
+        for debater, rollouts, n, precommit in runs:
+            cfg = DebateConfig(k=k, debater=debater, rollouts=rollouts or 1, precommit=precommit, seed=a.seed)
             r = run_debates(fit.judge, x[:n], y[:n], cfg, workers=a.workers)
             e = accuracy_ci([rec["honest_wins"] for rec in r.records], seed=a.seed)
-            name = debater if rollouts is None else f"mcts_{rollouts}"
+            name = (debater if rollouts is None else f"mcts_{rollouts}") + ("" if precommit else "_no_precommit")
             row[name] = {"acc": e.value, "ci": [e.lo, e.hi], "n": n, "wall_s": r.wall_s,
                          "games_per_image": sum(rec["games"] for rec in r.records) / n,
                          "judge_evaluations": r.judge_evaluations}
-            print(f"k={k} {name:<10} debate acc {100 * e.value:5.1f}% [{100 * e.lo:.1f}, {100 * e.hi:.1f}] "
+            print(f"k={k} {name:<20} debate acc {100 * e.value:5.1f}% [{100 * e.lo:.1f}, {100 * e.hi:.1f}] "
                   f"n={n} wall {r.wall_s:.1f} s, {row[name]['games_per_image']:.2f} games/image, "
                   f"{r.judge_evaluations} judge evaluations", flush=True)
         c = run_consultancy(fit.judge, x, y, k, seed=a.seed)

@@ -121,8 +121,9 @@ def test_mcts_finds_the_winning_move_greedy_does_not():
         mcts = MCTSDebater(rollouts=200, prior=prior, rng=np.random.default_rng(0))
         assert mcts.choose(game, (), trap_oracle()) == 2
         assert play(game, trap_oracle(), mcts, GreedyDebater()).honest_wins
-    mcts = MCTSDebater(rollouts=200, leaf="random", rng=np.random.default_rng(0))
-    assert mcts.choose(game, (), trap_oracle()) == 2
+    for leaf in ("random", "greedy"):
+        mcts = MCTSDebater(rollouts=200, leaf=leaf, rng=np.random.default_rng(0))
+        assert mcts.choose(game, (), trap_oracle()) == 2
     # the liar's search finds the refutation of the trap
     assert MCTSDebater(rollouts=50).choose(game, (0,), trap_oracle()) == 1
 

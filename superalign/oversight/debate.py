@@ -25,8 +25,10 @@ Debaters:
   is follows from its size). Expanding a node evaluates all its children in one judge forward pass; that batch gives
   the prior (``prior="margin"``: softmax of the mover's one-step margins / ``temperature``, or ``"uniform"``) and
   the leaf values. Leaf value (honest's view, in [-1, 1]): at k reveals, ±1 from the verdict; before that
-  ``leaf="margin"``: tanh(judge margin on the revealed pixels / temperature), or ``leaf="random"``: the verdict
-  (±1) after a uniformly random playout to k reveals. The move played is the most visited child.
+  ``leaf="margin"``: tanh(judge margin on the revealed pixels / temperature), ``leaf="random"``: the verdict
+  (±1) after a uniformly random playout to k reveals (one judge evaluation), or ``leaf="greedy"``: the verdict after
+  a playout by greedy debaters (one batch per remaining reveal: slower, sharper). The move played is the most
+  visited child.
 
 Speed: every judge call goes through a per-image :class:`JudgeOracle` cache keyed by the frozenset of revealed
 pixels, uncached states are evaluated in one batch, precommit stops at the first winning lie, and images run in
@@ -70,7 +72,8 @@ class DebateConfig:
     prior: str = "margin"
     """mcts: move prior, margin (softmax of the mover's one-step judge margins) or uniform"""
     leaf: str = "margin"
-    """mcts: value of a non-final leaf, margin (tanh of the judge margin) or random (verdict after a random playout)"""
+    """mcts: value of a non-final leaf: margin (tanh of the judge margin), random or greedy (the verdict after a
+    random or greedy playout to k reveals)"""
     temperature: float = 1.0
     """mcts: scale of judge margins in the prior softmax and the leaf tanh"""
     seed: int = 0
@@ -85,9 +88,9 @@ class DebateConfig:
             raise SuperalignError(f"unknown debater {self.debater!r}", f"pass --debater one of {', '.join(DEBATERS)}")
         if self.rollouts < 1:
             raise SuperalignError(f"rollouts must be ≥ 1, got {self.rollouts}", "pass e.g. --rollouts 100")
-        if self.prior not in ("margin", "uniform") or self.leaf not in ("margin", "random"):
+        if self.prior not in ("margin", "uniform") or self.leaf not in ("margin", "random", "greedy"):
             raise SuperalignError(f"bad prior {self.prior!r} or leaf {self.leaf!r}",
-                                  "pass --prior margin|uniform and --leaf margin|random")
+                                  "pass --prior margin|uniform and --leaf margin|random|greedy")
         if not (self.c_puct >= 0 and self.temperature > 0):
             raise SuperalignError("c_puct must be ≥ 0 and temperature > 0", "pass e.g. --c-puct 1 --temperature 1")
 
@@ -195,9 +198,14 @@ class MCTSDebater:
             prior /= prior.sum()
         if self.leaf == "margin":
             value = math.tanh(float(game.margins(oracle.logits([frozenset(state)]))[0]) / self.t)
-        else:  # random playout to k reveals, verdict ±1
+        elif self.leaf == "random":  # random playout to k reveals, verdict ±1
             rest = self.rng.permutation(moves)[:game.k - len(state)]
             value = 1.0 if game.margins(oracle.logits([frozenset(state) | set(rest.tolist())]))[0] > 0 else -1.0
+        else:  # greedy playout: both sides play their best one-step move to k reveals, verdict ±1
+            s, greedy = state, GreedyDebater()
+            while len(s) < game.k:
+                s = s + (greedy.choose(game, s, oracle),)
+            value = 1.0 if game.margins(oracle.logits([frozenset(s)]))[0] > 0 else -1.0
         return _Node(moves, prior, honest), value
 
     def choose(self, game: Game, state: tuple[int, ...], oracle: Oracle) -> int:
