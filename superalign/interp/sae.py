@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SuperalignError
+from .sparse_ops import gather_encode, sparse_decode, topk_encode
 
 
 @dataclass
@@ -124,45 +125,56 @@ class TopKSAE(torch.nn.Module):
         self.b_pre.copy_(geometric_median(sample.float()))
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """ReLU pre-activations of every latent, [..., n_latents] (the dense reference, differentiable)."""
         return F.relu((x - self.b_pre) @ self.W_enc.T + self.b_enc)
 
     def encode(self, x: torch.Tensor, k: int | None = None) -> EncoderOutput:
-        pre = self.pre_acts(x)
-        acts, idx = pre.topk(k or self.cfg.k, dim=-1, sorted=False)
-        return EncoderOutput(acts, idx, pre)
+        """The k active latents of each input, indices ascending. ``top_acts`` carry the gradient (sparse backward,
+        see ``sparse_ops``); ``pre_acts`` (ReLU'd, every latent) are computed once and returned without a graph."""
+        lead = x.shape[:-1]
+        xc = (x - self.b_pre).reshape(-1, x.shape[-1])
+        acts, idx, pre = topk_encode(xc, self.W_enc, self.b_enc, k or self.cfg.k)
+        return EncoderOutput(acts.reshape(*lead, -1), idx.reshape(*lead, -1), pre.reshape(*lead, -1))
 
     def decode(self, top_acts: torch.Tensor, top_indices: torch.Tensor) -> torch.Tensor:
-        """x̂ = Σ_j a_j · W_dec[i_j] + b_pre, computed sparsely (gather of k rows per input)."""
-        return torch.einsum("bk,bkd->bd", top_acts, self.W_dec[top_indices]) + self.b_pre
+        """x̂ = Σ_j a_j · W_dec[i_j] + b_pre, computed sparsely (embedding_bag forward, sparse backward; any order)."""
+        return sparse_decode(top_acts, top_indices, self.W_dec) + self.b_pre
 
     def forward(self, x: torch.Tensor, track_dead: bool = True) -> ForwardOutput:
         cfg = self.cfg
-        enc = self.encode(x)
-        x_hat = self.decode(enc.top_acts, enc.top_indices)
+        xc = x - self.b_pre
+        # the [B, n] pre-activations once, without a graph and without the dense ReLU (top-k values are ReLU'd)
+        top_acts, top_idx, pre = topk_encode(xc, self.W_enc, self.b_enc, cfg.k, dense_relu=False)
+        x_hat = sparse_decode(top_acts, top_idx, self.W_dec, check=False) + self.b_pre
         loss_fvu = fvu(x, x_hat)
         zero = x.new_zeros(())
         aux = zero
         if track_dead and self.training:
             with torch.no_grad():
                 fired = torch.zeros_like(self.since_fired, dtype=torch.bool)
-                fired[enc.top_indices[enc.top_acts > 0]] = True
+                fired[top_idx[top_acts > 0]] = True
                 self.since_fired += x.shape[0]
                 self.since_fired[fired] = 0
         dead = self.since_fired >= cfg.dead_tokens
         if cfg.aux_coef > 0 and self.training and bool(dead.any()):
-            k_aux = min(cfg.aux_k or cfg.d_in // 2, int(dead.sum()))
-            dead_pre = enc.pre_acts.masked_fill(~dead, 0.0)  # only dead latents may explain the residual
-            acts, idx = dead_pre.topk(k_aux, dim=-1, sorted=False)
+            dead_idx = dead.nonzero().squeeze(1)  # only dead latents may explain the residual
+            k_aux = min(cfg.aux_k or cfg.d_in // 2, len(dead_idx))
+            with torch.no_grad():
+                j = pre.index_select(1, dead_idx).topk(k_aux, dim=-1, sorted=False).indices.sort(dim=-1).values
+            idx = dead_idx[j]  # ascending: dead_idx and j both are
+            acts = gather_encode(xc, self.W_enc, self.b_enc, pre, idx)
             residual = (x - x_hat).detach()
-            e_hat = torch.einsum("bk,bkd->bd", acts, self.W_dec[idx])
+            e_hat = sparse_decode(acts, idx, self.W_dec, check=False)
             aux = (e_hat - residual).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum().clamp(min=1e-12)
             aux = torch.nan_to_num(aux, nan=0.0)
         multi = zero
         if cfg.multi_topk:
-            acts, idx = enc.pre_acts.topk(cfg.multi_topk * cfg.k, dim=-1, sorted=False)
-            multi = fvu(x, self.decode(acts, idx))
+            with torch.no_grad():
+                idx = pre.topk(cfg.multi_topk * cfg.k, dim=-1, sorted=False).indices.sort(dim=-1).values
+            acts = gather_encode(xc, self.W_enc, self.b_enc, pre, idx)
+            multi = fvu(x, sparse_decode(acts, idx, self.W_dec, check=False) + self.b_pre)
         loss = loss_fvu + cfg.aux_coef * aux + cfg.multi_topk_coef * multi
-        return ForwardOutput(x_hat, loss_fvu, aux, multi, loss, enc.top_indices, enc.top_acts)
+        return ForwardOutput(x_hat, loss_fvu, aux, multi, loss, top_idx, top_acts)
 
     @torch.no_grad()
     def remove_parallel_grad(self) -> None:

@@ -61,7 +61,9 @@ def train_sae(sae: TopKSAE, acts: torch.Tensor, cfg: SAETrainConfig, progress: b
         raise SuperalignError("activations contain NaN/inf", "check the cached activations")
     gen = torch.Generator().manual_seed(cfg.seed)
     sae.init_b_pre(acts[torch.randperm(len(acts), generator=gen)[:cfg.median_sample]])
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr or lr_default(sae.cfg.n_latents), eps=cfg.eps)
+    # fused: the same Adam update in one kernel per parameter (on CPU ~20× faster than the per-op loop)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in sae.parameters())
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr or lr_default(sae.cfg.n_latents), eps=cfg.eps, fused=fused)
     steps = cfg.epochs * math.ceil(len(acts) / cfg.batch_size)
     sae.train()
     fvus, auxs, t0 = [], [], time.perf_counter()
@@ -77,11 +79,13 @@ def train_sae(sae: TopKSAE, acts: torch.Tensor, cfg: SAETrainConfig, progress: b
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.max_grad_norm)
             opt.step()
             sae.normalize_decoder()
-            fvus.append(out.fvu.item())
-            auxs.append(float(out.aux_loss))
+            fvus.append(out.fvu.detach())  # no per-step host sync; converted once at the end
+            auxs.append(out.aux_loss.detach())
             bar.update()
-            bar.set_postfix(fvu=f"{fvus[-1]:.3f}", dead=f"{sae.dead_fraction():.2f}")
+            if progress and len(fvus) % 20 == 1:
+                bar.set_postfix(fvu=f"{fvus[-1].item():.3f}", dead=f"{sae.dead_fraction():.2f}")
     bar.close()
+    fvus, auxs = torch.stack(fvus).tolist(), torch.stack(auxs).float().tolist()
     sae.eval()
     return SAEFit(fvus, auxs, len(acts) * cfg.epochs, time.perf_counter() - t0)
 
