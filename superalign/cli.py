@@ -117,6 +117,15 @@ def _list(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _add_jobs(subparsers, jobs: dict) -> None:
+    """One subcommand per job: flags from its config dataclass, help from its docstring."""
+    for name, (cls, _) in jobs.items():
+        doc = (cls.__doc__ or name).strip()
+        sp = subparsers.add_parser(name, help=doc, description=doc)
+        add_dataclass_args(sp, cls)
+        sp.set_defaults(fn=_rlhf)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .w2s import W2SConfig
 
@@ -149,21 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .interp.jobs import JOBS as INTERP_JOBS
 
-    ip = sub.add_parser("interp", help="automated interpretability: activation caches, TopK sparse autoencoders")
-    isub = ip.add_subparsers(dest="interp_cmd", required=True)
-    for name, (cls, _) in INTERP_JOBS.items():
-        sp = isub.add_parser(name, help=(cls.__doc__ or name).strip(), description=(cls.__doc__ or name).strip())
-        add_dataclass_args(sp, cls)
-        sp.set_defaults(fn=_rlhf)
+    ip = sub.add_parser("interp", help="automated interpretability: activation caches, sparse autoencoders, "
+                                       "explain → simulate → score")
+    _add_jobs(ip.add_subparsers(dest="interp_cmd", required=True), INTERP_JOBS)
 
     from .oversight.jobs import JOBS as DEBATE_JOBS, add_report_parser
 
     dp = sub.add_parser("debate", help="scalable oversight: debate on sparse-pixel MNIST judges (Irving et al. 2018)")
     dsub = dp.add_subparsers(dest="debate_cmd", required=True)
-    for name, (cls, _) in DEBATE_JOBS.items():
-        sp = dsub.add_parser(name, help=(cls.__doc__ or name).strip(), description=(cls.__doc__ or name).strip())
-        add_dataclass_args(sp, cls)
-        sp.set_defaults(fn=_rlhf)
+    _add_jobs(dsub, DEBATE_JOBS)
     add_report_parser(dsub)
 
     r = sub.add_parser("runs", help="list or show stored runs")

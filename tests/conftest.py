@@ -53,3 +53,14 @@ def tiny_gpt2(tmp_path_factory) -> str:
     GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=128)).save_pretrained(d)
     tok.save_pretrained(d)
     return str(d)
+
+
+@pytest.fixture
+def one_thread():
+    """Small models and judge batches: one torch thread avoids oversubscription on busy 2-core CI machines."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,13 +8,7 @@ from superalign.oversight.debate import (DebateConfig, Game, GreedyDebater, Judg
 from superalign.oversight.judge import Judge
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small judge batches: one thread avoids oversubscription on busy CI machines (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TableOracle:

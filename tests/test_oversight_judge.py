@@ -1,4 +1,3 @@
-import json
 
 import pytest
 import torch
@@ -8,13 +7,7 @@ from superalign.oversight.judge import (Judge, JudgeConfig, encode, judge_logits
                                         load_judge, random_reveals, save_judge, train_judge)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small judge batches: one thread avoids oversubscription on busy CI machines (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_encode_by_hand():
