@@ -29,7 +29,8 @@ def _w2s(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _rlhf(ns: argparse.Namespace) -> int:
+def _job(ns: argparse.Namespace) -> int:
+    """Run one job of any pillar (rlhf, interp, debate) and print its metrics, samples and artefacts."""
     from .rlhf.jobs import JOBS
     from .rlhf.overopt import OveroptJob, run_overopt
 
@@ -123,7 +124,7 @@ def _add_jobs(subparsers, jobs: dict) -> None:
         doc = (cls.__doc__ or name).strip()
         sp = subparsers.add_parser(name, help=doc, description=doc)
         add_dataclass_args(sp, cls)
-        sp.set_defaults(fn=_rlhf)
+        sp.set_defaults(fn=_job)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, cls in [(k, v[0]) for k, v in JOBS.items()] + [("overopt", OveroptJob)]:
         sp = rlsub.add_parser(name, help=helps[name], description=(cls.__doc__ or helps[name]).strip())
         add_dataclass_args(sp, cls)
-        sp.set_defaults(fn=_rlhf)
+        sp.set_defaults(fn=_job)
 
     from .interp.jobs import JOBS as INTERP_JOBS
 
