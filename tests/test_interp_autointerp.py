@@ -367,6 +367,10 @@ def test_score_resumes_from_partial(tmp_path, monkeypatch):
         run_score(job)
     res = run_score(job)                                      # resumes: units 1 and 2 are not scored again
     assert calls == [1, 2, 3, 3] and res["metrics"]["n_units"] == 3
+    # a finished run is returned from the store before anything is read or loaded again
+    from superalign.interp import autointerp
+    monkeypatch.setattr(autointerp, "records_from_json", lambda *a: pytest.fail("records read again"))
+    assert run_score(job)["cached"] and calls == [1, 2, 3, 3]
     assert res["metrics"]["ev_correlation_mean"] == pytest.approx(orig(TokenLookupSimulator(), 'the tokens "good"',
                                                                        recs[0]).ev_correlation)
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import SuperalignError
-from ..runs.jobs import JobBase, _f, run_job, write_text_atomic
+from ..runs.jobs import JobBase, _f, run_job, stored_result, write_text_atomic
 from .records import build_records, records_from_json, records_to_json, unit_activations
 
 SCORERS = ("simulation", "detection", "fuzzing", "embedding")
@@ -113,6 +113,8 @@ def run_explain(job: ExplainJob) -> dict:
     from .activations import load_activations
     from .explain import EXAMPLE_EXPLANATION, LLMExplainer, TokenLookupExplainer
 
+    if (done := stored_result("interp-explain", job)) is not None:
+        return done
     cache = load_activations(job.cache)              # every input is checked before anything is written
     sae = None
     if job.sae:
@@ -181,6 +183,8 @@ def run_score(job: ScoreJob) -> dict:
     from .scoring import TextEmbedder, score_detection, score_embedding, score_fuzzing, score_simulation
     from .simulate import make_simulator
 
+    if (done := stored_result("interp-score", job)) is not None:
+        return done  # without loading the simulator LLM and the embedder again
     folder = _explanations_folder(job.explanations, job.home)
     rec_json = json.loads((folder / "records.json").read_text())
     recs = records_from_json(rec_json["records"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SuperalignError
-from ..runs.jobs import JobBase, _f, run_job
+from ..runs.jobs import JobBase, _f, run_job, stored_result
 from .relu_sae import ReLUSAE, ReLUSAEConfig
 from .sae import SAEConfig, TopKSAE
 from .train_sae import SAETrainConfig, evaluate_sae, train_sae
@@ -152,6 +152,8 @@ def _held_out_texts(job: SAEJob, cache) -> tuple[torch.Tensor | None, list[str],
 def run_sae(job: SAEJob) -> dict:
     from .activations import load_activations
 
+    if (done := stored_result("interp-sae", job)) is not None:
+        return done
     cache = load_activations(job.cache)  # validates the folder before anything is written
     held_docs, held_texts, note = _held_out_texts(job, cache)  # so is the corpus, for loss recovered
 

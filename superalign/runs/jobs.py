@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import SuperalignError
-from .store import RunStore, run_id
+from .store import RunStore, default_home, run_id
 
 
 def _f(default, help_: str, **kw):
@@ -36,14 +36,26 @@ class JobBase:
         return d
 
 
+def stored_result(kind: str, job: JobBase) -> dict | None:
+    """The finished run of this config, if there is one. Runners call it before loading models or activations
+    that only a new run needs, so a rerun of a finished job costs a database read."""
+    home = Path(job.home) if job.home else default_home()
+    if not (home / "runs.db").exists():  # nothing stored yet: do not create the store just to look
+        return None
+    r = RunStore(home).get(run_id(kind, job.key()))
+    if r is None or r["status"] != "done":
+        return None
+    r["cached"] = True
+    return r
+
+
 def run_job(kind: str, job: JobBase, body: Callable[[RunStore, Path], tuple[dict, dict]]) -> dict:
     """Run ``body(store, artefact_dir) -> (metrics, artefacts)`` once per config; a finished run is returned as is."""
+    done = stored_result(kind, job)
+    if done is not None:
+        return done
     store = RunStore(job.home)
     rid = run_id(kind, job.key())
-    if store.is_done(rid):
-        r = store.get(rid)
-        r["cached"] = True
-        return r
     store.start(rid, kind, job.key())
     t0 = time.perf_counter()
     try:
