@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SuperalignError
-from .sae import EncoderOutput, ForwardOutput, TopKSAE, fvu, geometric_median, read_checkpoint_cfg
+from .sae import EncoderOutput, ForwardOutput, TopKSAE, fvu, geometric_median, random_rows, read_checkpoint_cfg
 
 
 @dataclass
@@ -68,9 +68,7 @@ class ReLUSAE(torch.nn.Module):
     def __init__(self, cfg: ReLUSAEConfig, seed: int = 0):
         super().__init__()
         self.cfg = cfg
-        g = torch.Generator().manual_seed(seed)
-        w_dec = torch.randn(cfg.n_latents, cfg.d_in, generator=g)
-        w_dec *= 0.1 / w_dec.norm(dim=1, keepdim=True)
+        w_dec = random_rows(cfg.n_latents, cfg.d_in, seed, norm=0.1)
         self.W_dec = torch.nn.Parameter(w_dec)                 # [n_latents, d_in], rows free to change norm
         self.W_enc = torch.nn.Parameter(w_dec.clone())         # tied initialisation (used as W_enc = this ᵀ)
         self.b_enc = torch.nn.Parameter(torch.zeros(cfg.n_latents))

@@ -103,6 +103,13 @@ class ForwardOutput(NamedTuple):
     """their activations [B, k]"""
 
 
+def random_rows(n: int, d: int, seed: int, norm: float) -> torch.Tensor:
+    """[n, d] random directions of the given norm, seeded: the decoder of every SAE here starts from them, and the
+    encoder from their copy (tied initialisation)."""
+    w = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    return w * (norm / w.norm(dim=1, keepdim=True))
+
+
 class TopKSAE(torch.nn.Module):
     architecture = "topk"
     """written to cfg.json so that :func:`load_sae` rebuilds the right class"""
@@ -110,9 +117,7 @@ class TopKSAE(torch.nn.Module):
     def __init__(self, cfg: SAEConfig, seed: int = 0):
         super().__init__()
         self.cfg = cfg
-        g = torch.Generator().manual_seed(seed)
-        w_dec = torch.randn(cfg.n_latents, cfg.d_in, generator=g)
-        w_dec /= w_dec.norm(dim=1, keepdim=True)
+        w_dec = random_rows(cfg.n_latents, cfg.d_in, seed, norm=1.0)
         self.W_dec = torch.nn.Parameter(w_dec)                 # [n_latents, d_in], unit-norm rows
         self.W_enc = torch.nn.Parameter(w_dec.clone())         # tied initialisation (used as W_enc = this ᵀ)
         self.b_enc = torch.nn.Parameter(torch.zeros(cfg.n_latents))
