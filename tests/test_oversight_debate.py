@@ -111,15 +111,33 @@ def trap_oracle():
 def test_mcts_finds_the_winning_move_greedy_does_not():
     game = Game([0, 1, 2, 3], 2, honest=0, liar=1)
     assert not play(game, trap_oracle(), GreedyDebater(), GreedyDebater()).honest_wins
-    for prior in ("margin", "uniform"):
-        mcts = MCTSDebater(rollouts=200, prior=prior, rng=np.random.default_rng(0))
-        assert mcts.choose(game, (), trap_oracle()) == 2
-        assert play(game, trap_oracle(), mcts, GreedyDebater()).honest_wins
+    for prior in ("root", "margin", "uniform"):
+        for batch in (1, 8):  # plain sequential MCTS, and batches of leaves under a virtual loss
+            mcts = MCTSDebater(rollouts=200, prior=prior, batch=batch, rng=np.random.default_rng(0))
+            assert mcts.choose(game, (), trap_oracle()) == 2
+            assert play(game, trap_oracle(), mcts, GreedyDebater()).honest_wins
     for leaf in ("random", "greedy"):
         mcts = MCTSDebater(rollouts=200, leaf=leaf, rng=np.random.default_rng(0))
         assert mcts.choose(game, (), trap_oracle()) == 2
     # the liar's search finds the refutation of the trap
     assert MCTSDebater(rollouts=50).choose(game, (0,), trap_oracle()) == 1
+
+
+def test_mcts_visit_counts_and_tree_reuse():
+    game = Game([0, 1, 2, 3], 2, honest=0, liar=1)
+    oracle = trap_oracle()
+    mcts = MCTSDebater(rollouts=40, batch=4, rng=np.random.default_rng(0))
+    mcts.choose(game, (), oracle)
+    root = mcts._tree[frozenset()]
+    assert root.n.sum() == 40 and np.all(root.n >= 0)  # one visit per rollout; the virtual losses were undone
+    # w/n stays a mean of values in [-1, 1]: the virtual loss was added back exactly
+    assert np.all(np.abs(root.w) <= root.n + 1e-9)
+    calls = oracle.calls
+    mcts.choose(game, (2,), oracle)  # the next move of the same game searches on from the kept subtree
+    assert mcts._tree[frozenset({2})].n.sum() >= 40 and frozenset() in mcts._tree
+    assert oracle.calls > calls
+    mcts.choose(Game([0, 1, 2, 3], 2, honest=0, liar=1), (), oracle)  # a new game starts a fresh tree
+    assert mcts._tree[frozenset()].n.sum() == 40  # not 80: the old counts are gone
 
 
 def test_bad_inputs():
@@ -147,4 +165,6 @@ def test_run_debates_workers_same_results():
     a = run_debates(j, x, y, cfg, workers=1)
     b = run_debates(j, x, y, cfg, workers=2)
     assert a.records == b.records and len(a.records) == 4 and a.judge_evaluations > 0
+    full = run_debates(j, x, y, DebateConfig(k=4, debater="mcts", rollouts=8, incremental=False))
+    assert [r["moves"] for r in full.records] == [r["moves"] for r in a.records]  # same games, full forward passes
     assert a.accuracy == np.mean([r["honest_wins"] for r in a.records])

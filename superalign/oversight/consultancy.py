@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import SuperalignError
-from .debate import Game, JudgeOracle, Oracle, nonzero_pixels
+from .debate import Game, Oracle, make_oracle, nonzero_pixels
 from .judge import Judge
 
 
@@ -57,7 +57,7 @@ def run_consultancy(judge: Judge, images: torch.Tensor, labels: torch.Tensor, k:
         wrong = int(rng.choice([c for c in range(judge.n_classes) if c != label]))
         argue_true = bool(rng.random() < 0.5)
         px = nonzero_pixels(images[i])
-        rec = consult(px, label, wrong, argue_true, k, JudgeOracle(judge, images[i]))
+        rec = consult(px, label, wrong, argue_true, k, make_oracle(judge, images[i]))
         records.append({"image": i, **rec})
 
     def acc(rs):

@@ -20,15 +20,25 @@ Debaters:
 
 - ``greedy``: reveals the pixel that maximises its own judge margin after the move (one batched judge call over all
   candidate pixels; ties to the lowest pixel index).
-- ``mcts``: PUCT search (AlphaZero style), ``rollouts`` simulations per move from a fresh tree. Nodes are sets of
-  revealed pixels (a set reached in a different order is the same position: the judge sees a set, and whose turn it
-  is follows from its size). Expanding a node evaluates all its children in one judge forward pass; that batch gives
-  the prior (``prior="margin"``: softmax of the mover's one-step margins / ``temperature``, or ``"uniform"``) and
-  the leaf values. Leaf value (honest's view, in [-1, 1]): at k reveals, ±1 from the verdict; before that
-  ``leaf="margin"``: tanh(judge margin on the revealed pixels / temperature), ``leaf="random"``: the verdict
-  (±1) after a uniformly random playout to k reveals (one judge evaluation), or ``leaf="greedy"``: the verdict after
-  a playout by greedy debaters (one batch per remaining reveal: slower, sharper). The move played is the most
-  visited child.
+- ``mcts``: PUCT search (AlphaZero style, as in the paper: U = Q + c·P·√(1+N(s))/(1+N(s,a)), ties broken at
+  random), ``rollouts`` simulations per move. Nodes are sets of revealed pixels (a set reached in a different order
+  is the same position: the judge sees a set, and whose turn it is follows from its size). Each debater keeps its
+  tree from move to move within a game (``reuse_tree``).
+
+  - Prior P: softmax of the mover's one-step judge margins / ``temperature``. ``prior="root"`` (default) measures
+    them once per move, from the search root (one judge batch over the legal reveals) and reuses them at every node
+    below: a pixel that helps a side from the root tends to help it deeper. ``"margin"`` measures them at every new
+    node (a judge batch per node: ~100× the judge calls). ``"uniform"``: no prior.
+  - Leaf value (honest's view, in [-1, 1]): at k reveals, ±1 from the verdict; before that ``leaf="margin"``:
+    tanh(judge margin on the revealed pixels / temperature), ``leaf="random"``: the verdict after a uniformly random
+    playout to k reveals, or ``leaf="greedy"``: the verdict after a playout by greedy debaters (sharper, one judge
+    batch per remaining reveal).
+  - Rollouts run ``batch`` at a time: each descends with a virtual loss on its path (so that the next goes
+    elsewhere) and the batch's leaves go to the judge in one call.
+  - The move played is the most visited child of the root.
+
+The paper's wording ("pure Monte Carlo tree search", 10,000 rollouts per move, "each rollout descends to a leaf for
+evaluation using the judge", PUCT) leaves the prior and the leaf value open; these are our choices, all options.
 
 Speed: every judge call goes through a per-image :class:`JudgeOracle` cache keyed by the frozenset of revealed
 pixels, uncached states are evaluated in one batch, precommit stops at the first winning lie, and images run in
@@ -69,15 +79,25 @@ class DebateConfig:
     """mcts: simulations per move"""
     c_puct: float = 1.0
     """mcts: exploration constant of PUCT"""
-    prior: str = "margin"
-    """mcts: move prior, margin (softmax of the mover's one-step judge margins) or uniform"""
+    prior: str = "root"
+    """mcts: move prior, softmax of the mover's one-step judge margins / temperature, measured from the search root
+    (root: one judge batch per move, reused at every node below it), at every node (margin: a judge batch per new
+    node, ~|legal moves| times dearer), or uniform"""
     leaf: str = "margin"
     """mcts: value of a non-final leaf: margin (tanh of the judge margin), random or greedy (the verdict after a
     random or greedy playout to k reveals)"""
     temperature: float = 1.0
     """mcts: scale of judge margins in the prior softmax and the leaf tanh"""
+    batch: int = 16
+    """mcts: leaves per judge call; the rollouts of one batch descend with a virtual loss (1 = plain sequential
+    MCTS; larger batches are cheaper per leaf and a little less sharp)"""
+    reuse_tree: bool = True
+    """mcts: keep a debater's search tree (and its visit counts) from one move to the next within a game"""
+    incremental: bool = True
+    """evaluate the judge incrementally from a state one pixel smaller (oversight/incremental.py: ~2–3× faster on a
+    CPU, the same logits up to float rounding); off: a full forward pass per state"""
     seed: int = 0
-    """seed of random playouts (per image: seed + image index)"""
+    """seed of random playouts and PUCT tie-breaks (per image: seed + image index)"""
 
     def __post_init__(self):
         if self.k < 1:
@@ -88,9 +108,11 @@ class DebateConfig:
             raise SuperalignError(f"unknown debater {self.debater!r}", f"pass --debater one of {', '.join(DEBATERS)}")
         if self.rollouts < 1:
             raise SuperalignError(f"rollouts must be ≥ 1, got {self.rollouts}", "pass e.g. --rollouts 100")
-        if self.prior not in ("margin", "uniform") or self.leaf not in ("margin", "random", "greedy"):
+        if self.prior not in ("root", "margin", "uniform") or self.leaf not in ("margin", "random", "greedy"):
             raise SuperalignError(f"bad prior {self.prior!r} or leaf {self.leaf!r}",
-                                  "pass --prior margin|uniform and --leaf margin|random|greedy")
+                                  "pass --prior root|margin|uniform and --leaf margin|random|greedy")
+        if self.batch < 1:
+            raise SuperalignError(f"batch must be ≥ 1, got {self.batch}", "pass e.g. --batch 16")
         if not (self.c_puct >= 0 and self.temperature > 0):
             raise SuperalignError("c_puct must be ≥ 0 and temperature > 0", "pass e.g. --c-puct 1 --temperature 1")
 
@@ -178,60 +200,99 @@ class _Node:
 
 
 class MCTSDebater:
-    """PUCT search over sets of revealed pixels (see the module docstring for the prior and leaf values)."""
+    """PUCT search over sets of revealed pixels (see the module docstring for the prior, leaf values, batching and
+    tree reuse)."""
 
-    def __init__(self, rollouts: int = 100, c_puct: float = 1.0, prior: str = "margin", leaf: str = "margin",
-                 temperature: float = 1.0, rng: np.random.Generator | None = None):
+    def __init__(self, rollouts: int = 100, c_puct: float = 1.0, prior: str = "root", leaf: str = "margin",
+                 temperature: float = 1.0, rng: np.random.Generator | None = None, batch: int = 16,
+                 reuse_tree: bool = True):
         self.rollouts, self.c_puct, self.prior, self.leaf, self.t = rollouts, c_puct, prior, leaf, temperature
+        self.batch, self.reuse_tree = max(1, batch), reuse_tree
         self.rng = rng or np.random.default_rng(0)
+        self._game: Game | None = None
+        self._tree: dict[frozenset, _Node] = {}
 
-    def _expand(self, game: Game, state: tuple[int, ...], oracle: Oracle) -> tuple[_Node, float]:
-        """A new node for ``state`` and its leaf value (honest's view); one judge batch over the children."""
+    def _prior(self, game: Game, moves: list[int], honest: bool, margins: np.ndarray | None) -> np.ndarray:
+        """softmax of the mover's margins / temperature (uniform without margins)."""
+        if margins is None:
+            return np.full(len(moves), 1.0 / len(moves))
+        z = (margins if honest else -margins) / self.t
+        p = np.exp(z - z.max())
+        return p / p.sum()
+
+    def _new_node(self, game: Game, state: tuple[int, ...], child_margins: np.ndarray | None = None) -> _Node:
         moves = game.legal(state)
         honest = game.honest_to_move(state)
-        child_m = game.margins(oracle.logits([frozenset(state + (p,)) for p in moves]))
-        if self.prior == "uniform":
-            prior = np.full(len(moves), 1.0 / len(moves))
-        else:
-            z = (child_m if honest else -child_m) / self.t
-            prior = np.exp(z - z.max())
-            prior /= prior.sum()
-        if self.leaf == "margin":
-            value = math.tanh(float(game.margins(oracle.logits([frozenset(state)]))[0]) / self.t)
-        elif self.leaf == "random":  # random playout to k reveals, verdict ±1
-            rest = self.rng.permutation(moves)[:game.k - len(state)]
-            value = 1.0 if game.margins(oracle.logits([frozenset(state) | set(rest.tolist())]))[0] > 0 else -1.0
-        else:  # greedy playout: both sides play their best one-step move to k reveals, verdict ±1
+        if self.prior == "root":  # the search root's one-step margins, looked up for this node's moves
+            child_margins = np.array([self._root_margin[p] for p in moves])
+        return _Node(moves, self._prior(game, moves, honest, child_margins if self.prior != "uniform" else None),
+                     honest)
+
+    def _select(self, node: _Node) -> int:
+        q = np.divide(node.w, node.n, out=np.zeros_like(node.w), where=node.n > 0)
+        u = self.c_puct * node.prior * math.sqrt(node.n.sum() + 1) / (1 + node.n)
+        score = q + u
+        best = np.flatnonzero(score >= score.max() - 1e-12)
+        return int(best[0] if len(best) == 1 else self.rng.choice(best))  # ties broken at random, as in the paper
+
+    def _leaf_state(self, game: Game, state: tuple[int, ...], oracle: Oracle) -> frozenset:
+        """The state whose verdict or margin values a new leaf: itself (margin), or the end of a playout."""
+        if self.leaf == "random":  # uniformly random playout to k reveals
+            rest = self.rng.permutation(game.legal(state))[:game.k - len(state)]
+            return frozenset(state) | set(rest.tolist())
+        if self.leaf == "greedy":  # both sides play their best one-step move to k reveals
             s, greedy = state, GreedyDebater()
             while len(s) < game.k:
                 s = s + (greedy.choose(game, s, oracle),)
-            value = 1.0 if game.margins(oracle.logits([frozenset(s)]))[0] > 0 else -1.0
-        return _Node(moves, prior, honest), value
+            return frozenset(s)
+        return frozenset(state)
 
     def choose(self, game: Game, state: tuple[int, ...], oracle: Oracle) -> int:
-        tree: dict[frozenset, _Node] = {}
-        for _ in range(self.rollouts):
-            s, path = state, []
-            while True:
-                key = frozenset(s)
-                if len(s) == game.k:  # final position: the verdict
-                    value = 1.0 if game.margins(oracle.logits([key]))[0] > 0 else -1.0
-                    break
-                node = tree.get(key)
-                if node is None:
-                    node, value = self._expand(game, s, oracle)
-                    tree[key] = node
-                    break
-                q = np.divide(node.w, node.n, out=np.zeros_like(node.w), where=node.n > 0)
-                u = self.c_puct * node.prior * math.sqrt(node.n.sum() + 1) / (1 + node.n)
-                a = int(np.argmax(q + u))
-                path.append((node, a))
-                s = s + (node.moves[a],)
-            for node, a in path:
-                node.n[a] += 1
-                node.w[a] += value if node.honest_moves else -value
-        root = tree[frozenset(state)]
-        if root.n.sum() == 0:  # a single rollout only expanded the root: play the prior's favourite
+        if self._game is not game or not self.reuse_tree:  # a new game (or no reuse): a fresh tree
+            self._game, self._tree = game, {}
+        tree = self._tree
+        root_key = frozenset(state)
+        if self.prior == "root":  # one judge batch per move: the mover's margin after each legal reveal
+            moves = game.legal(state)
+            self._root_margin = dict(zip(moves, game.margins(oracle.logits([root_key | {p} for p in moves]))))
+        if root_key not in tree:
+            cm = game.margins(oracle.logits([root_key | {p} for p in game.legal(state)])) \
+                if self.prior == "margin" else None
+            tree[root_key] = self._new_node(game, state, cm)
+        done = 0
+        while done < self.rollouts:
+            # select up to `batch` leaves, each path holding a virtual loss so that the next descent goes elsewhere
+            leaves = []
+            for _ in range(min(self.batch, self.rollouts - done)):
+                s, path = state, []
+                while len(s) < game.k:
+                    node = tree.get(frozenset(s))
+                    if node is None:
+                        break
+                    a = self._select(node)
+                    node.n[a] += 1
+                    node.w[a] -= 1.0  # virtual loss
+                    path.append((node, a))
+                    s = s + (node.moves[a],)
+                leaves.append((s, path))
+            done += len(leaves)
+            # one judge batch: every leaf's value state, and (prior="margin") the children of every new node
+            new = list(dict.fromkeys(s for s, _ in leaves if len(s) < game.k and frozenset(s) not in tree))
+            values = {s: self._leaf_state(game, s, oracle) if len(s) < game.k else frozenset(s) for s, _ in leaves}
+            kids = [[frozenset(s) | {p} for p in game.legal(s)] for s in new] if self.prior == "margin" else []
+            states = list(values.values()) + [c for ks in kids for c in ks]
+            margins = dict(zip(states, game.margins(oracle.logits(states)))) if states else {}
+            for i, s in enumerate(new):
+                tree[frozenset(s)] = self._new_node(
+                    game, s, np.array([margins[c] for c in kids[i]]) if self.prior == "margin" else None)
+            for s, path in leaves:
+                m = margins[values[s]]
+                terminal = len(values[s]) == game.k
+                value = (1.0 if m > 0 else -1.0) if terminal else math.tanh(m / self.t)
+                for node, a in path:
+                    node.w[a] += 1.0 + (value if node.honest_moves else -value)  # undo the virtual loss, back up
+        root = tree[root_key]
+        if root.n.sum() == 0:  # nothing below the root was visited: play the prior's favourite
             return root.moves[int(np.argmax(root.prior))]
         q = np.divide(root.w, root.n, out=np.zeros_like(root.w), where=root.n > 0)
         best = np.lexsort((-q, -root.n))[0]  # most visits, then best value, then lowest pixel
@@ -267,7 +328,7 @@ class ImageResult(NamedTuple):
 def make_debater(cfg: DebateConfig, rng: np.random.Generator) -> Debater:
     if cfg.debater == "greedy":
         return GreedyDebater()
-    return MCTSDebater(cfg.rollouts, cfg.c_puct, cfg.prior, cfg.leaf, cfg.temperature, rng)
+    return MCTSDebater(cfg.rollouts, cfg.c_puct, cfg.prior, cfg.leaf, cfg.temperature, rng, cfg.batch, cfg.reuse_tree)
 
 
 def debate_image(pixels: Sequence[int], label: int, oracle: Oracle, cfg: DebateConfig,
@@ -310,8 +371,16 @@ def transcript_record(index: int, label: int, r: ImageResult) -> dict:
             "honest_wins": bool(r.honest_wins), "lie": r.lie, "games": len(r.games), "moves": g.moves}
 
 
+def make_oracle(judge: Judge, image: torch.Tensor, incremental: bool = True) -> Oracle:
+    """The judge on one image, cached by revealed set; incremental evaluation where the judge allows it."""
+    if incremental and type(judge) is Judge and image.shape[0] % 2 == 0 and image.shape[1] % 2 == 0:
+        from .incremental import IncrementalJudgeOracle
+        return IncrementalJudgeOracle(judge, image)
+    return JudgeOracle(judge, image)
+
+
 def _debate_one(judge: Judge, image: torch.Tensor, label: int, index: int, cfg: DebateConfig) -> tuple[dict, int]:
-    oracle = JudgeOracle(judge, image)
+    oracle = make_oracle(judge, image, cfg.incremental)
     rng = np.random.default_rng(cfg.seed + index)
     honest, liar = make_debater(cfg, rng), make_debater(cfg, rng)
     r = debate_image(nonzero_pixels(image), int(label), oracle, cfg, honest, liar, judge.n_classes)

@@ -231,8 +231,10 @@ def train_judge(cfg: JudgeConfig, split: Split | None = None, progress: bool = F
                 opt.step()
                 total += float(loss.detach()) * len(b)
             losses.append(total / len(perm))
-            if progress:
-                print(f"judge epoch {epoch + 1}/{cfg.epochs}: loss {losses[-1]:.4f}", flush=True)
+            if progress:  # held-out accuracy on ≤2,000 test images (fixed pixel subsets) to watch convergence
+                acc = judge_accuracy(judge, Images(test.x[:2000], test.y[:2000]), cfg.k, seed=cfg.seed + 1)
+                print(f"judge epoch {epoch + 1}/{cfg.epochs}: loss {losses[-1]:.4f}, test acc {100 * acc:.1f}% "
+                      f"(≤2,000 images)", flush=True)
     judge.eval()
     acc = judge_accuracy(judge, test, cfg.k, seed=cfg.seed + 1)
     judge.cpu()  # returned on the CPU: move it (``judge.to(...)``) to debate on a GPU

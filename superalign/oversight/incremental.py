@@ -1,0 +1,144 @@
+"""Incremental judge evaluation: a state one pixel away from an evaluated state costs ~1/4 of a full forward pass.
+
+Debaters ask the judge about sets of revealed pixels that differ from a known set by one pixel (every candidate move,
+every MCTS leaf). The judge's first layers are local, so a new pixel at (r, c) changes little:
+
+- conv1's pre-activation A1 is linear in the input: A1(S) = b1 + Σ_{p∈S} stamp_p, where ``stamp_p`` is conv1
+  (no bias) of a single revealed pixel (mask 1, its value). Cheap: k ≤ 6 additions of a 32×28×28 map.
+- H1 = maxpool(relu(A1)) then changes only in the 3×3 pooled cells around (r//2, c//2) (a 5×5 kernel reaches two
+  pixels each way, pooled in pairs).
+- conv2's pre-activation A2 is linear in H1, so A2(S ∪ {p}) = A2(S) + conv2_nobias(ΔH1), and ΔH1 lives on those 3×3
+  cells: one transposed convolution of a 3×3 input (~0.5M multiply-adds instead of conv2's 10M).
+- The rest (relu, pool, the 3136→1024→10 dense head: ~3.2M multiply-adds) runs as usual on the new A2.
+
+So the oracle keeps A2 (64×14×14 floats) for states it has evaluated (a bounded FIFO cache); a state whose parent
+(the state minus one of its pixels) is there is evaluated incrementally, the others by a full forward pass. The
+logits equal the full forward pass's up to float rounding (tested to 1e-4).
+
+Needs the paper's architecture (:class:`~superalign.oversight.judge.Judge`: 5×5 'same' convolutions, 2×2 pools).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .judge import Judge, encode
+
+
+def _relu_pool(x: torch.Tensor) -> torch.Tensor:
+    """relu(2×2 max-pool, stride 2) of (B, C, H, W) with H, W even: the same as max-pooling after the ReLU (both are
+    monotone), on a quarter of the values, and ~10× faster on the CPU than max_pool2d (no indices)."""
+    m = torch.maximum(torch.maximum(x[..., ::2, ::2], x[..., ::2, 1::2]), torch.maximum(x[..., 1::2, ::2],
+                                                                                       x[..., 1::2, 1::2]))
+    return F.relu(m)
+
+
+class IncrementalJudgeOracle:
+    """Judge logits for sets of revealed pixels of one image, cached by the frozenset (like
+    :class:`~superalign.oversight.debate.JudgeOracle`), computed incrementally from a cached parent when possible."""
+
+    def __init__(self, judge: Judge, image: torch.Tensor, max_cached_states: int = 8192):
+        self.judge, self.shape = judge, tuple(image.shape)
+        self.flat = image.reshape(-1).float()
+        self.cache: dict[frozenset, np.ndarray] = {}
+        self.forward_calls = 0   # batched judge calls
+        self.evaluations = 0     # states evaluated (cache misses)
+        self.incremental = 0     # of which incrementally
+        self.max_cached_states = max_cached_states
+        self._a2: dict[frozenset, torch.Tensor] = {}  # conv2 pre-activations (padded by 2), FIFO-bounded
+        conv1, conv2 = judge.features[0], judge.features[3]
+        self.dev = conv1.weight.device
+        h, w = self.shape
+        self.h1_shape = (h // 2, w // 2)
+        self.b1 = conv1.bias.detach()[:, None, None]
+        self.w2t = conv2.weight.detach().permute(1, 0, 2, 3).flip(2, 3).contiguous()  # conv_transpose weight
+        nz = torch.nonzero(self.flat > 0)[:, 0]
+        self._row = {int(p): i for i, p in enumerate(nz)}
+        with torch.no_grad():  # conv1 (no bias) of each nonzero pixel revealed alone
+            mask = torch.zeros(len(nz), h * w)
+            mask[torch.arange(len(nz)), nz] = 1.0
+            x = encode(self.flat.expand(len(nz), -1).reshape(len(nz), h, w), mask.reshape(len(nz), h, w))
+            self.stamps = F.conv2d(x.to(self.dev), conv1.weight.detach(), None, padding=2)
+            was_training = judge.training
+            judge.eval()
+            self._keep([frozenset()], self._full([frozenset()])[1])  # the root of every chain of reveals
+            judge.train(was_training)
+
+    def _a1(self, states: Sequence[frozenset]) -> torch.Tensor:
+        rows = [[self._row[p] for p in s] for s in states]
+        out = self.b1.expand(len(states), -1, *self.shape).clone()
+        for i, r in enumerate(rows):
+            if r:
+                out[i] += self.stamps[r].sum(0)
+        return out
+
+    @torch.no_grad()
+    def _full(self, states: list[frozenset]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and A2 of states by the whole network (A1 from the stamps: same as conv1 of the input)."""
+        conv2 = self.judge.features[3]
+        a2 = conv2(_relu_pool(self._a1(states)))
+        return self._head(a2), F.pad(a2, (2, 2, 2, 2))
+
+    def _head(self, a2: torch.Tensor) -> torch.Tensor:
+        return self.judge.head(_relu_pool(a2).flatten(1))
+
+    @torch.no_grad()
+    def _step(self, parents: list[frozenset], pixels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and A2 of parent ∪ {pixel} from the parents' cached A2, touching only the 6×6 pixels (3×3 pooled
+        cells) that the new pixel can change."""
+        uniq = list(dict.fromkeys(parents))
+        where = {s: i for i, s in enumerate(uniq)}
+        dev = self.dev
+        idx = torch.tensor([where[s] for s in parents], device=dev)
+        hh, ww = self.h1_shape
+        w = self.shape[1]
+        r0 = [min(max((p // w - 2) // 2, 0), hh - 3) for p in pixels]  # the 3×3 pooled cells that can change
+        c0 = [min(max((p % w - 2) // 2, 0), ww - 3) for p in pixels]
+        a1u = self._a1(uniq)
+        ip = idx.tolist()
+        rows = [self._row[p] for p in pixels]
+        a1p = torch.stack([a1u[ip[i], :, 2 * r0[i]:2 * r0[i] + 6, 2 * c0[i]:2 * c0[i] + 6]  # their 6×6 pixels
+                           for i in range(len(pixels))])                                   # (B, 32, 6, 6)
+        stamp = torch.stack([self.stamps[rows[i], :, 2 * r0[i]:2 * r0[i] + 6, 2 * c0[i]:2 * c0[i] + 6]
+                             for i in range(len(pixels))])
+        dh1 = _relu_pool(a1p + stamp) - _relu_pool(a1p)                               # (B, 32, 3, 3)
+        da2 = F.conv_transpose2d(dh1, self.w2t)                       # (B, 64, 7, 7): rows r0-2 … r0+4
+        a2 = torch.stack([self._a2[s] for s in uniq])[idx]  # stored padded by 2: the 7×7 windows fit
+        for i in range(len(pixels)):
+            a2[i, :, r0[i]:r0[i] + 7, c0[i]:c0[i] + 7] += da2[i]
+        return self._head(a2[:, :, 2:2 + hh, 2:2 + ww]), a2
+
+    def _keep(self, states: list[frozenset], a2: torch.Tensor) -> None:
+        for s, a in zip(states, a2):
+            self._a2[s] = a
+        while len(self._a2) > self.max_cached_states:  # FIFO: the oldest states are the least likely parents
+            del self._a2[next(iter(self._a2))]
+
+    def logits(self, states: Sequence[frozenset]) -> np.ndarray:
+        missing = list(dict.fromkeys(s for s in states if s not in self.cache))
+        if missing:
+            was_training = self.judge.training
+            self.judge.eval()
+            inc, parents, pixels, full = [], [], [], []
+            for s in missing:
+                for p in s:
+                    parent = s - {p}
+                    if parent in self._a2:
+                        inc.append(s), parents.append(parent), pixels.append(p)
+                        break
+                else:
+                    full.append(s)
+            for group, (out, a2) in ((full, self._full(full) if full else (None, None)),
+                                     (inc, self._step(parents, pixels) if inc else (None, None))):
+                if group:
+                    self.cache.update(zip(group, out.cpu().numpy()))
+                    self._keep(group, a2)
+            self.judge.train(was_training)
+            self.forward_calls += 1
+            self.evaluations += len(missing)
+            self.incremental += len(inc)
+        return np.stack([self.cache[s] for s in states])
