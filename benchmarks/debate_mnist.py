@@ -54,15 +54,15 @@ def parse_mcts(spec: str) -> tuple[int, int]:
 
 
 def get_judge(k: int, a, split):
-    """The judge for k: loaded from --judge-dir/k{k} when it is there (trained with the same settings), else
-    trained (and saved there)."""
+    """The judge for k: loaded from --judge-dir/k{k} when it is there (trained with the same settings: also a
+    judge from `superalign debate train-judge`, copied or linked there), else trained (and saved there)."""
     cfg = JudgeConfig(k=k, dataset=split.name, epochs=a.epochs, lr=a.lr, max_train=a.max_train, seed=a.seed,
                       device=a.device)
     folder = Path(a.judge_dir) / f"k{k}" if a.judge_dir else None
     if folder and (folder / "cfg.json").is_file():
         judge, info = load_judge(folder)
         want = {f: getattr(cfg, f) for f in ("k", "dataset", "epochs", "lr", "max_train", "seed")}
-        have = {f: (info.get("train") or {}).get(f) for f in want}
+        have = {f: (info.get("train") or {}).get(f) for f in want} | {"dataset": info.get("dataset")}
         if have != want:
             sys.exit(f"error: the judge in {folder} was trained with {have}, this run asks for {want}; "
                      f"pass another --judge-dir or delete it")

@@ -28,8 +28,14 @@ def test_debate_cli_train_run_report(tmp_path, capsys):
     tr = [l.split(": ", 1)[1] for l in out.splitlines() if l.startswith("transcript: ")][0]
     rows = [json.loads(l) for l in Path(tr).read_text().splitlines()]
     assert len(rows) == 3 and all(len(r["moves"]) == 4 for r in rows)
+    assert all(r["shape"] == [8, 8] for r in rows)
     assert main(["debate", "report", tr]) == 0
     assert "judge accuracy" in capsys.readouterr().out
+    # the run store's HTML report: judges, debates, reliability diagram and the deciding games
+    assert main(["report", "--home", home, "--out", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    assert "Scalable oversight: debate" in html and "Sparse-pixel judges" in html and "Deciding games" in html
+    assert html.count("<img") >= 2
 
 
 def test_debate_cli_errors(tmp_path, capsys):

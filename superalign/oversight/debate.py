@@ -384,7 +384,7 @@ def _debate_one(judge: Judge, image: torch.Tensor, label: int, index: int, cfg: 
     rng = np.random.default_rng(cfg.seed + index)
     honest, liar = make_debater(cfg, rng), make_debater(cfg, rng)
     r = debate_image(nonzero_pixels(image), int(label), oracle, cfg, honest, liar, judge.n_classes)
-    return transcript_record(index, int(label), r), oracle.evaluations
+    return transcript_record(index, int(label), r) | {"shape": list(image.shape)}, oracle.evaluations
 
 
 _WORKER: dict = {}

@@ -122,7 +122,8 @@ class IncrementalJudgeOracle:
         missing = list(dict.fromkeys(s for s in states if s not in self.cache))
         if missing:
             was_training = self.judge.training
-            self.judge.eval()
+            if was_training:  # (eval()/train() walk every submodule: not on every call)
+                self.judge.eval()
             inc, parents, pixels, full = [], [], [], []
             for s in missing:
                 for p in s:
@@ -137,7 +138,8 @@ class IncrementalJudgeOracle:
                 if group:
                     self.cache.update(zip(group, out.cpu().numpy()))
                     self._keep(group, a2)
-            self.judge.train(was_training)
+            if was_training:
+                self.judge.train()
             self.forward_calls += 1
             self.evaluations += len(missing)
             self.incremental += len(inc)

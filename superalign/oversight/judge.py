@@ -178,12 +178,14 @@ def judge_logits(judge: Judge, images_mask_values: torch.Tensor, batch_size: int
         raise SuperalignError(f"judge input has shape {tuple(images_mask_values.shape)}, expected "
                               f"(N, 2, {judge.height}, {judge.width})", "build it with superalign.oversight.encode")
     was_training = judge.training
-    judge.eval()
+    if was_training:  # (eval()/train() walk every submodule: not on every call)
+        judge.eval()
     dev = next(judge.parameters()).device
     out = torch.cat([judge(images_mask_values[i:i + batch_size].to(dev)).cpu()
                      for i in range(0, len(images_mask_values), batch_size)]
                     ) if len(images_mask_values) else torch.zeros(0, judge.n_classes)
-    judge.train(was_training)
+    if was_training:
+        judge.train()
     return out
 
 

@@ -39,6 +39,8 @@ KEY_CONFIG: dict[str, tuple[str, ...]] = {
     "interp-sae": ("cache", "architecture", "n_latents", "k", "epochs", "seed"),
     "interp-explain": ("sae", "explainer", "units", "window", "seed"),
     "interp-score": ("explanations", "simulator", "llm", "scorers"),
+    "debate-judge": ("k", "dataset", "epochs", "lr", "seed"),
+    "debate": ("judge", "k", "debater", "rollouts", "precommit", "first", "n_images"),
 }
 HEADLINE: dict[str, tuple[str, ...]] = {
     "w2s": ("weak_acc", "student_acc", "ceiling_acc", "pgr_acc", "pgr_auroc"),
@@ -53,6 +55,8 @@ HEADLINE: dict[str, tuple[str, ...]] = {
     "interp-sae": ("fvu", "l0", "dead_fraction_eval", "ce_loss_recovered", "tokens_per_s"),
     "interp-explain": ("n_units", "explainer", "mean_density"),
     "interp-score": ("n_units", "ev_correlation_mean", "ev_correlation_median", "rsquared_mean", "detection_bacc_mean"),
+    "debate-judge": ("judge_acc", "n_train", "wall_s"),
+    "debate": ("judge_alone_acc", "debate_acc", "consultancy_acc", "debate_ece", "debate_wall_s"),
 }
 MAX_GENERIC = 12
 MAX_TEXT = 300  # long config values and errors are cut so one run stays one table row
@@ -403,6 +407,9 @@ def render(store: RunStore, kinds: list[str] | None = None) -> str:
     if any(r["kind"].startswith("interp-") for r in runs):
         from ..interp.report import interp_section  # numpy/matplotlib only
         parts.append(interp_section(runs))
+    if any(r["kind"].startswith("debate") for r in runs):
+        from ..oversight.report import oversight_section  # numpy/matplotlib only
+        parts.append(oversight_section(runs))
     parts += ["<h2>All runs</h2>", runs_table(runs), "</body></html>"]
     return "\n".join(parts)
 
