@@ -142,11 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = DebateConfig(k=k, first=a.first, precommit=precommit, debater=debater, rollouts=rollouts,
                                c_puct=a.c_puct, prior=a.prior, leaf=a.leaf, temperature=a.temperature,
                                batch=a.batch, seed=a.seed)
-            step = max(1, n // 10)
-            t0 = time.perf_counter()
-            r = run_debates(judge, split.test.x[:n], split.test.y[:n], cfg, workers=a.workers,
-                            progress=lambda i, m: i % step == 0 and print(
-                                f"  k={k} {key}: {i}/{m} images, {time.perf_counter() - t0:.0f} s", flush=True))
+            def progress(i, m, what=f"k={k} {key}", step=max(1, n // 10), t0=time.perf_counter()):
+                if i % step == 0:
+                    print(f"  {what}: {i}/{m} images, {time.perf_counter() - t0:.0f} s", flush=True)
+            r = run_debates(judge, split.test.x[:n], split.test.y[:n], cfg, workers=a.workers, progress=progress)
             wins = [bool(rec["honest_wins"]) for rec in r.records]
             e = accuracy_ci(wins, seed=a.seed)
             row["runs"][key] = {"debater": debater, "rollouts": rollouts if debater == "mcts" else None,

@@ -383,8 +383,10 @@ def _debate_one(judge: Judge, image: torch.Tensor, label: int, index: int, cfg: 
     oracle = make_oracle(judge, image, cfg.incremental)
     rng = np.random.default_rng(cfg.seed + index)
     honest, liar = make_debater(cfg, rng), make_debater(cfg, rng)
-    r = debate_image(nonzero_pixels(image), int(label), oracle, cfg, honest, liar, judge.n_classes)
-    return transcript_record(index, int(label), r) | {"shape": list(image.shape)}, oracle.evaluations
+    pixels = nonzero_pixels(image)
+    r = debate_image(pixels, int(label), oracle, cfg, honest, liar, judge.n_classes)
+    # the image's shape and nonzero pixels let a report draw the game over the digit
+    return transcript_record(index, int(label), r) | {"shape": list(image.shape), "pixels": pixels}, oracle.evaluations
 
 
 _WORKER: dict = {}

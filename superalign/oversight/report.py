@@ -76,7 +76,9 @@ def _games_plot(r: dict) -> str:
         fig, axes = _figure(1.6 * len(recs), 1.9, ncols=len(recs))
         for ax, x in zip(axes, recs):
             h, w = (int(v) for v in x["shape"])
-            ax.imshow(np.zeros((h, w)), cmap="Greys", vmin=0, vmax=1)
+            digit = np.zeros(h * w)
+            digit[[int(p) for p in x.get("pixels", []) if 0 <= int(p) < h * w]] = 0.25  # the digit, faint
+            ax.imshow(digit.reshape(h, w), cmap="Greys", vmin=0, vmax=1)
             for turn, p in enumerate(x["moves"]):
                 honest = (turn % 2 == 0) == (first == "honest")
                 ax.scatter([int(p) % w], [int(p) // w], c="tab:blue" if honest else "tab:red", s=28,
@@ -114,6 +116,6 @@ def oversight_section(runs: list[dict]) -> str:
             pic = _games_plot(r)
             if pic:
                 parts += [f"<h4>Deciding games <code>{esc(r['id'][:16])}</code></h4><p class='muted'>blue circles: "
-                          "honest reveals, red squares: liar reveals, numbered by turn; title: image, true label "
+                          "honest reveals, red squares: liar reveals, numbered by turn, over the digit's nonzero pixels (grey); title: image, true label "
                           "vs lie → the judge's verdict (red when wrong).</p>", pic]
     return "\n".join(parts)
