@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runs.report import _figure, _img, _mpl_safe, _table, esc, fmt
+from ..runs.report import _figure, _img, _mpl_safe, _table, esc, fmt, read_jsonl
 
 SAE_COLS = ("fvu", "l0", "dead_fraction_eval", "dense_fraction", "ce_loss_recovered", "kl_recovered", "tokens_per_s")
 SCORE_KEYS = ("ev_correlation", "rsquared", "detection_bacc", "fuzzing_bacc")
@@ -28,13 +28,6 @@ def highlight(tokens: list[str], acts: list[float], max_act: float) -> str:
         style = f" style='background:rgba(220,40,40,{alpha:.2f})'" if alpha > 0 else ""
         out.append(f"<span title='{float(a):.3g}'{style}>{esc(t)}</span>")
     return "".join(out)
-
-
-def _read_jsonl(path: str | None) -> list[dict]:
-    try:
-        return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
-    except (OSError, TypeError, json.JSONDecodeError):
-        return []
 
 
 def _read_records(path: str | None) -> dict[int, dict]:
@@ -57,7 +50,7 @@ def _histograms(runs: list[dict]) -> str:
     """One panel per score, one histogram per score run (labelled by explainer and simulator)."""
     data = []
     for r in runs:
-        rows = _read_jsonl((r.get("artefacts") or {}).get("scores"))
+        rows = read_jsonl((r.get("artefacts") or {}).get("scores"))
         m = r.get("metrics") or {}
         label = f"{m.get('explainer')} / {m.get('simulator') or (r.get('config') or {}).get('llm')}"
         data.append((label, rows))
@@ -80,7 +73,7 @@ def _histograms(runs: list[dict]) -> str:
 
 def _units(r: dict) -> str:
     a = r.get("artefacts") or {}
-    scores = _read_jsonl(a.get("scores")) or _read_jsonl(a.get("explanations"))
+    scores = read_jsonl(a.get("scores")) or read_jsonl(a.get("explanations"))
     recs = _read_records(a.get("records"))
     rows = []
     for s in sorted(scores, key=lambda x: -x.get("ev_correlation", 0) if math.isfinite(x.get("ev_correlation", 0))

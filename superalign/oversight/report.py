@@ -6,22 +6,12 @@ Strings from the store are HTML-escaped; pictures are drawn from move indices on
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
-from ..runs.report import _figure, _img, _mpl_safe, _table, esc, fmt
+from ..runs.report import _figure, _img, _mpl_safe, _table, esc, fmt, read_jsonl
 from .metrics import reliability
 
 MAX_GAMES = 8  # deciding games drawn per debate run
-
-
-def _read_jsonl(path: str | None) -> list[dict]:
-    try:
-        return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
-    except (OSError, TypeError, json.JSONDecodeError):
-        return []
 
 
 def _pct(x) -> str:
@@ -47,7 +37,7 @@ def _reliability_plot(runs: list[dict]) -> str:
     curves = []
     for r in runs:
         for key, name in (("transcript", "debate"), ("consultancy_transcript", "consultancy")):
-            recs = _read_jsonl((r.get("artefacts") or {}).get(key))
+            recs = read_jsonl((r.get("artefacts") or {}).get(key))
             if recs:
                 conf = [float(x["probability"]) for x in recs]
                 bins = [b for b in reliability(conf, [x["judge"] == x["answer"] for x in recs], 10) if b.count]
@@ -68,7 +58,7 @@ def _reliability_plot(runs: list[dict]) -> str:
 
 def _games_plot(r: dict) -> str:
     """The deciding game of the first images: honest reveals blue, liar reveals red, numbered by turn."""
-    recs = [x for x in _read_jsonl((r.get("artefacts") or {}).get("transcript")) if x.get("shape")][:MAX_GAMES]
+    recs = [x for x in read_jsonl((r.get("artefacts") or {}).get("transcript")) if x.get("shape")][:MAX_GAMES]
     if not recs:
         return ""
     first = (r.get("config") or {}).get("first", "honest")

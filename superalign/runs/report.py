@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import io
 import math
 import os
@@ -99,6 +100,14 @@ def fmt(x: Any, pct: bool = False, digits: int = 3) -> str:
     if isinstance(x, int):
         return str(x)
     return f"{x:.{digits}g}" if x != 0 and (abs(x) >= 1e4 or abs(x) < 1e-3) else f"{x:.{digits}f}"
+
+
+def read_jsonl(path: str | None) -> list[dict]:
+    """The lines of an artefact JSONL file, or [] when it is missing or unreadable (a report never fails on one)."""
+    try:
+        return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
+    except (OSError, TypeError, json.JSONDecodeError):
+        return []
 
 
 def _short(x: Any, n: int = MAX_TEXT) -> str:
