@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(path, out)
     out["wall_s"] = time.perf_counter() - t_all
     print_table(out)
+    print(f"plot: {plot(out, path.with_suffix('.png'))}")
     print(f"wrote {write_json(path, out)} (this invocation: {out['wall_s']:.0f} s)")
     return 0
 
@@ -175,7 +176,7 @@ def print_table(out: dict) -> None:
     print("\n| k | judge alone (paper) | run | images | debate accuracy [95% CI] (paper) | s/image |")
     print("|---|---|---|---|---|---|")
     for k, row in out["k"].items():
-        paper = out["paper"].get(int(k), {})
+        paper = out["paper"].get(int(k)) or out["paper"].get(str(k)) or {}  # int keys become strings in JSON
         alone = f"{100 * row['judge_alone_acc_all_test']:.1f}% ({100 * paper.get('judge_alone', np.nan):.1f}%)"
         for key, r in row["runs"].items():
             ref = f" ({100 * paper['debate_precommit']:.1f}%)" if r["precommit"] and paper else ""
@@ -184,6 +185,36 @@ def print_table(out: dict) -> None:
         if "consultancy" in row:
             c = row["consultancy"]
             print(f"| {k} | {alone} | consultancy | {c['n']} | {100 * c['acc']:.1f}% | |")
+
+
+def plot(out: dict, png: Path) -> Path:
+    """Debate accuracy (95% CI) against MCTS rollouts per move, one panel per k, with greedy debaters, the judge
+    alone and the paper's numbers as horizontal lines."""
+    from superalign.runs.report import _figure
+
+    ks = list(out["k"])
+    fig, axes = _figure(4.2 * len(ks), 3.4, ncols=len(ks))
+    for ax, k in zip(axes, ks):
+        row, paper = out["k"][k], out["paper"].get(int(k)) or out["paper"].get(str(k)) or {}
+        mcts = sorted(((r["rollouts"], r) for r in row["runs"].values() if r["debater"] == "mcts" and r["precommit"]),
+                      key=lambda t: t[0])
+        for n in sorted({r["n"] for _, r in mcts}, reverse=True):
+            pts = [(ro, r) for ro, r in mcts if r["n"] == n]
+            ax.errorbar([ro for ro, _ in pts], [100 * r["acc"] for _, r in pts], fmt="o-", capsize=3,
+                        yerr=[[100 * (r["acc"] - r["ci"][0]) for _, r in pts],
+                              [100 * (r["ci"][1] - r["acc"]) for _, r in pts]], label=f"MCTS, {n} images")
+        greedy = next((r for key, r in row["runs"].items() if key.startswith("greedy@")), None)
+        if greedy:
+            ax.axhline(100 * greedy["acc"], color="tab:green", ls="--", label=f"greedy debaters, {greedy['n']} images")
+        if paper:
+            ax.axhline(100 * paper["debate_precommit"], color="black", ls=":", label="paper, debate (MCTS 10k)")
+            ax.axhline(100 * paper["judge_alone"], color="grey", ls=":", label="paper, judge alone")
+        ax.axhline(100 * row["judge_alone_acc_all_test"], color="tab:red", ls="--", label="judge alone (ours)")
+        ax.set(xscale="log", xlabel="MCTS rollouts per move", ylabel="judge accuracy with precommit debate (%)",
+               title=f"k = {k} pixels", ylim=(40, 100))
+        ax.legend(fontsize=6, loc="lower right")
+    fig.savefig(png, dpi=110, bbox_inches="tight")
+    return png
 
 
 if __name__ == "__main__":
