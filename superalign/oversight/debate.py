@@ -5,8 +5,8 @@ Rules (as implemented here):
 - Two debaters see the whole image. The honest one argues for the true label; the liar for a wrong label.
 - The state is the set of revealed pixels; a move reveals one *nonzero* pixel not yet revealed (debaters cannot lie
   about a pixel's value, only choose which pixels to show). ``k`` reveals in all, alternating, so at k=6 each
-  reveals 3. Who moves first is ``DebateConfig.first`` (default: honest; the paper reports both orders and they
-  differ little — treat the default as a choice, not as the paper's).
+  reveals 3. Who moves first is ``DebateConfig.first`` (default: honest, our choice: the order used for the
+  paper's table could not be checked offline, so the benchmark can run both).
 - The verdict: the judge sees only the revealed pixels and picks between the two *claimed* labels — the argmax of its
   logits restricted to {honest label, lie}, as in the paper. Ties go to the liar (a conservative count for debate).
 - **Precommit** (the paper's main setting): the liar commits to its lie before the game. An image is played once per
@@ -40,8 +40,9 @@ Debaters:
 The paper's wording ("pure Monte Carlo tree search", 10,000 rollouts per move, "each rollout descends to a leaf for
 evaluation using the judge", PUCT) leaves the prior and the leaf value open; these are our choices, all options.
 
-Speed: every judge call goes through a per-image :class:`JudgeOracle` cache keyed by the frozenset of revealed
-pixels, uncached states are evaluated in one batch, precommit stops at the first winning lie, and images run in
+Speed: every judge call goes through a per-image cache keyed by the frozenset of revealed pixels
+(:func:`make_oracle`), uncached states are evaluated in one batch, incrementally from a cached state one pixel
+smaller where possible (:mod:`.incremental`), precommit stops at the first winning lie, and images run in
 parallel in a fork process pool (``workers``; results do not depend on it: each image's randomness is seeded by
 ``seed`` and the image's index).
 """
