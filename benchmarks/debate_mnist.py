@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(path.read_text())
         if old.get("settings") == settings:
             out["k"] = old.get("k", {})
+            out["earlier_args"] = old.get("earlier_args", []) + [old.get("args")]  # the runs they made are kept
             print(f"resuming {path}: {sum(len(v.get('runs', {})) for v in out['k'].values())} finished runs kept")
         else:
             print(f"not resuming {path}: it was made with other settings ({old.get('settings')})")
