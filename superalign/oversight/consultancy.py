@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import SuperalignError
-from .debate import Game, Oracle, make_oracle, nonzero_pixels
+from .debate import Game, Oracle, make_oracle, nonzero_pixels, pair_probability
 from .judge import Judge
 
 
@@ -32,9 +32,9 @@ def consult(pixels: list[int], label: int, wrong: int, argue_true: bool, k: int,
         state = state + (moves[int(np.argmax(sign * m))],)
     logits = oracle.logits([frozenset(state)])[0]
     right = bool(logits[label] > logits[wrong])
-    pair = np.array([logits[label], logits[wrong]])
-    p = np.exp(pair - pair.max()) / np.exp(pair - pair.max()).sum()
-    return {"answer": int(label), "judge": int(label if right else wrong), "probability": float(p[0] if right else p[1]),
+    verdict = label if right else wrong
+    return {"answer": int(label), "judge": int(verdict),
+            "probability": pair_probability(logits, verdict, wrong if right else label),
             "argued": int(label if argue_true else wrong), "honest_consultant": bool(argue_true), "moves": list(state)}
 
 

@@ -138,16 +138,24 @@ class JudgeOracle:
     def logits(self, states: Sequence[frozenset]) -> np.ndarray:
         missing = list(dict.fromkeys(s for s in states if s not in self.cache))
         if missing:
-            mask = torch.zeros(len(missing), self.flat.numel())
-            for i, s in enumerate(missing):
-                mask[i, list(s)] = 1.0
-            x = encode(self.flat.expand(len(missing), -1).reshape(len(missing), *self.shape),
-                       mask.reshape(len(missing), *self.shape))
-            out = judge_logits(self.judge, x).numpy()
-            self.cache.update(zip(missing, out))
+            self.cache.update(zip(missing, self._evaluate(missing)))
             self.forward_calls += 1
             self.evaluations += len(missing)
         return np.stack([self.cache[s] for s in states])
+
+    def _evaluate(self, states: list[frozenset]) -> np.ndarray:
+        """Logits of uncached states, one full forward pass (subclasses evaluate them faster)."""
+        mask = torch.zeros(len(states), self.flat.numel())
+        for i, s in enumerate(states):
+            mask[i, list(s)] = 1.0
+        x = encode(self.flat.expand(len(states), -1).reshape(len(states), *self.shape),
+                   mask.reshape(len(states), *self.shape))
+        return judge_logits(self.judge, x).numpy()
+
+
+def pair_probability(logits: np.ndarray, a: int, b: int) -> float:
+    """The judge's probability for label ``a`` when it chooses between labels ``a`` and ``b`` (softmax of the two)."""
+    return float(1.0 / (1.0 + np.exp(float(logits[b]) - float(logits[a]))))
 
 
 class Game:
@@ -359,9 +367,8 @@ def transcript_record(index: int, label: int, r: ImageResult) -> dict:
     g = r.games[-1]
     logits = np.asarray(g.logits)
     if r.lie is not None:
-        pair = np.array([logits[label], logits[r.lie]])
-        p = np.exp(pair - pair.max()) / np.exp(pair - pair.max()).sum()
-        answer, prob = (label, float(p[0])) if g.honest_wins else (r.lie, float(p[1]))
+        answer = label if g.honest_wins else r.lie
+        prob = pair_probability(logits, answer, r.lie if g.honest_wins else label)
     else:
         p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         other = logits.copy()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .debate import JudgeOracle
 from .judge import Judge, encode
 
 
@@ -37,17 +38,13 @@ def _relu_pool(x: torch.Tensor) -> torch.Tensor:
     return F.relu(m)
 
 
-class IncrementalJudgeOracle:
-    """Judge logits for sets of revealed pixels of one image, cached by the frozenset (like
+class IncrementalJudgeOracle(JudgeOracle):
+    """Judge logits for sets of revealed pixels of one image, cached by the frozenset (as
     :class:`~superalign.oversight.debate.JudgeOracle`), computed incrementally from a cached parent when possible."""
 
     def __init__(self, judge: Judge, image: torch.Tensor, max_cached_states: int = 8192):
-        self.judge, self.shape = judge, tuple(image.shape)
-        self.flat = image.reshape(-1).float()
-        self.cache: dict[frozenset, np.ndarray] = {}
-        self.forward_calls = 0   # batched judge calls
-        self.evaluations = 0     # states evaluated (cache misses)
-        self.incremental = 0     # of which incrementally
+        super().__init__(judge, image)
+        self.incremental = 0     # states evaluated incrementally
         self.max_cached_states = max_cached_states
         self._a2: dict[frozenset, torch.Tensor] = {}  # conv2 pre-activations (padded by 2), FIFO-bounded
         conv1, conv2 = judge.features[0], judge.features[3]
@@ -118,29 +115,26 @@ class IncrementalJudgeOracle:
         while len(self._a2) > self.max_cached_states:  # FIFO: the oldest states are the least likely parents
             del self._a2[next(iter(self._a2))]
 
-    def logits(self, states: Sequence[frozenset]) -> np.ndarray:
-        missing = list(dict.fromkeys(s for s in states if s not in self.cache))
-        if missing:
-            was_training = self.judge.training
-            if was_training:  # (eval()/train() walk every submodule: not on every call)
-                self.judge.eval()
-            inc, parents, pixels, full = [], [], [], []
-            for s in missing:
-                for p in s:
-                    parent = s - {p}
-                    if parent in self._a2:
-                        inc.append(s), parents.append(parent), pixels.append(p)
-                        break
-                else:
-                    full.append(s)
-            for group, (out, a2) in ((full, self._full(full) if full else (None, None)),
-                                     (inc, self._step(parents, pixels) if inc else (None, None))):
-                if group:
-                    self.cache.update(zip(group, out.cpu().numpy()))
-                    self._keep(group, a2)
-            if was_training:
-                self.judge.train()
-            self.forward_calls += 1
-            self.evaluations += len(missing)
-            self.incremental += len(inc)
-        return np.stack([self.cache[s] for s in states])
+    def _evaluate(self, states: list[frozenset]) -> np.ndarray:
+        was_training = self.judge.training
+        if was_training:  # (eval()/train() walk every submodule: not on every call)
+            self.judge.eval()
+        inc, parents, pixels, full = [], [], [], []
+        for s in states:
+            for p in s:
+                parent = s - {p}
+                if parent in self._a2:
+                    inc.append(s), parents.append(parent), pixels.append(p)
+                    break
+            else:
+                full.append(s)
+        out = {}
+        for group, (logits, a2) in ((full, self._full(full) if full else (None, None)),
+                                    (inc, self._step(parents, pixels) if inc else (None, None))):
+            if group:
+                out.update(zip(group, logits.cpu().numpy()))
+                self._keep(group, a2)
+        if was_training:
+            self.judge.train()
+        self.incremental += len(inc)
+        return np.stack([out[s] for s in states])
