@@ -47,3 +47,13 @@ def test_debate_cli_errors(tmp_path, capsys):
     assert main(["debate", "run", "--home", str(tmp_path / "h"), "--judge", str(tmp_path)]) == 2
     assert "no judge checkpoint" in capsys.readouterr().err
     assert main(["debate", "report", str(tmp_path / "none.jsonl")]) == 2
+    # too few nonzero pixels for k: refused before a store is created
+    home = tmp_path / "h2"
+    assert main(["debate", "train-judge", "--home", str(home), "--dataset", "digits", "--epochs", "1", "--k", "4",
+                 "--threads", "1", "--progress", "false"]) == 0
+    out = capsys.readouterr().out
+    judge = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("judge: "))
+    n_runs = len(list((home / "artefacts").iterdir()))
+    assert main(["debate", "run", "--home", str(home), "--judge", judge, "--k", "70", "--n-images", "2"]) == 2
+    assert "fewer than k=70" in capsys.readouterr().err
+    assert len(list((home / "artefacts").iterdir())) == n_runs

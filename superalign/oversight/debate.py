@@ -413,6 +413,15 @@ def _work(args: tuple) -> tuple[dict, int]:
     return _debate_one(_WORKER["judge"], image, label, index, _WORKER["cfg"])
 
 
+def check_images(images: torch.Tensor, k: int) -> None:
+    """Every image must have at least k nonzero pixels to reveal (one-line error naming the first that has not)."""
+    short = torch.nonzero((images.reshape(len(images), -1) > 0).sum(1) < k)
+    if len(short):
+        i = int(short[0])
+        raise SuperalignError(f"image {i} has {int((images[i] > 0).sum())} nonzero pixels, fewer than k={k}",
+                              "pass a smaller k")
+
+
 class DebateRun(NamedTuple):
     records: list[dict]       # one transcript line per image
     accuracy: float           # fraction of images where honest wins (judge right)
@@ -424,10 +433,7 @@ def run_debates(judge: Judge, images: torch.Tensor, labels: torch.Tensor, cfg: D
                 progress: Callable[[int, int], None] | None = None) -> DebateRun:
     """Debate every image; ``workers`` > 1 runs images in a fork process pool of CPU judges (same results, in
     order); with one worker the judge runs where it is (e.g. a GPU: batched candidate states suit it)."""
-    for i, img in enumerate(images):
-        n = int((img > 0).sum())
-        if n < cfg.k:
-            raise SuperalignError(f"image {i} has {n} nonzero pixels, fewer than k={cfg.k}", "pass a smaller k")
+    check_images(images, cfg.k)
     t0 = time.perf_counter()
     jobs = [(images[i], int(labels[i]), i) for i in range(len(images))]
     out: list[tuple[dict, int]] = []

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import SuperalignError
 from ..runs.jobs import JobBase, _f, run_job, write_text_atomic
-from .debate import DebateConfig, run_debates
+from .debate import DebateConfig, check_images, run_debates
 from .judge import Images, JudgeConfig, judge_accuracy, resolve_device, load_images, load_judge, save_judge, train_judge
 
 
@@ -88,6 +88,7 @@ def run_debate(job: DebateJob) -> dict:
     judge.to(resolve_device(job.device))
     test = _test_images(job, info)
     x, y = test.x[:job.n_images], test.y[:job.n_images]
+    check_images(x, job.k)  # before the run store is touched
 
     def body(store, out):
         cfg = DebateConfig(**{k: getattr(job, k) for k in DebateConfig.__dataclass_fields__})
