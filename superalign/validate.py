@@ -46,7 +46,7 @@ def help_field(default: Any, help_: str, **metadata: Any) -> Any:
 
 
 def _fail(name: str, what: str, value: Any, example: Any = None) -> None:
-    fix = f"pass e.g. {flag(name)} {example}" if example is not None else f"fix {flag(name)}"
+    fix = f"pass e.g. {flag(name)} {example}" if example is not None else f"pass {what} to {flag(name)}"
     raise SuperalignError(f"{flag(name)} must be {what}, got {value!r}", fix)
 
 
