@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SuperalignError
+from ..validate import help_field
 from .sae import EncoderOutput, ForwardOutput, TopKSAE, fvu, geometric_median, random_rows, read_checkpoint_cfg
 
 
@@ -43,14 +44,12 @@ from .sae import EncoderOutput, ForwardOutput, TopKSAE, fvu, geometric_median, r
 class ReLUSAEConfig:
     """Architecture and loss of a ReLU + L1 sparse autoencoder."""
 
-    d_in: int = 384
-    """input width (the hook point's hidden size)"""
-    n_latents: int = 4096
-    """number of latents (dictionary size)"""
-    l1_coef: float = 5.0
-    """weight of the decoder-norm-weighted L1 penalty relative to FVU (higher: sparser, worse reconstruction)"""
-    dead_tokens: int = 10_000_000
-    """a latent that has not fired for this many inputs counts as dead (reported only: ReLU SAEs have no AuxK)"""
+    d_in: int = help_field(384, "input width (the hook point's hidden size)")
+    n_latents: int = help_field(4096, "number of latents (dictionary size)")
+    l1_coef: float = help_field(5.0, "weight of the decoder-norm-weighted L1 penalty relative to FVU (higher: sparser, "
+                                     "worse reconstruction)")
+    dead_tokens: int = help_field(10_000_000, "a latent that has not fired for this many inputs counts as dead "
+                                              "(reported only: ReLU SAEs have no AuxK)")
 
     def __post_init__(self):
         if self.d_in < 1 or self.n_latents < 1:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SuperalignError
+from ..validate import help_field
 from .sparse_ops import gather_encode, sparse_decode, topk_encode
 
 
@@ -34,22 +35,14 @@ from .sparse_ops import gather_encode, sparse_decode, topk_encode
 class SAEConfig:
     """Architecture and loss of a TopK sparse autoencoder."""
 
-    d_in: int = 384
-    """input width (the hook point's hidden size)"""
-    n_latents: int = 4096
-    """number of latents (dictionary size)"""
-    k: int = 32
-    """active latents per input"""
-    aux_k: int | None = None
-    """latents used by the AuxK loss (default: d_in // 2, as in the paper)"""
-    aux_coef: float = 1 / 32
-    """weight of the AuxK loss (0 turns it off)"""
-    dead_tokens: int = 10_000_000
-    """a latent that has not fired for this many inputs counts as dead"""
-    multi_topk: int = 0
-    """Multi-TopK multiplier (0: off; the paper uses 4)"""
-    multi_topk_coef: float = 1 / 8
-    """weight of the Multi-TopK term"""
+    d_in: int = help_field(384, "input width (the hook point's hidden size)")
+    n_latents: int = help_field(4096, "number of latents (dictionary size)")
+    k: int = help_field(32, "active latents per input")
+    aux_k: int | None = help_field(None, "latents used by the AuxK loss (default: d_in // 2, as in the paper)")
+    aux_coef: float = help_field(1 / 32, "weight of the AuxK loss (0 turns it off)")
+    dead_tokens: int = help_field(10_000_000, "a latent that has not fired for this many inputs counts as dead")
+    multi_topk: int = help_field(0, "Multi-TopK multiplier (0: off; the paper uses 4)")
+    multi_topk_coef: float = help_field(1 / 8, "weight of the Multi-TopK term")
 
     def __post_init__(self):
         if self.d_in < 1 or self.n_latents < 1:

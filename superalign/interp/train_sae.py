@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import SuperalignError
+from ..validate import help_field
 from .sae import TopKSAE, fvu, l0, lr_default
 
 
@@ -17,20 +18,14 @@ from .sae import TopKSAE, fvu, l0, lr_default
 class SAETrainConfig:
     """Optimisation of a TopK SAE."""
 
-    batch_size: int = 4096
-    """activation vectors per step"""
-    epochs: int = 1
-    """passes over the activations"""
-    lr: float | None = None
-    """Adam learning rate (default: Gao et al.'s 2e-4 / sqrt(n_latents / 2^14))"""
-    eps: float = 6.25e-10
-    """Adam epsilon (the paper's value; the default 1e-8 is too large for small gradients)"""
-    max_grad_norm: float = 1.0
-    """gradient clipping"""
-    median_sample: int = 4096
-    """inputs used to initialise b_pre at their geometric median"""
-    seed: int = 0
-    """seed for initialisation and batch order"""
+    batch_size: int = help_field(4096, "activation vectors per step")
+    epochs: int = help_field(1, "passes over the activations")
+    lr: float | None = help_field(None, "Adam learning rate (default: Gao et al.'s 2e-4 / sqrt(n_latents / 2^14))")
+    eps: float = help_field(6.25e-10, "Adam epsilon (the paper's value; the default 1e-8 is too large for small "
+                                      "gradients)")
+    max_grad_norm: float = help_field(1.0, "gradient clipping")
+    median_sample: int = help_field(4096, "inputs used to initialise b_pre at their geometric median")
+    seed: int = help_field(0, "seed for initialisation and batch order")
 
     def __post_init__(self):
         if self.batch_size < 1 or self.epochs < 1:

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from ..errors import SuperalignError
+from ..validate import help_field
 from .judge import Judge, encode, judge_logits
 
 DEBATERS = ("greedy", "mcts")
@@ -67,38 +68,30 @@ DEBATERS = ("greedy", "mcts")
 class DebateConfig:
     """How the debate game is played and evaluated."""
 
-    k: int = 6
-    """total pixels revealed in a game (the paper: 6 or 4), alternating between the debaters"""
-    first: str = "honest"
-    """who reveals first: honest or liar"""
-    precommit: bool = True
-    """the liar commits to a wrong label; an image is a liar win if any of the 9 lies wins (else one game where the
-    liar wins if the judge's top label over all 10 is wrong)"""
-    debater: str = "greedy"
-    """greedy (best one-step judge margin) or mcts (PUCT search); both debaters use the same kind"""
-    rollouts: int = 100
-    """mcts: simulations per move"""
-    c_puct: float = 1.0
-    """mcts: exploration constant of PUCT"""
-    prior: str = "root"
-    """mcts: move prior, softmax of the mover's one-step judge margins / temperature, measured from the search root
-    (root: one judge batch per move, reused at every node below it), at every node (margin: a judge batch per new
-    node, ~|legal moves| times dearer), or uniform"""
-    leaf: str = "margin"
-    """mcts: value of a non-final leaf: margin (tanh of the judge margin), random or greedy (the verdict after a
-    random or greedy playout to k reveals)"""
-    temperature: float = 1.0
-    """mcts: scale of judge margins in the prior softmax and the leaf tanh"""
-    batch: int = 16
-    """mcts: leaves per judge call; the rollouts of one batch descend with a virtual loss (1 = plain sequential
-    MCTS; larger batches are cheaper per leaf and a little less sharp)"""
-    reuse_tree: bool = True
-    """mcts: keep a debater's search tree (and its visit counts) from one move to the next within a game"""
-    incremental: bool = True
-    """evaluate the judge incrementally from a state one pixel smaller (oversight/incremental.py: ~2–3× faster on a
-    CPU, the same logits up to float rounding); off: a full forward pass per state"""
-    seed: int = 0
-    """seed of random playouts and PUCT tie-breaks (per image: seed + image index)"""
+    k: int = help_field(6, "total pixels revealed in a game (the paper: 6 or 4), alternating between the debaters")
+    first: str = help_field("honest", "who reveals first: honest or liar")
+    precommit: bool = help_field(True, "the liar commits to a wrong label; an image is a liar win if any of the 9 lies "
+                                       "wins (else one game where the liar wins if the judge's top label over all 10 "
+                                       "is wrong)")
+    debater: str = help_field("greedy", "greedy (best one-step judge margin) or mcts (PUCT search); both debaters use "
+                                        "the same kind")
+    rollouts: int = help_field(100, "mcts: simulations per move")
+    c_puct: float = help_field(1.0, "mcts: exploration constant of PUCT")
+    prior: str = help_field("root", "mcts: move prior, softmax of the mover's one-step judge margins / temperature, "
+                                    "measured from the search root (root: one judge batch per move, reused at every "
+                                    "node below it), at every node (margin: a judge batch per new node, ~|legal moves| "
+                                    "times dearer), or uniform")
+    leaf: str = help_field("margin", "mcts: value of a non-final leaf: margin (tanh of the judge margin), random or "
+                                     "greedy (the verdict after a random or greedy playout to k reveals)")
+    temperature: float = help_field(1.0, "mcts: scale of judge margins in the prior softmax and the leaf tanh")
+    batch: int = help_field(16, "mcts: leaves per judge call; the rollouts of one batch descend with a virtual loss (1 "
+                                "= plain sequential MCTS; larger batches are cheaper per leaf and a little less sharp)")
+    reuse_tree: bool = help_field(True, "mcts: keep a debater's search tree (and its visit counts) from one move to "
+                                        "the next within a game")
+    incremental: bool = help_field(True, "evaluate the judge incrementally from a state one pixel smaller "
+                                         "(oversight/incremental.py: ~2–3× faster on a CPU, the same logits up to "
+                                         "float rounding); off: a full forward pass per state")
+    seed: int = help_field(0, "seed of random playouts and PUCT tie-breaks (per image: seed + image index)")
 
     def __post_init__(self):
         if self.k < 1:

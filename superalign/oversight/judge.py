@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import SuperalignError
+from ..validate import help_field
 
 DATASETS = ("auto", "mnist", "digits")
 
@@ -34,28 +35,22 @@ DATASETS = ("auto", "mnist", "digits")
 class JudgeConfig:
     """How to train a sparse-pixel judge (defaults: the paper's architecture and optimiser)."""
 
-    k: int = 6
-    """pixels revealed to the judge per training example (the paper: 6 or 4), chosen among the nonzero pixels"""
-    dataset: str = "auto"
-    """mnist (needs the npz file), digits (scikit-learn's 8×8 digits, offline) or auto (mnist if found, else digits)"""
-    data: str = ""
-    """path of mnist.npz (else $SUPERALIGN_DATA/mnist/mnist.npz)"""
-    epochs: int = 30
-    """passes over the training images (a fresh random pixel subset per example in every pass)"""
-    batch_size: int = 128
-    """images per Adam step"""
-    lr: float = 1e-4
-    """Adam learning rate (the paper: 1e-4)"""
-    dropout: float = 0.4
-    """dropout before the last dense layer (the paper: 0.4)"""
-    max_train: int = 0
-    """use at most this many training images (0: all); for quick runs"""
-    max_test: int = 0
-    """evaluate on at most this many test images (0: all)"""
-    seed: int = 0
-    """seed of the initialisation, the pixel subsets, the shuffling and dropout (runs are deterministic on CPU)"""
-    device: str = "cpu"
-    """where to train: cpu, cuda, cuda:<i> or auto (cuda when available); only CPU runs are bit-deterministic"""
+    k: int = help_field(6, "pixels revealed to the judge per training example (the paper: 6 or 4), chosen among the "
+                           "nonzero pixels")
+    dataset: str = help_field("auto", "mnist (needs the npz file), digits (scikit-learn's 8×8 digits, offline) or auto "
+                                      "(mnist if found, else digits)")
+    data: str = help_field("", "path of mnist.npz (else $SUPERALIGN_DATA/mnist/mnist.npz)")
+    epochs: int = help_field(30, "passes over the training images (a fresh random pixel subset per example in every "
+                                 "pass)")
+    batch_size: int = help_field(128, "images per Adam step")
+    lr: float = help_field(1e-4, "Adam learning rate (the paper: 1e-4)")
+    dropout: float = help_field(0.4, "dropout before the last dense layer (the paper: 0.4)")
+    max_train: int = help_field(0, "use at most this many training images (0: all); for quick runs")
+    max_test: int = help_field(0, "evaluate on at most this many test images (0: all)")
+    seed: int = help_field(0, "seed of the initialisation, the pixel subsets, the shuffling and dropout (runs are "
+                              "deterministic on CPU)")
+    device: str = help_field("cpu", "where to train: cpu, cuda, cuda:<i> or auto (cuda when available); only CPU runs "
+                                    "are bit-deterministic")
 
     def __post_init__(self):
         if self.k < 1:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SuperalignError
+from ..validate import help_field
 from .lm import completion_batch, completion_logps, encode_pairs, epoch_batches
 
 
@@ -35,22 +36,15 @@ def dpo_loss(pi_c: torch.Tensor, pi_r: torch.Tensor, ref_c: torch.Tensor, ref_r:
 class DPOConfig:
     """DPO training."""
 
-    beta: float = 0.1
-    """strength of the implicit KL constraint to the reference"""
-    label_smoothing: float = 0.0
-    """assumed label-noise rate (conservative DPO); 0 = the original loss"""
-    epochs: int = 1
-    """passes over the pairs"""
-    batch_size: int = 32
-    """pairs per step"""
-    lr: float = 5e-6
-    """AdamW peak learning rate (linear decay to 0)"""
-    max_len: int = 512
-    """context limit in tokens (prompt + completion + EOS)"""
-    seed: int = 0
-    """seed for batch order"""
-    group_by_length: bool = True
-    """batch pairs of similar length together (less padding, same pairs per epoch)"""
+    beta: float = help_field(0.1, "strength of the implicit KL constraint to the reference")
+    label_smoothing: float = help_field(0.0, "assumed label-noise rate (conservative DPO); 0 = the original loss")
+    epochs: int = help_field(1, "passes over the pairs")
+    batch_size: int = help_field(32, "pairs per step")
+    lr: float = help_field(5e-6, "AdamW peak learning rate (linear decay to 0)")
+    max_len: int = help_field(512, "context limit in tokens (prompt + completion + EOS)")
+    seed: int = help_field(0, "seed for batch order")
+    group_by_length: bool = help_field(True, "batch pairs of similar length together (less padding, same pairs per "
+                                             "epoch)")
 
     def __post_init__(self):
         if not self.beta > 0:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import SuperalignError
+from ..validate import help_field
 from .lm import (completion_batch, completion_logps, decode_responses, encode_prompts, left_pad, response_mask,
                  sample, token_logprobs)
 from .reward import RewardModel, last_token_index
@@ -137,60 +138,37 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 class PPOConfig:
     """PPO for RLHF. Defaults follow InstructGPT / Stiennon et al. where a small testbed allows."""
 
-    updates: int = 100
-    """rollout → optimise iterations"""
-    batch_size: int = 64
-    """prompts (rollouts) per update"""
-    minibatch_size: int = 16
-    """rollouts per optimiser step"""
-    ppo_epochs: int = 4
-    """passes over each rollout batch"""
-    lr: float = 1e-5
-    """AdamW learning rate of the policy"""
-    value_lr: float | None = None
-    """learning rate of the value model (default: lr)"""
-    response_len: int = 24
-    """maximum new tokens per response; responses without EOS by then are truncated and penalised"""
-    temperature: float = 1.0
-    """sampling temperature, used for the log-probs too"""
-    kl_coef: float = 0.05
-    """β of the per-token KL penalty (InstructGPT 0.02, Stiennon et al. 0.05)"""
-    kl_estimator: str = "k1"
-    """per-token KL estimator in the reward: k1 (log-ratio) or k3"""
-    target_kl: float | None = None
-    """target sequence KL for the adaptive β controller; None keeps β fixed"""
-    kl_horizon: int = 10000
-    """horizon (in samples) of the adaptive controller"""
-    gamma: float = 1.0
-    """discount (1: the reward is at the end of the sequence)"""
-    lam: float = 0.95
-    """GAE λ"""
-    clip: float = 0.2
-    """policy ratio clip ε"""
-    value_clip: float = 0.2
-    """value clip range"""
-    vf_coef: float = 0.1
-    """value-loss weight"""
-    whiten_advantages: bool = True
-    """whiten advantages per rollout batch"""
-    reward_norm: bool = True
-    """standardise scores with the mean and std of the initial policy's samples (before training)"""
-    eos_penalty: float = 1.0
-    """subtracted from the score of responses that never emit EOS (0 disables)"""
-    ptx_coef: float = 0.0
-    """weight γ of the pretraining LM loss mixed into the objective (PPO-ptx; InstructGPT 27.8)"""
-    ema_decay: float | None = None
-    """keep an exponential moving average of the policy weights with this decay (e.g. 0.992); None: off"""
-    max_grad_norm: float = 1.0
-    """gradient clipping"""
-    eval_every: int = 0
-    """call the evaluation hook every this many updates (0: never)"""
-    sample_every: int = 10
-    """record a table of samples every this many updates"""
-    max_prompt_len: int = 256
-    """prompts longer than this many tokens are an error"""
-    seed: int = 0
-    """seed for prompt order and sampling"""
+    updates: int = help_field(100, "rollout → optimise iterations")
+    batch_size: int = help_field(64, "prompts (rollouts) per update")
+    minibatch_size: int = help_field(16, "rollouts per optimiser step")
+    ppo_epochs: int = help_field(4, "passes over each rollout batch")
+    lr: float = help_field(1e-5, "AdamW learning rate of the policy")
+    value_lr: float | None = help_field(None, "learning rate of the value model (default: lr)")
+    response_len: int = help_field(24, "maximum new tokens per response; responses without EOS by then are truncated "
+                                       "and penalised")
+    temperature: float = help_field(1.0, "sampling temperature, used for the log-probs too")
+    kl_coef: float = help_field(0.05, "β of the per-token KL penalty (InstructGPT 0.02, Stiennon et al. 0.05)")
+    kl_estimator: str = help_field("k1", "per-token KL estimator in the reward: k1 (log-ratio) or k3")
+    target_kl: float | None = help_field(None, "target sequence KL for the adaptive β controller; None keeps β fixed")
+    kl_horizon: int = help_field(10000, "horizon (in samples) of the adaptive controller")
+    gamma: float = help_field(1.0, "discount (1: the reward is at the end of the sequence)")
+    lam: float = help_field(0.95, "GAE λ")
+    clip: float = help_field(0.2, "policy ratio clip ε")
+    value_clip: float = help_field(0.2, "value clip range")
+    vf_coef: float = help_field(0.1, "value-loss weight")
+    whiten_advantages: bool = help_field(True, "whiten advantages per rollout batch")
+    reward_norm: bool = help_field(True, "standardise scores with the mean and std of the initial policy's samples "
+                                         "(before training)")
+    eos_penalty: float = help_field(1.0, "subtracted from the score of responses that never emit EOS (0 disables)")
+    ptx_coef: float = help_field(0.0, "weight γ of the pretraining LM loss mixed into the objective (PPO-ptx; "
+                                      "InstructGPT 27.8)")
+    ema_decay: float | None = help_field(None, "keep an exponential moving average of the policy weights with this "
+                                               "decay (e.g. 0.992); None: off")
+    max_grad_norm: float = help_field(1.0, "gradient clipping")
+    eval_every: int = help_field(0, "call the evaluation hook every this many updates (0: never)")
+    sample_every: int = help_field(10, "record a table of samples every this many updates")
+    max_prompt_len: int = help_field(256, "prompts longer than this many tokens are an error")
+    seed: int = help_field(0, "seed for prompt order and sampling")
 
     def __post_init__(self):
         if self.kl_estimator not in ("k1", "k3"):

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..errors import SuperalignError
+from ..validate import help_field
 from .lm import (_from_pretrained, encode_prompts, epoch_batches, fuse_activations, load_tokenizer, model_inputs,
                  resolve_lm_path)
 
@@ -154,24 +155,17 @@ def ranking_loss(scores: torch.Tensor, group_sizes: list[int], margins: list[flo
 class RewardTrainConfig:
     """Reward-model training (one epoch by default: InstructGPT found more epochs overfit)."""
 
-    epochs: int = 1
-    """passes over the comparisons"""
-    batch_size: int = 32
-    """rankings (prompts) per step"""
-    lr: float = 5e-5
-    """AdamW peak learning rate (linear decay to 0)"""
-    weight_decay: float = 0.0
-    """AdamW weight decay"""
-    max_len: int = 512
-    """context limit in tokens (prompt + completion + EOS)"""
-    normalize: bool = True
-    """after training, shift the head bias so that the training completions score 0 on average"""
-    seed: int = 0
-    """seed for batch order and the head's initialisation"""
-    log_every: int = 1
-    """record the loss every this many steps"""
-    group_by_length: bool = True
-    """batch rankings of similar length together (less padding, same examples per epoch)"""
+    epochs: int = help_field(1, "passes over the comparisons")
+    batch_size: int = help_field(32, "rankings (prompts) per step")
+    lr: float = help_field(5e-5, "AdamW peak learning rate (linear decay to 0)")
+    weight_decay: float = help_field(0.0, "AdamW weight decay")
+    max_len: int = help_field(512, "context limit in tokens (prompt + completion + EOS)")
+    normalize: bool = help_field(True, "after training, shift the head bias so that the training completions score 0 "
+                                       "on average")
+    seed: int = help_field(0, "seed for batch order and the head's initialisation")
+    log_every: int = help_field(1, "record the loss every this many steps")
+    group_by_length: bool = help_field(True, "batch rankings of similar length together (less padding, same examples "
+                                             "per epoch)")
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.max_len < 2:

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import SuperalignError
+from ..validate import help_field
 from .lm import completion_batch, completion_logps, encode_pairs, epoch_batches
 
 
@@ -17,18 +18,12 @@ from .lm import completion_batch, completion_logps, encode_pairs, epoch_batches
 class SFTConfig:
     """Supervised finetuning."""
 
-    epochs: int = 2
-    """passes over the demonstrations"""
-    batch_size: int = 32
-    """demonstrations per step"""
-    lr: float = 1e-4
-    """AdamW peak learning rate (cosine decay)"""
-    max_len: int = 512
-    """context limit in tokens (prompt + completion + EOS)"""
-    seed: int = 0
-    """seed for batch order"""
-    group_by_length: bool = True
-    """batch demonstrations of similar length together (less padding)"""
+    epochs: int = help_field(2, "passes over the demonstrations")
+    batch_size: int = help_field(32, "demonstrations per step")
+    lr: float = help_field(1e-4, "AdamW peak learning rate (cosine decay)")
+    max_len: int = help_field(512, "context limit in tokens (prompt + completion + EOS)")
+    seed: int = help_field(0, "seed for batch order")
+    group_by_length: bool = help_field(True, "batch demonstrations of similar length together (less padding)")
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
