@@ -18,8 +18,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ..errors import SuperalignError
-from ..validate import help_field
+from ..validate import check_int, check_positive, check_range, check_seed, help_field
 from .lm import completion_batch, completion_logps, encode_pairs, epoch_batches
 
 
@@ -47,12 +46,13 @@ class DPOConfig:
                                              "epoch)")
 
     def __post_init__(self):
-        if not self.beta > 0:
-            raise SuperalignError(f"beta must be > 0, got {self.beta}", "pass a positive --beta")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise SuperalignError("label_smoothing must be in [0, 0.5)", "pass e.g. --label-smoothing 0.1")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise SuperalignError("epochs, batch_size ≥1 and lr > 0 required", "fix the DPO config")
+        check_positive("beta", self.beta, example=0.1)
+        check_range("label_smoothing", self.label_smoothing, 0.0, 0.5, high_open=True, example=0.1)
+        check_int("epochs", self.epochs)
+        check_int("batch_size", self.batch_size, example=32)
+        check_positive("lr", self.lr, example=5e-6)
+        check_int("max_len", self.max_len, minimum=2, example=512)
+        check_seed("seed", self.seed)
 
 
 class DPOFit(NamedTuple):

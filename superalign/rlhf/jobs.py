@@ -19,6 +19,7 @@ import torch
 
 from ..errors import SuperalignError
 from ..runs.jobs import JobBase, _f, run_job  # noqa: F401  (re-exported for the RLHF jobs)
+from ..validate import check_fraction, check_int, check_nonempty, check_positive, check_seed, document_cli_overrides
 from .dpo import DPOConfig, train_dpo
 from .lm import encode_prompts, load_lm, save_lm
 from .ppo import PPOConfig, evaluate_policy, rollout, score_rollout, train_ppo
@@ -29,6 +30,14 @@ from .testbed import GoldReward, label_pairs, sample_prompts, testbed_data
 TESTBED_NAMES = ("testbed-sft", "testbed-rm")
 
 
+SFT_CLI_OVERRIDES = {
+    "lr": (1e-4, 3e-4, "the CLI's default policy is the small testbed LM, which a larger step finetunes in one pass"),
+    "epochs": (2, 1, "one pass keeps `superalign rlhf sft` a quick CPU step of the testbed chain"),
+}
+"""CLI defaults of ``superalign rlhf sft`` that differ from :class:`SFTConfig`: ``{field: (library, cli, why)}``."""
+
+
+@document_cli_overrides(SFTConfig, SFT_CLI_OVERRIDES)
 @dataclass
 class SFTJob(SFTConfig, JobBase):
     """Supervised finetuning of a causal LM on prompt/completion demonstrations."""
@@ -37,11 +46,26 @@ class SFTJob(SFTConfig, JobBase):
     data: str = _f("testbed", "demonstrations: testbed (gold-filtered reviews) or a jsonl/csv/parquet file")
     prompt_col: str = _f("prompt", "prompt column of a data file")
     completion_col: str = _f("completion", "completion column of a data file")
-    limit: int | None = _f(None, "use at most this many rows")
+    limit: int | None = _f(None, "use at most this many rows (none: all)")
     lr: float = _f(3e-4, "AdamW peak learning rate (cosine decay)")
     epochs: int = _f(1, "passes over the demonstrations")
 
+    def __post_init__(self):
+        super().__post_init__()
+        for name, example in (("policy", "testbed"), ("data", "testbed"), ("prompt_col", "prompt"),
+                              ("completion_col", "completion")):
+            check_nonempty(name, getattr(self, name), example)
+        check_int("limit", self.limit, example=2000, none_ok=True)
 
+
+RM_CLI_OVERRIDES = {
+    "lr": (5e-5, 3e-4, "the CLI's default backbone is the small testbed LM, which needs a larger step than a "
+                       "pretrained model"),
+}
+"""CLI defaults of ``superalign rlhf rm`` that differ from :class:`RewardTrainConfig`."""
+
+
+@document_cli_overrides(RewardTrainConfig, RM_CLI_OVERRIDES)
 @dataclass
 class RMJob(RewardTrainConfig, JobBase):
     """Reward model from comparisons (Bradley–Terry, K-wise rankings)."""
@@ -52,7 +76,7 @@ class RMJob(RewardTrainConfig, JobBase):
     prompt_col: str = _f("prompt", "prompt column of a data file")
     chosen_col: str = _f("chosen", "chosen-completion column of a data file")
     rejected_col: str = _f("rejected", "rejected-completion column of a data file")
-    limit: int | None = _f(None, "use at most this many comparisons")
+    limit: int | None = _f(None, "use at most this many comparisons (none: all)")
     eval_frac: float = _f(0.1, "fraction of comparisons held out for accuracy")
     sampler: str = _f("testbed-sft", "testbed: the policy whose samples the labellers compare")
     n_prompts: int = _f(3000, "testbed: prompts with labelled comparisons")
@@ -62,12 +86,23 @@ class RMJob(RewardTrainConfig, JobBase):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0 < self.eval_frac < 1:
-            raise SuperalignError(f"eval_frac must be in (0, 1), got {self.eval_frac}", "pass e.g. --eval-frac 0.1")
-        if self.k < 2:
-            raise SuperalignError("k must be ≥ 2", "pass --k 2 (pairs) or more")
+        for name, example in (("base", "testbed-sft"), ("data", "testbed"), ("sampler", "testbed-sft"),
+                              ("prompt_col", "prompt"), ("chosen_col", "chosen"), ("rejected_col", "rejected")):
+            check_nonempty(name, getattr(self, name), example)
+        check_int("limit", self.limit, example=1000, none_ok=True)
+        check_fraction("eval_frac", self.eval_frac)
+        check_int("n_prompts", self.n_prompts, example=3000)
+        check_int("k", self.k, minimum=2, example=2)
+        check_positive("label_beta", self.label_beta, example=5.0)
 
 
+PPO_CLI_OVERRIDES = {
+    "lr": (1e-5, 3e-5, "the CLI's default policy is the small testbed LM, which tolerates a larger step"),
+}
+"""CLI defaults of ``superalign rlhf ppo`` that differ from :class:`PPOConfig`."""
+
+
+@document_cli_overrides(PPOConfig, PPO_CLI_OVERRIDES)
 @dataclass
 class PPOJob(PPOConfig, JobBase):
     """PPO against a reward model with a KL penalty to the reference policy."""
@@ -79,9 +114,22 @@ class PPOJob(PPOConfig, JobBase):
     prompts: str = _f("testbed", "prompts: testbed or a file with a prompt column")
     prompt_col: str = _f("prompt", "prompt column of a prompt file")
     lr: float = _f(3e-5, "AdamW learning rate of the policy")
-    kl_coef: float = _f(0.05, "β of the per-token KL penalty (InstructGPT 0.02, Stiennon et al. 0.05)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, example in (("policy", "testbed-sft"), ("reward", "testbed-rm"), ("prompts", "testbed"),
+                              ("prompt_col", "prompt")):
+            check_nonempty(name, getattr(self, name), example)
 
 
+DPO_CLI_OVERRIDES = {
+    "lr": (5e-6, 1e-4, "the library default suits pretrained LMs (as in TRL); the CLI's default policy is the small "
+                       "testbed LM, which needs a larger step to move in one epoch"),
+}
+"""CLI defaults of ``superalign rlhf dpo`` that differ from :class:`DPOConfig`."""
+
+
+@document_cli_overrides(DPOConfig, DPO_CLI_OVERRIDES)
 @dataclass
 class DPOJob(DPOConfig, JobBase):
     """DPO on preference pairs."""
@@ -90,9 +138,14 @@ class DPOJob(DPOConfig, JobBase):
     ref: str | None = _f(None, "reference policy (default: the initial policy)")
     data: str = _f("testbed", "pairs: testbed (simulated labellers), anthropic_hh, tldr, hf:<name> or a file")
     data_dir: str | None = _f(None, "shared datasets folder (else $SUPERALIGN_DATA)")
-    limit: int | None = _f(None, "use at most this many pairs")
+    limit: int | None = _f(None, "use at most this many pairs (none: all; testbed: 3000)")
     lr: float = _f(1e-4, "AdamW peak learning rate (linear decay)")
-    beta: float = _f(0.1, "DPO β")
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, example in (("policy", "testbed-sft"), ("data", "testbed")):
+            check_nonempty(name, getattr(self, name), example)
+        check_int("limit", self.limit, example=1000, none_ok=True)
 
 
 @dataclass
@@ -110,10 +163,14 @@ class BoNJob(JobBase):
     seed: int = _f(0, "sampling seed")
 
     def __post_init__(self):
-        if self.n < 1 or self.n_prompts < 1:
-            raise SuperalignError("n and n_prompts must be ≥ 1", "fix --n / --n-prompts")
-        if self.temperature <= 0:
-            raise SuperalignError("best-of-n needs temperature > 0", "pass --temperature 1.0")
+        for name, example in (("policy", "testbed-sft"), ("reward", "testbed-rm"), ("prompts", "testbed"),
+                              ("prompt_col", "prompt")):
+            check_nonempty(name, getattr(self, name), example)
+        check_int("n", self.n, example=16)
+        check_int("n_prompts", self.n_prompts, example=64)
+        check_int("response_len", self.response_len, example=24)
+        check_positive("temperature", self.temperature, example=1.0)
+        check_seed("seed", self.seed)
 
 
 # ----------------------------------------------------------------------------- running and recording

@@ -46,6 +46,18 @@ class OveroptJob(JobBase):
             raise SuperalignError(f"n_max must be a power of two ≥ 2, got {self.n_max}", "pass e.g. --n-max 256")
         if not self.kl_coefs:
             raise SuperalignError("no KL coefficients given", "pass --kl-coefs 0.01 (one PPO run each)")
+        from ..validate import check_int, check_nonempty, check_nonnegative, check_positive, check_seed
+
+        for name, example in (("policy", "testbed-sft"), ("reward", "testbed-rm")):
+            check_nonempty(name, getattr(self, name), example)
+        for beta in self.kl_coefs:
+            check_nonnegative("kl_coefs", beta, example=0.01)
+        check_int("n_prompts", self.n_prompts, example=64)
+        check_int("updates", self.updates, example=80)
+        check_int("eval_every", self.eval_every, example=5)
+        check_int("eval_samples", self.eval_samples, example=4)
+        check_positive("ppo_lr", self.ppo_lr, example=3e-5)
+        check_seed("seed", self.seed)
 
 
 def run_overopt(job: OveroptJob) -> dict:

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from ..errors import SuperalignError
-from ..validate import help_field
+from ..validate import (check_at_most, check_int, check_nonnegative, check_positive, check_range,
+                        check_seed, help_field)
 from .lm import (completion_batch, completion_logps, decode_responses, encode_prompts, left_pad, response_mask,
                  sample, token_logprobs)
 from .reward import RewardModel, last_token_index
@@ -172,18 +173,36 @@ class PPOConfig:
 
     def __post_init__(self):
         if self.kl_estimator not in ("k1", "k3"):
-            raise SuperalignError(f"unknown KL estimator {self.kl_estimator!r}", "use --kl-estimator k1 or k3")
+            raise SuperalignError(f"unknown KL estimator {self.kl_estimator!r}", "pass --kl-estimator k1 or k3")
+        check_int("updates", self.updates, example=100)
+        check_int("batch_size", self.batch_size, example=64)
+        check_int("minibatch_size", self.minibatch_size, example=16)
+        check_at_most("minibatch_size", self.minibatch_size, "batch_size", self.batch_size)
         if self.batch_size % self.minibatch_size:
-            raise SuperalignError(f"batch_size {self.batch_size} is not a multiple of minibatch_size "
-                                  f"{self.minibatch_size}", "pick sizes that divide")
-        if self.updates < 1 or self.ppo_epochs < 1 or self.response_len < 1:
-            raise SuperalignError("updates, ppo_epochs and response_len must be ≥ 1", "fix the PPO config")
-        if self.temperature <= 0:
-            raise SuperalignError("PPO needs a sampling temperature > 0", "pass --temperature 1.0 (or 0.7)")
-        if self.kl_coef < 0 or (self.target_kl is not None and self.target_kl <= 0):
-            raise SuperalignError("kl_coef must be ≥ 0 and target_kl > 0", "fix the KL settings")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise SuperalignError("ema_decay must be in (0, 1)", "pass e.g. --ema-decay 0.992")
+            raise SuperalignError(f"--batch-size {self.batch_size} is not a multiple of --minibatch-size "
+                                  f"{self.minibatch_size}", "pick sizes that divide, e.g. 64 and 16")
+        check_int("ppo_epochs", self.ppo_epochs, example=4)
+        check_positive("lr", self.lr, example=1e-5)
+        check_positive("value_lr", self.value_lr, example=1e-5, none_ok=True)
+        check_int("response_len", self.response_len, example=24)
+        check_positive("temperature", self.temperature, example=1.0)
+        check_nonnegative("kl_coef", self.kl_coef, example=0.05)
+        check_positive("target_kl", self.target_kl, example=6.0, none_ok=True)
+        check_int("kl_horizon", self.kl_horizon, example=10000)
+        check_range("gamma", self.gamma, 0.0, 1.0, example=1.0)
+        check_range("lam", self.lam, 0.0, 1.0, example=0.95)
+        check_positive("clip", self.clip, example=0.2)
+        check_positive("value_clip", self.value_clip, example=0.2)
+        check_nonnegative("vf_coef", self.vf_coef, example=0.1)
+        check_nonnegative("eos_penalty", self.eos_penalty, example=1.0)
+        check_nonnegative("ptx_coef", self.ptx_coef, example=0.0)
+        if self.ema_decay is not None:
+            check_range("ema_decay", self.ema_decay, 0.0, 1.0, low_open=True, high_open=True, example=0.992)
+        check_positive("max_grad_norm", self.max_grad_norm, example=1.0)
+        check_int("eval_every", self.eval_every, minimum=0, example=0)
+        check_int("sample_every", self.sample_every, minimum=0, example=10)
+        check_int("max_prompt_len", self.max_prompt_len, example=256)
+        check_seed("seed", self.seed)
 
 
 class Rollout(NamedTuple):

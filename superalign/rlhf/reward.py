@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..errors import SuperalignError
-from ..validate import help_field
+from ..validate import check_int, check_nonnegative, check_positive, check_seed, help_field
 from .lm import (_from_pretrained, encode_prompts, epoch_batches, fuse_activations, load_tokenizer, model_inputs,
                  resolve_lm_path)
 
@@ -168,10 +168,13 @@ class RewardTrainConfig:
                                              "per epoch)")
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.max_len < 2:
-            raise SuperalignError("epochs, batch_size must be ≥1 and max_len ≥2", "fix the reward-model config")
-        if not self.lr > 0:
-            raise SuperalignError(f"lr must be > 0, got {self.lr}", "pass a positive --lr")
+        check_int("epochs", self.epochs)
+        check_int("batch_size", self.batch_size, example=32)
+        check_positive("lr", self.lr, example=5e-5)
+        check_nonnegative("weight_decay", self.weight_decay, example=0.0)
+        check_int("max_len", self.max_len, minimum=2, example=512)
+        check_seed("seed", self.seed)
+        check_int("log_every", self.log_every)
 
 
 class RewardFit(NamedTuple):

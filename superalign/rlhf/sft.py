@@ -9,8 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..errors import SuperalignError
-from ..validate import help_field
+from ..validate import check_int, check_positive, check_seed, help_field
 from .lm import completion_batch, completion_logps, encode_pairs, epoch_batches
 
 
@@ -26,10 +25,11 @@ class SFTConfig:
     group_by_length: bool = help_field(True, "batch demonstrations of similar length together (less padding)")
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise SuperalignError("epochs and batch_size must be ≥1", "fix the SFT config")
-        if not self.lr > 0:
-            raise SuperalignError(f"lr must be > 0, got {self.lr}", "pass a positive --lr")
+        check_int("epochs", self.epochs)
+        check_int("batch_size", self.batch_size, example=32)
+        check_positive("lr", self.lr, example=1e-4)
+        check_int("max_len", self.max_len, minimum=2, example=512)
+        check_seed("seed", self.seed)
 
 
 class SFTFit(NamedTuple):
