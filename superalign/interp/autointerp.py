@@ -44,7 +44,11 @@ class ExplainJob(JobBase):
     window: int = _f(24, "tokens per record")
     max_new_tokens: int = _f(40, "LLM explainer: tokens to generate")
     llm_concurrency: int = _f(4, "HTTP LLMs: simultaneous requests")
+    allow_insecure_http: bool = _f(False, "HTTP LLMs: allow sending the API key over plain http:// to a remote host")
     seed: int = _f(0, "unit choice and random records")
+
+    def key(self) -> dict:
+        return _without_permissions(super().key())
 
     def __post_init__(self):
         if not self.cache:
@@ -68,7 +72,11 @@ class ScoreJob(JobBase):
     scorers: list[str] = _f(("simulation",), "any of simulation, detection, fuzzing, embedding")
     embedder: str = _f("minilm", "sentence encoder of the embedding scorer (minilm or hf:<encoder>)")
     llm_concurrency: int = _f(4, "HTTP LLMs: simultaneous requests")
+    allow_insecure_http: bool = _f(False, "HTTP LLMs: allow sending the API key over plain http:// to a remote host")
     seed: int = _f(0, "fuzzing's random markings")
+
+    def key(self) -> dict:
+        return _without_permissions(super().key())
 
     def __post_init__(self):
         self.scorers = list(self.scorers)
@@ -79,6 +87,13 @@ class ScoreJob(JobBase):
             raise SuperalignError(f"unknown scorer(s) {bad}", f"use any of {', '.join(SCORERS)}")
         if self.simulator not in SIMULATORS:
             raise SuperalignError(f"unknown simulator {self.simulator!r}", f"use one of {', '.join(SIMULATORS)}")
+
+
+def _without_permissions(key: dict) -> dict:
+    """A job's identity without the permission flags: allowing plain http changes where the key may go, not what the
+    run computes, so it must not give a finished run a new id."""
+    key.pop("allow_insecure_http", None)
+    return key
 
 
 def load_tokenizer(model_name: str, trust_remote_code: bool = False):
@@ -122,9 +137,9 @@ def run_explain(job: ExplainJob) -> dict:
         sae = load_sae(job.sae, expect_d_in=cache.acts.shape[1])
     tok = load_tokenizer(cache.meta.get("model", ""), job.trust_remote_code)
     if job.explainer != "token-lookup":
-        from .llm import make_llm
-        llm = make_llm(job.explainer, **({"max_concurrency": job.llm_concurrency}
-                                         if job.explainer.startswith(("openai:", "http")) else {}))
+        from .llm import http_llm_options, make_llm
+        llm = make_llm(job.explainer, **http_llm_options(job.explainer, job.home, job.llm_concurrency,
+                                                         job.allow_insecure_http))
         explainer = LLMExplainer(llm, max_new_tokens=job.max_new_tokens)
     else:
         explainer = TokenLookupExplainer()
@@ -194,9 +209,8 @@ def run_score(job: ScoreJob) -> dict:
         or any(s in ("detection", "fuzzing") for s in job.scorers)
     llm = None
     if needs_llm:
-        from .llm import make_llm
-        llm = make_llm(job.llm, **({"max_concurrency": job.llm_concurrency}
-                                   if job.llm.startswith(("openai:", "http")) else {}))
+        from .llm import http_llm_options, make_llm
+        llm = make_llm(job.llm, **http_llm_options(job.llm, job.home, job.llm_concurrency, job.allow_insecure_http))
     sim = make_simulator(job.simulator, llm) if "simulation" in job.scorers else None
     embed = TextEmbedder(job.embedder, trust_remote_code=job.trust_remote_code) if "embedding" in job.scorers else None
 

@@ -8,23 +8,20 @@ is read with teacher forcing (`echo_logprobs`). A local HF model can always do t
 falls back to one request per token (`next_token_logprobs`).
 
 Backends: :class:`HFLocalLLM` (any Hugging Face causal LM, names as in :mod:`superalign.rlhf.lm`) and
-:class:`OpenAICompatLLM` (any OpenAI-compatible HTTP endpoint, standard library only). :func:`make_llm` picks one
+:class:`OpenAICompatLLM` (any OpenAI-compatible HTTP endpoint, over httpx). :func:`make_llm` picks one
 from a spec string.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import logging
 import os
 import random
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -289,15 +286,72 @@ def _prefix_tokens(text: str, spans: list[tuple[int, int]], offset: int) -> int:
 
 # ----------------------------------------------------------------------------------------------- HTTP endpoints
 
+# The HTTP client is httpx rather than urllib: a thread-safe pooled client (one per endpoint, shared by the
+# ``max_concurrency`` worker threads), per-request timeouts, and redirects that are NOT followed on their own.
+# urllib's default opener follows redirects to any host and re-sends the headers it was given, the Authorization
+# header included; here each redirect passes :meth:`OpenAICompatLLM._post_following`, which never lets the key leave
+# the origin it was configured for. httpx is imported on first use so that the local (HF) backend works in
+# an environment installed before httpx became a dependency.
+
+REDACTED = "***"
+MAX_REDIRECTS = 5
+MIN_SCRUB_ANYWHERE = 8
+"""keys at least this long are masked wherever they occur; shorter ones (placeholders such as vLLM's "EMPTY") only
+as whole words, so that a one-letter placeholder cannot mangle every generated text"""
+
+
+def is_loopback(host: str | None) -> bool:
+    """``localhost`` or an address in 127.0.0.0/8 or ::1: traffic that never leaves the machine."""
+    import ipaddress
+
+    host = (host or "").strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def scrub_key(value, key: str | None):
+    """``value`` (a string, bytes or parsed JSON: dicts, lists, keys included) with every occurrence of ``key``
+    replaced by ``***``. Applied to everything a server returns before it is cached, logged, raised or handed to a
+    caller, so that a server echoing the Authorization header cannot put the key in a run store or report."""
+    if not key:
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        if len(key) >= MIN_SCRUB_ANYWHERE:
+            return value.replace(key, REDACTED)
+        import re
+
+        return re.sub(rf"(?<![\w-]){re.escape(key)}(?![\w-])", REDACTED, value)
+    if isinstance(value, list):
+        return [scrub_key(v, key) for v in value]
+    if isinstance(value, dict):
+        return {scrub_key(k, key): scrub_key(v, key) for k, v in value.items()}
+    return value
+
+
+def _origin(url) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of an httpx.URL, default ports filled in: what must match for the key to go along."""
+    return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
+
 
 class OpenAICompatLLM(LLM):
-    """Any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp server, Ollama...), standard library only.
+    """Any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp server, Ollama...) over httpx.
 
     One HTTP request per prompt, at most ``max_concurrency`` in flight; 429/5xx/connection errors are retried with
     exponential backoff and jitter (``Retry-After`` honoured), other 4xx fail at once with the server's message.
-    With ``cache_dir`` every response is stored under the sha256 of its URL and JSON body, so a rerun makes no
-    request it made before. The API key is read from ``$api_key_env`` at each request and never stored on the
-    object, logged, cached or put in an error message (a server message quoting it is scrubbed)."""
+    With ``cache_dir`` every response is stored under the sha256 of its URL and JSON body (never the key), written
+    atomically; an unreadable entry is a miss. The API key is read from ``$api_key_env`` at each request and never
+    stored on the object, logged, cached or put in an error message: whatever a server returns is scrubbed of it.
+
+    Key hygiene: a redirect to another scheme, host or port is refused while a key is set (same-origin redirects are
+    followed); a plain ``http://`` base URL to a non-loopback host is refused while a key is set unless
+    ``allow_insecure_http``; credentials inside the URL (``user:pass@``) are refused, since the URL is part of the
+    run's recorded config."""
 
     supports_next_token_logprobs = True
     backoff_s = 1.0
@@ -305,27 +359,64 @@ class OpenAICompatLLM(LLM):
 
     def __init__(self, model: str, base_url: str = OPENAI_BASE_URL, api_key_env: str = "OPENAI_API_KEY",
                  max_concurrency: int = 4, max_retries: int = 5, timeout_s: float = 60, cache_dir: str | None = None,
-                 use_chat: bool = True, echo: bool = False):
-        url = urllib.parse.urlparse(base_url)
-        if url.scheme not in ("http", "https") or not url.hostname or not model:
-            raise SuperalignError(f"bad endpoint {base_url!r} / model {model!r}",
+                 use_chat: bool = True, echo: bool = False, allow_insecure_http: bool = False):
+        try:
+            url = urllib.parse.urlsplit(base_url)
+            port = url.port
+        except ValueError:
+            url, port = None, None
+        if url is None or url.scheme not in ("http", "https") or not url.hostname or not model:
+            raise SuperalignError(f"bad endpoint {_redact_userinfo(base_url)!r} / model {model!r}",
                                   "pass a model name and a base_url like http://localhost:8000/v1")
+        if url.username is not None or url.password is not None:
+            # the spec is recorded in the run store's config and printed in reports: no secret may ride in it
+            raise SuperalignError(f"the endpoint URL {_redact_userinfo(base_url)!r} carries credentials (user:pass@)",
+                                  f"drop them from the URL and put the key in ${api_key_env}")
         if max_concurrency < 1 or max_retries < 0:
             raise SuperalignError(f"max_concurrency={max_concurrency}, max_retries={max_retries}",
                                   "use max_concurrency >= 1 and max_retries >= 0")
-        host = url.hostname + (f":{url.port}" if url.port else "")
+        host = url.hostname + (f":{port}" if port else "")
         self.model, self.base_url, self.name = model, base_url.rstrip("/"), f"{model}@{host}"
         self.api_key_env, self.max_concurrency, self.max_retries, self.timeout_s = (api_key_env, max_concurrency,
                                                                                     max_retries, timeout_s)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.use_chat, self.echo = use_chat, echo
         self.supports_echo_logprobs = echo
-        if not os.environ.get(api_key_env) and url.hostname not in LOCAL_HOSTS:
+        self.allow_insecure_http = allow_insecure_http
+        self._scheme, self._host = url.scheme, url.hostname
+        self._http = None  # the httpx.Client, made on first use
+        self._http_lock = threading.Lock()
+        key = os.environ.get(api_key_env)
+        if not key and not is_loopback(url.hostname):
             raise SuperalignError(f"no API key for {self.name}: the environment variable {api_key_env} is not set",
-                                  f"export {api_key_env}=<your key> (only localhost endpoints may go without)")
+                                  f"export {api_key_env}=<your key> (only loopback endpoints may go without)")
+        self._check_transport(key)
 
     def __repr__(self) -> str:
         return f"OpenAICompatLLM({self.name!r}, use_chat={self.use_chat}, echo={self.echo})"
+
+    def close(self) -> None:
+        """Close the pooled connections (a later request opens new ones)."""
+        with self._http_lock:
+            if self._http is not None:
+                self._http.close()
+                self._http = None
+
+    def _check_transport(self, key: str | None) -> None:
+        if key and self._scheme == "http" and not is_loopback(self._host) and not self.allow_insecure_http:
+            raise SuperalignError(f"{self.name}: refusing to send the API key in ${self.api_key_env} over plain "
+                                  "http:// to a host that is not loopback (anyone on the path could read it)",
+                                  "use an https:// base URL, or pass allow_insecure_http=True (--allow-insecure-http) "
+                                  "if the network is trusted")
+
+    def _client(self):
+        import httpx
+
+        with self._http_lock:
+            if self._http is None:
+                self._http = httpx.Client(timeout=self.timeout_s, follow_redirects=False,
+                                          limits=httpx.Limits(max_connections=self.max_concurrency))
+            return self._http
 
     # -- requests
 
@@ -345,44 +436,69 @@ class OpenAICompatLLM(LLM):
     def _post(self, path: str, body: dict) -> dict:
         """The first choice of the JSON response (from the cache when there)."""
         url = self.base_url + path
-        cached = None
+        entry = None
         if self.cache_dir is not None:
+            # keyed by what is asked, never by who asks: the key is not part of the digest or the entry
             digest = hashlib.sha256(json.dumps({"url": url, "body": body}, sort_keys=True).encode()).hexdigest()
-            cached = self.cache_dir / f"{digest}.json"
-            if cached.exists():
-                return _first_choice(json.loads(cached.read_text())["response"], self.name)
+            entry = self.cache_dir / f"{digest}.json"
+            hit = self._read_cache(entry)
+            if hit is not None:
+                return hit
         resp = self._send(url, path, json.dumps(body).encode())
         choice = _first_choice(resp, self.name)
-        if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(json.dumps({"url": url, "request": body, "response": resp}))
-            os.replace(tmp, cached)  # atomic: a concurrent reader sees the whole file or none
+        if entry is not None:
+            key = os.environ.get(self.api_key_env)
+            write_json_atomic(entry, scrub_key({"url": url, "request": body, "response": resp}, key))
         return choice
 
+    def _read_cache(self, entry: Path) -> dict | None:
+        """The cached first choice, or None on a miss. A torn or corrupt entry (a crash on a filesystem without
+        atomic rename, a hand edit) is a miss: warned about, deleted and fetched again."""
+        try:
+            raw = entry.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            log.warning("%s: cannot read cache entry %s (%s): asking the server", self.name, entry.name, e)
+            return None
+        try:
+            return _first_choice(json.loads(raw)["response"], self.name)
+        except (ValueError, KeyError, TypeError, SuperalignError):
+            log.warning("%s: corrupt cache entry %s deleted: asking the server again", self.name, entry.name)
+            entry.unlink(missing_ok=True)
+            return None
+
     def _send(self, url: str, path: str, data: bytes) -> dict:
+        """The parsed JSON response, scrubbed of the key, after retries."""
+        import httpx
+
         attempt = 0
         while True:
-            key = os.environ.get(self.api_key_env)
-            headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+            key = os.environ.get(self.api_key_env) or None  # read at each request: never kept on the object
+            self._check_transport(key)
             retry_after = None
             try:
-                with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers, method="POST"),
-                                            timeout=self.timeout_s) as r:
-                    raw = r.read()
-                try:
-                    return json.loads(raw)
-                except ValueError:
-                    raise SuperalignError(f"{self.name}: {path} returned invalid JSON: {_scrub(raw, key)}",
-                                          "check that base_url points at an OpenAI-compatible /v1 API") from None
-            except urllib.error.HTTPError as e:
-                msg = _server_message(e, key)
-                if e.code != 429 and e.code < 500:
-                    raise SuperalignError(f"{self.name}: HTTP {e.code} from {path}: {msg}",
-                                          _fix_for(e.code, self)) from None
-                problem, retry_after = f"HTTP {e.code}: {msg}", _retry_after(e.headers.get("Retry-After"))
-            except (OSError, http.client.HTTPException) as e:  # refused/reset connections, timeouts (URLError is one)
-                problem = _scrub(f"{type(e).__name__}: {e}", key)
+                r = self._post_following(url, path, data, key)
+            except httpx.TransportError as e:  # refused/reset connections, timeouts
+                problem = scrub_key(f"{type(e).__name__}: {e}", key)
+            except SuperalignError:
+                raise
+            except Exception as e:  # anything else httpx raises (invalid URL, decoding): one scrubbed line
+                raise SuperalignError(f"{self.name}: {path} failed: {_one_line(scrub_key(str(e), key))}",
+                                      "check base_url") from None
+            else:
+                if r.is_success:
+                    try:
+                        return scrub_key(json.loads(r.content), key)
+                    except ValueError:
+                        raise SuperalignError(f"{self.name}: {path} returned invalid JSON: "
+                                              f"{_one_line(scrub_key(r.content, key))}",
+                                              "check that base_url points at an OpenAI-compatible /v1 API") from None
+                msg = _server_message(r, key)
+                if r.status_code != 429 and r.status_code < 500:
+                    raise SuperalignError(f"{self.name}: HTTP {r.status_code} from {path}: {msg}",
+                                          _fix_for(r.status_code, self))
+                problem, retry_after = f"HTTP {r.status_code}: {msg}", _retry_after(r.headers.get("Retry-After"))
             if attempt == self.max_retries:
                 raise SuperalignError(f"{self.name}: {path} failed after {attempt + 1} attempts ({problem})",
                                       "check that the server is up, or raise max_retries / timeout_s")
@@ -390,6 +506,28 @@ class OpenAICompatLLM(LLM):
             log.warning("%s: %s; retry %d/%d in %.1f s", self.name, problem, attempt + 1, self.max_retries, delay)
             time.sleep(delay)
             attempt += 1
+
+    def _post_following(self, url: str, path: str, data: bytes, key: str | None):
+        """POST ``data``, following at most MAX_REDIRECTS redirects by hand (method and body kept, as 307/308 ask;
+        an API endpoint has nothing to GET). The key goes only to the origin it was configured for."""
+        import httpx
+
+        client = self._client()
+        target = httpx.URL(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+            r = client.post(target, content=data, headers=headers)
+            if not r.is_redirect:
+                return r
+            nxt = target.join(r.headers["Location"])
+            if key and _origin(nxt) != _origin(target):
+                scheme, host, port = _origin(nxt)
+                raise SuperalignError(f"{self.name}: {path} was redirected (HTTP {r.status_code}) to another origin "
+                                      f"{scheme}://{host}:{port}; refusing to send the API key there",
+                                      "set base_url to the endpoint's final address if you trust it")
+            target = nxt
+        raise SuperalignError(f"{self.name}: {path} redirected more than {MAX_REDIRECTS} times",
+                              "set base_url to the endpoint's final address")
 
     def _map(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
         """fn over items with at most ``max_concurrency`` requests in flight; the first error cancels the rest."""
@@ -482,24 +620,47 @@ def _first_choice(resp: dict, name: str) -> dict:
                               "check that base_url points at an OpenAI-compatible /v1 API") from None
 
 
-def _scrub(text: str | bytes, key: str | None, limit: int = 300) -> str:
-    """One line of at most ``limit`` characters, with the API key (should a server quote it) masked."""
-    text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-    if key:
-        text = text.replace(key, "***")
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON so that a reader sees the whole file or none (temporary name unique per process and thread)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """One line of at most ``limit`` characters."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _server_message(e: urllib.error.HTTPError, key: str | None) -> str:
-    raw = e.read()[:4000]
+def _scrub(text: str | bytes, key: str | None, limit: int = 300) -> str:
+    """One line of at most ``limit`` characters, with the API key (should a server quote it) masked."""
+    return _one_line(scrub_key(text, key), limit)
+
+
+def _redact_userinfo(url: str) -> str:
+    """``url`` with any ``user:pass@`` replaced, for error messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    return f"{scheme}://{REDACTED}@{netloc.rpartition('@')[2]}{slash}{tail}" if "@" in netloc else url
+
+
+def _server_message(r, key: str | None) -> str:
+    """The error message of a non-2xx response, scrubbed of the key, on one line."""
+    raw = r.content[:4000]
     try:
         err = json.loads(raw)
         err = err.get("error", err) if isinstance(err, dict) else err
         msg = err.get("message", err) if isinstance(err, dict) else err
     except ValueError:
         msg = raw
-    return _scrub(msg if isinstance(msg, (str, bytes)) else json.dumps(msg), key) or e.reason
+    return _scrub(msg if isinstance(msg, (str, bytes)) else json.dumps(msg), key) or r.reason_phrase
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -515,10 +676,31 @@ def _fix_for(code: int, llm: OpenAICompatLLM) -> str:
         return f"check the API key in ${llm.api_key_env}"
     if code == 404:
         return f"check the model name {llm.model!r} and that base_url {llm.base_url} ends in /v1"
+    if 300 <= code < 400:
+        return "set base_url to the endpoint's final address"
     return "check the request parameters (this server may not support logprobs, echo or seed)"
 
 
 # ----------------------------------------------------------------------------------------------- by name
+
+
+def is_http_spec(spec: str) -> bool:
+    """Whether ``spec`` names an HTTP endpoint (``openai:<model>`` or ``http(s)://…#<model>``)."""
+    return spec.startswith(("openai:", "http://", "https://"))
+
+
+def http_llm_options(spec: str, home: str | Path | None = None, max_concurrency: int | None = None,
+                     allow_insecure_http: bool = False) -> dict:
+    """The keyword arguments the CLI jobs give :func:`make_llm` for ``spec``: for HTTP endpoints the concurrency,
+    the insecure-http permission and the response cache at ``<run store>/cache/llm`` (README: a rerun makes no
+    request it made before); nothing for local models."""
+    if not is_http_spec(spec):
+        return {}
+    from ..runs.store import default_home
+
+    root = Path(home).expanduser() if home else default_home()
+    return {"cache_dir": str(root / "cache" / "llm"), "allow_insecure_http": allow_insecure_http,
+            **({"max_concurrency": max_concurrency} if max_concurrency is not None else {})}
 
 
 def make_llm(spec: str, **kw) -> LLM:
@@ -532,5 +714,6 @@ def make_llm(spec: str, **kw) -> LLM:
         return OpenAICompatLLM(model, base_url=base_url, **kw)
     if spec in ("smollm2", "testbed") or spec.startswith("hf:") or Path(spec).expanduser().is_dir():
         return HFLocalLLM(spec, **kw)
-    raise SuperalignError(f"unknown LLM {spec!r}", "use hf:<hub id or path>, smollm2, testbed, a model folder, "
-                                                   "openai:<model> or http://host:port/v1#<model>")
+    raise SuperalignError(f"unknown LLM {_redact_userinfo(spec)!r}",
+                          "use hf:<hub id or path>, smollm2, testbed, a model folder, openai:<model> or "
+                          "http://host:port/v1#<model>")
