@@ -135,12 +135,14 @@ def test_paper_dataset_expanders():
 
     sciq = pd.DataFrame([{"question": "q?", "correct_answer": "a", "distractor1": "d1", "distractor2": "d2",
                           "distractor3": "d3", "support": ""}])
-    assert expand_sciq(sciq).to_dict("records") == [{"text": "Q: q? A: a", "label": 1}, {"text": "Q: q? A: d1", "label": 0}]
+    assert expand_sciq(sciq).to_dict("records") == [{"text": "Q: q? A: a", "label": 1, "group": "q?", "question": 0},
+                                                    {"text": "Q: q? A: d1", "label": 0, "group": "q?", "question": 0}]
     cq = pd.DataFrame([{"context": "c", "question": "q", "answer0": "a0", "answer1": "a1", "answer2": "a2",
                         "answer3": "a3", "label": 3}])
     assert expand_cosmos_qa(cq)["text"].tolist() == ["c Q: q A: a3", "c Q: q A: a0"]
     hh = pd.DataFrame([{"chosen": "good", "rejected": "bad"}])
-    assert expand_preferences(hh).to_dict("records") == [{"text": "good", "label": 1}, {"text": "bad", "label": 0}]
+    assert expand_preferences(hh).to_dict("records") == [{"text": "good", "label": 1, "group": 0, "question": 0},
+                                                         {"text": "bad", "label": 0, "group": 0, "question": 0}]
 
 
 def test_anthropic_hh_shared(shared_data):

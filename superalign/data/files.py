@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import SuperalignError
+from .fingerprint import record_source
 
 DATA_ENV = "SUPERALIGN_DATA"
 
@@ -30,6 +31,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     p = Path(path).expanduser()
     if not p.exists():
         raise SuperalignError(f"data file {p} does not exist", "check the path")
+    if p.is_dir():
+        raise SuperalignError(f"data file {p} is a folder", "pass a .jsonl/.csv/.parquet file inside it")
+    record_source(p)  # the content is part of the identity of whatever is built from it
     suf = "".join(p.suffixes[-2:]) if p.suffix == ".gz" else p.suffix
     try:
         if suf in (".jsonl", ".jsonl.gz"):

@@ -26,6 +26,7 @@ import pandas as pd
 
 from ..errors import SuperalignError
 from .files import read_table, resolve_data_dir
+from .fingerprint import record_source, recording_sources, stat_signature
 
 
 @dataclass
@@ -39,19 +40,41 @@ class Task:
     """Optional P(label=1) from a weaker human supervisor (one rater), used by the ``human`` weak supervisor."""
     description: str = ""
     meta: dict = field(default_factory=dict)
+    groups: np.ndarray | None = None
+    """Optional integer group id per row: rows of one group (one question's candidate answers, one shared context)
+    always land in the same split, so no split sees another's shared text."""
+    questions: np.ndarray | None = None
+    """Optional integer id of the multiple-choice question a row is a candidate answer of (for multiple-choice
+    accuracy); defaults to ``groups``. A group may hold several questions (cosmos_qa: questions on one context)."""
 
     def __post_init__(self):
         validate_binary(self.name, self.texts, self.labels)
         if self.human_weak is not None and len(self.human_weak) != len(self.texts):
             raise SuperalignError(f"task {self.name}: human_weak has {len(self.human_weak)} rows, texts {len(self.texts)}")
+        for name in ("groups", "questions"):
+            v = getattr(self, name)
+            if v is not None:
+                v = np.asarray(v)
+                if len(v) != len(self.texts) or v.dtype.kind not in "iu":
+                    raise SuperalignError(f"task {self.name}: {name} must be one integer id per row")
+                setattr(self, name, v.astype(np.int64))
+        if self.questions is None and self.groups is not None:
+            self.questions = self.groups
 
     def fingerprint(self) -> str:
+        """Content identity: texts, labels, human labels, groups, and the content hash of every input file."""
         h = hashlib.sha256()
         for t, y in zip(self.texts, self.labels.tolist()):
             h.update(t.encode("utf-8"))
             h.update(b"\x00%d\x01" % y)
         if self.human_weak is not None:
             h.update(np.ascontiguousarray(self.human_weak, dtype=np.float64).tobytes())
+        for name in ("groups", "questions"):
+            v = getattr(self, name)
+            if v is not None:
+                h.update(name.encode() + np.ascontiguousarray(v, dtype=np.int64).tobytes())
+        for _path, fp in sorted(self.meta.get("sources", {}).items()):
+            h.update(f"\x02{fp}".encode())  # content only: the same file moved elsewhere is the same input
         return h.hexdigest()[:16]
 
     def __len__(self) -> int:
@@ -89,6 +112,8 @@ class TaskSpec:
     label_col: str | None = None
     label_map: dict | None = None
     split: str | None = None
+    group_col: str | None = None
+    convert: str | None = None
 
 
 _REGISTRY: dict[str, tuple[Callable[[TaskSpec], Task], str]] = {}
@@ -109,14 +134,50 @@ def load_task(spec: TaskSpec | str) -> Task:
     if isinstance(spec, str):
         spec = TaskSpec(spec)
     name = spec.name
+    if spec.convert is not None and spec.convert not in CONVERSIONS:
+        raise SuperalignError(f"unknown --convert {spec.convert!r}", f"use one of {', '.join(CONVERSIONS)}")
     if name in _REGISTRY:
-        return _REGISTRY[name][0](spec)
-    if name.startswith("hf:"):
-        return _hf_task(spec)
-    if name.startswith("file:") or re.search(r"\.(jsonl|json|csv|tsv|parquet)(\.gz)?$", name):
-        return _file_task(spec)
-    raise SuperalignError(f"unknown task {name!r}",
-                          f"use one of {', '.join(sorted(_REGISTRY))}, hf:<dataset>, or file:<path.jsonl|csv|parquet>")
+        if spec.group_col or spec.convert:
+            raise SuperalignError(f"--group-col/--convert apply to file: and hf: tasks, not the built-in {name!r}",
+                                  "drop them")
+        loader = _REGISTRY[name][0]
+    elif name.startswith("hf:"):
+        loader = _hf_task
+    elif name.startswith("file:") or re.search(r"\.(jsonl|json|csv|tsv|parquet)(\.gz)?$", name):
+        loader = _file_task
+    else:
+        raise SuperalignError(f"unknown task {name!r}",
+                              f"use one of {', '.join(sorted(_REGISTRY))}, hf:<dataset>, or file:<path.jsonl|csv|parquet>")
+    with recording_sources() as sources:
+        task = loader(spec)
+    task.meta["sources"] = {**sources, **task.meta.get("sources", {})}
+    fp = task.fingerprint()
+    _TASK_FPS[_spec_key(spec)] = ({p: stat_signature(p) for p in task.meta["sources"] if Path(p).exists()}, fp)
+    return task
+
+
+# spec → ({input path: stat signature}, fingerprint) of the last load in this process
+_TASK_FPS: dict[str, tuple[dict, str]] = {}
+
+
+def _spec_key(spec: TaskSpec) -> str:
+    import dataclasses
+    import json
+    d = dataclasses.asdict(spec)
+    if d["data"] is None and spec.name in _REGISTRY:
+        d["data"] = os.environ.get("SUPERALIGN_DATA")
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def task_fingerprint(spec: TaskSpec | str) -> str:
+    """``load_task(spec).fingerprint()``, without reloading while none of the task's input files changed
+    (checked by size, mtime and inode; a changed file reloads and rehashes)."""
+    if isinstance(spec, str):
+        spec = TaskSpec(spec)
+    hit = _TASK_FPS.get(_spec_key(spec))
+    if hit is not None and all(stat_signature(p) == sig for p, sig in hit[0].items()):
+        return hit[1]
+    return load_task(spec).fingerprint()
 
 
 # ----------------------------------------------------------------------------- built-in offline tasks
@@ -127,7 +188,9 @@ def _package_file(module: str, *parts: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise SuperalignError(f"package {module} is not installed", f"pip install {module}")
-    return Path(spec.origin).parent.joinpath(*parts)
+    path = Path(spec.origin).parent.joinpath(*parts)
+    record_source(path)
+    return path
 
 
 def _rating_to_soft(r: int) -> float:
@@ -249,37 +312,57 @@ HF_COLUMN_MAPS: dict[str, dict] = {
 
 
 # Multiple-choice and preference datasets become binary tasks as in Burns et al. 2023: every (question, candidate
-# answer) pair is one example, labelled 1 when the candidate is the right / preferred one.
+# answer) pair is one example, labelled 1 when the candidate is the right / preferred one. Each conversion also
+# writes ``group`` (rows that share text: they must stay in one split, else the student memorises the shared
+# question or context) and ``question`` (the candidates of one question, for multiple-choice accuracy).
 def expand_sciq(df: pd.DataFrame) -> pd.DataFrame:
-    """allenai/sciq: the correct answer (1) and one distractor chosen by row (0) per question."""
+    """allenai/sciq: the correct answer (1) and one distractor chosen by row (0) per question; grouped by the
+    question text (a question repeated in the data is one group)."""
     rows = []
     for i, r in enumerate(df.itertuples(index=False)):
         d = getattr(r, f"distractor{1 + i % 3}")
-        rows.append({"text": f"Q: {r.question} A: {r.correct_answer}", "label": 1})
-        rows.append({"text": f"Q: {r.question} A: {d}", "label": 0})
+        rows.append({"text": f"Q: {r.question} A: {r.correct_answer}", "label": 1, "group": str(r.question), "question": i})
+        rows.append({"text": f"Q: {r.question} A: {d}", "label": 0, "group": str(r.question), "question": i})
     return pd.DataFrame(rows)
 
 
 def expand_cosmos_qa(df: pd.DataFrame) -> pd.DataFrame:
-    """cosmos_qa: context + question + the labelled answer (1) and the next answer option (0)."""
+    """cosmos_qa: context + question + the labelled answer (1) and the next answer option (0); grouped by the
+    context paragraph, which several questions share."""
     rows = []
-    for r in df.itertuples(index=False):
+    for i, r in enumerate(df.itertuples(index=False)):
         ans = [r.answer0, r.answer1, r.answer2, r.answer3]
         k = int(r.label)
         for j, y in ((k, 1), ((k + 1) % 4, 0)):
-            rows.append({"text": f"{r.context} Q: {r.question} A: {ans[j]}", "label": y})
+            rows.append({"text": f"{r.context} Q: {r.question} A: {ans[j]}", "label": y, "group": str(r.context),
+                         "question": i})
     return pd.DataFrame(rows)
 
 
 def expand_preferences(df: pd.DataFrame) -> pd.DataFrame:
-    """Anthropic/hh-rlhf style chosen/rejected transcripts: chosen = 1, rejected = 0."""
-    return pd.DataFrame([{"text": t, "label": y} for r in df.itertuples(index=False)
-                         for t, y in ((r.chosen, 1), (r.rejected, 0))])
+    """Anthropic/hh-rlhf style chosen/rejected transcripts: chosen = 1, rejected = 0; a pair is one group."""
+    return pd.DataFrame([{"text": t, "label": y, "group": i, "question": i}
+                         for i, r in enumerate(df.itertuples(index=False)) for t, y in ((r.chosen, 1), (r.rejected, 0))])
 
 
-HF_EXPANDERS = {"sciq": expand_sciq, "allenai/sciq": expand_sciq, "cosmos_qa": expand_cosmos_qa,
-                "allenai/cosmos_qa": expand_cosmos_qa, "Anthropic/hh-rlhf": expand_preferences,
-                "anthropic_hh": expand_preferences}
+# Named conversions (``--convert``) with the columns each needs; hub datasets of these names convert by default.
+CONVERSIONS: dict[str, tuple[Callable[[pd.DataFrame], pd.DataFrame], tuple[str, ...]]] = {
+    "sciq": (expand_sciq, ("question", "correct_answer", "distractor1", "distractor2", "distractor3")),
+    "cosmos_qa": (expand_cosmos_qa, ("context", "question", "answer0", "answer1", "answer2", "answer3", "label")),
+    "preferences": (expand_preferences, ("chosen", "rejected")),
+}
+HF_EXPANDERS = {"sciq": "sciq", "allenai/sciq": "sciq", "cosmos_qa": "cosmos_qa", "allenai/cosmos_qa": "cosmos_qa",
+                "Anthropic/hh-rlhf": "preferences", "anthropic_hh": "preferences"}
+CONVERTED_COLUMNS = {"text_col": ["text"], "label_col": "label", "group_col": "group", "question_col": "question"}
+
+
+def convert_frame(name: str, df: pd.DataFrame, conversion: str) -> pd.DataFrame:
+    fn, needs = CONVERSIONS[conversion]
+    missing = [c for c in needs if c not in df.columns]
+    if missing:
+        raise SuperalignError(f"task {name}: --convert {conversion} needs column(s) {missing}; available: "
+                              f"{list(df.columns)}", "rename the columns or pick another --convert")
+    return fn(df)
 
 
 @register_task("anthropic_hh", "Anthropic HH-RLHF harmless-base test pairs as a reward-modelling task: the final "
@@ -287,54 +370,110 @@ HF_EXPANDERS = {"sciq": expand_sciq, "allenai/sciq": expand_sciq, "cosmos_qa": e
 def _anthropic_hh(spec: TaskSpec) -> Task:
     df = _shared(spec, "anthropic_hh", ["harmless_base_test.jsonl"]).dropna(subset=["prompt"])
     last_turn = [p.rsplit("Human:", 1)[-1].replace("Assistant:", "").strip() for p in df["prompt"]]
-    texts, labels = [], []
-    for q, c, r in zip(last_turn, df["chosen_response"], df["rejected_response"]):
+    texts, labels, pairs = [], [], []
+    for i, (q, c, r) in enumerate(zip(last_turn, df["chosen_response"], df["rejected_response"])):
         for resp, y in ((c, 1), (r, 0)):
             if isinstance(resp, str) and resp.strip():
                 texts.append(f"Human: {q} Assistant: {resp.strip()}")
                 labels.append(y)
-    return Task("anthropic_hh", texts, np.array(labels), description=_REGISTRY["anthropic_hh"][1])
+                pairs.append(i)
+    # the two responses of a pair share the human turn: they are one group (one split, one 2-way choice)
+    return Task("anthropic_hh", texts, np.array(labels), description=_REGISTRY["anthropic_hh"][1],
+                groups=np.array(pairs, dtype=np.int64))
+
+
+def _label_key(v) -> str:
+    """The string form a raw label is matched by in --label-map (JSON keys are strings): 2 and 2.0 → "2",
+    True → "true"."""
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    s = str(v)
+    return s.lower() if s.lower() in ("true", "false") else s
+
+
+def _apply_label_map(name: str, y: pd.Series, label_map: dict) -> pd.Series:
+    """Map raw labels through ``label_map`` by string form; a label mapped to None (JSON null) becomes NaN and its
+    rows are dropped by the caller."""
+    mapping: dict[str, int | None] = {}
+    for k, v in label_map.items():
+        if v is not None and not (isinstance(v, (int, float, np.integer, np.floating)) and v in (0, 1)):
+            raise SuperalignError(f"task {name}: --label-map sends {k!r} to {v!r}",
+                                  "map every raw label to 0, 1, or null (null drops those rows)")
+        mapping[_label_key(k)] = None if v is None else int(v)
+    keys = y.map(_label_key)
+    unknown = sorted(set(keys) - set(mapping))
+    if unknown:
+        raise SuperalignError(f"task {name}: labels {unknown[:5]} not in --label-map (it has {sorted(mapping)[:8]})",
+                              "add them to the map (to 0, 1, or null to drop their rows)")
+    return keys.map(mapping).astype("float64")
 
 
 def _frame_to_task(name: str, df: pd.DataFrame, spec: TaskSpec, defaults: dict | None = None) -> Task:
     defaults = defaults or {}
     text_cols = spec.text_col or defaults.get("text_col") or ["text"]
     label_col = spec.label_col or defaults.get("label_col") or "label"
-    missing = [c for c in [*text_cols, label_col] if c not in df.columns]
+    group_col = spec.group_col or defaults.get("group_col")
+    question_col = defaults.get("question_col") if not spec.group_col else None
+    missing = [c for c in [*text_cols, label_col, *([group_col] if group_col else [])] if c not in df.columns]
     if missing:
         raise SuperalignError(f"task {name}: missing column(s) {missing}; available: {list(df.columns)}",
-                              "pass --text-col and --label-col")
+                              "pass --text-col, --label-col (and --group-col) naming existing columns")
     if len(df) == 0:
         raise SuperalignError(f"task {name} has no rows", "check the file")
     for c in text_cols:
         if df[c].isna().any():
             raise SuperalignError(f"task {name}: text column {c!r} has {int(df[c].isna().sum())} missing values",
                                   "drop or fill those rows")
-    texts = [" [SEP] ".join(str(v) for v in row) for row in df[text_cols].itertuples(index=False)]
+    if group_col and df[group_col].isna().any():
+        raise SuperalignError(f"task {name}: group column {group_col!r} has {int(df[group_col].isna().sum())} missing "
+                              "values", "give every row a group id")
     y = df[label_col]
     if y.isna().any():
         raise SuperalignError(f"task {name}: label column {label_col!r} has NaN (first at row {int(y.isna().values.argmax())})",
                               "drop or fix those rows")
+    meta: dict = {}
     if spec.label_map:
-        unknown = set(y.unique().tolist()) - set(spec.label_map)
-        if unknown:
-            raise SuperalignError(f"task {name}: labels {sorted(map(str, unknown))[:5]} not in --label-map", "extend the map")
-        y = y.map(spec.label_map)
+        y = _apply_label_map(name, y, spec.label_map)
+        keep = y.notna().to_numpy()
+        meta["label_map_dropped"] = int((~keep).sum())
+        df, y = df[keep], y[keep]
+        if len(df) == 0:
+            raise SuperalignError(f"task {name}: --label-map drops every row", "map some labels to 0 and 1")
     elif y.dtype == bool:
         y = y.astype(int)
     elif y.dtype.kind not in "iuf":
         raise SuperalignError(f"task {name}: label column {label_col!r} is not numeric (e.g. {y.iloc[0]!r})",
                               "pass --label-map '{\"neg\": 0, \"pos\": 1}'")
+    texts = [" [SEP] ".join(str(v) for v in row) for row in df[text_cols].itertuples(index=False)]
     yv = y.to_numpy()
     if yv.dtype.kind == "f" and not np.all(np.isin(yv, [0.0, 1.0])):
         raise SuperalignError(f"task {name}: labels must be binary 0/1, found values {sorted(set(yv.tolist()))[:6]}",
                               "map labels to 0/1 with --label-map")
-    return Task(name, texts, yv.astype(np.int64) if np.all(np.isin(yv, [0, 1])) else yv)
+    groups = pd.factorize(df[group_col].astype(str))[0].astype(np.int64) if group_col else None
+    questions = pd.factorize(df[question_col].astype(str))[0].astype(np.int64) \
+        if groups is not None and question_col and question_col in df.columns else None
+    return Task(name, texts, yv.astype(np.int64) if np.all(np.isin(yv, [0, 1])) else yv, meta=meta, groups=groups,
+                questions=questions)
+
+
+def _convert_or_columns(name: str, df: pd.DataFrame, spec: TaskSpec, conversion: str | None) -> tuple[pd.DataFrame, dict | None]:
+    if conversion is None:
+        return df, None
+    if spec.text_col or spec.label_col:
+        raise SuperalignError(f"--convert {conversion} builds the text and label columns itself",
+                              "drop --text-col/--label-col (or drop --convert)")
+    return convert_frame(name, df, conversion), CONVERTED_COLUMNS
 
 
 def _file_task(spec: TaskSpec) -> Task:
     path = spec.name[5:] if spec.name.startswith("file:") else spec.name
-    return _frame_to_task(os.path.basename(path), read_table(path), spec)
+    name = os.path.basename(path)
+    df, defaults = _convert_or_columns(name, read_table(path), spec, spec.convert)
+    return _frame_to_task(name, df, spec, defaults)
 
 
 def _hf_task(spec: TaskSpec) -> Task:
@@ -352,7 +491,13 @@ def _hf_task(spec: TaskSpec) -> Task:
                 "file:<path>") if offline else "check the dataset name, --split, and your network"
         raise SuperalignError(f"could not load Hugging Face dataset {name!r}: {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}", hint) from None
+    # identity of the data, not of the name: a local folder by the content of its files; a hub dataset by the
+    # fingerprint `datasets` gives the loaded split (it hashes the builder config and the resolved data files)
+    if Path(name).expanduser().exists():
+        record_source(Path(name))
+    else:
+        record_source(f"hf:{ref}:{spec.split or 'train'}", f"datasets:{getattr(ds, '_fingerprint', '') or 'unknown'}")
     df = ds.to_pandas()
-    if name in HF_EXPANDERS and not spec.text_col:
-        df = HF_EXPANDERS[name](df)
-    return _frame_to_task(ref, df, spec, HF_COLUMN_MAPS.get(name))
+    conversion = spec.convert or (HF_EXPANDERS.get(name) if not (spec.text_col or spec.label_col) else None)
+    df, defaults = _convert_or_columns(ref, df, spec, conversion)
+    return _frame_to_task(ref, df, spec, defaults or HF_COLUMN_MAPS.get(name))

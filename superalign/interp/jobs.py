@@ -28,6 +28,10 @@ class CacheJob(JobBase):
     batch_size: int = _f(32, "texts per forward pass")
     limit: int | None = _f(None, "use at most this many texts")
 
+    def key(self) -> dict:
+        # the corpus's content, not only its name, identifies the cache: an edited corpus file is a new run
+        return {**super().key(), "texts": _corpus_ref(self.texts, fingerprint=True)}
+
 
 @dataclass
 class SAEJob(SAETrainConfig, JobBase):
@@ -80,18 +84,29 @@ def _texts(job: CacheJob) -> list[str]:
     return texts
 
 
-def _corpus_ref(texts: str) -> str:
-    """A corpus name that still resolves from another working directory: task names as they are, files absolute."""
+def _corpus_ref(texts: str, fingerprint: bool = False) -> str:
+    """A corpus name that still resolves from another working directory: task names as they are, files absolute.
+
+    ``fingerprint=True``: the name plus ``@`` and the corpus's content fingerprint (a file's sha256, a task's
+    content fingerprint), the corpus's part of a cache job's identity, so an edited corpus is a new run."""
     from ..data import list_tasks
+    from ..data.fingerprint import file_fingerprint
+    from ..data.tasks import task_fingerprint
 
     path = Path(texts[5:] if texts.startswith("file:") else texts)
-    return texts if texts in list_tasks() or not path.exists() else str(path.resolve())
+    is_task = texts in list_tasks()
+    ref = texts if is_task or not path.exists() else str(path.resolve())
+    if not fingerprint:
+        return ref
+    if is_task:
+        return f"{ref}@{task_fingerprint(texts)}"
+    return f"{ref}@{file_fingerprint(path)}" if path.is_file() else ref  # a missing file fails in _texts
 
 
 def run_cache(job: CacheJob) -> dict:
     from ..models import resolve_model
     from ..models.registry import load_config, load_hf
-    from .activations import cache_activations, parse_hook
+    from .activations import cache_activations, parse_hook, repair_cache_run
 
     texts = _texts(job)
     spec = resolve_model(job.model)
@@ -113,6 +128,8 @@ def run_cache(job: CacheJob) -> dict:
         (folder / ".meta.json.tmp").write_text(json.dumps(meta, indent=2))
         (folder / ".meta.json.tmp").replace(folder / "meta.json")  # atomic: the cache stays whole
         return {"tokens": meta["tokens"], "texts": meta["texts"], "d": meta["d"]}, {"cache": str(folder)}
+    if (done := stored_result("interp-cache", job)) is not None:  # a damaged cache folder is a miss: recomputed
+        return repair_cache_run(done, lambda folder: body(None, folder.parent))
     return run_job("interp-cache", job, body)
 
 

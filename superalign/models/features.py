@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,41 @@ class EncodeStats:
     flops: float = 0.0
     wall_s: float = 0.0
     device_s: float = 0.0
+    n_truncated: int = 0
+    """Newly encoded texts longer than max_length tokens (cut to max_length)."""
+
+
+class TruncationWarning(UserWarning):
+    """Texts longer than --max-length tokens were cut: the model saw only their first max_length tokens."""
+
+
+def warn_truncated(model: str, n_truncated: int, n: int, max_length: int, where: str) -> None:
+    if n_truncated:
+        warnings.warn(f"{where}: {n_truncated} of {n} texts are longer than --max-length {max_length} tokens for "
+                      f"{model} and were truncated (raise --max-length to keep them whole)", TruncationWarning,
+                      stacklevel=3)
+
+
+def token_lengths(tok, texts: list[str]) -> np.ndarray:
+    """Tokens per text with special tokens and no truncation (what truncation=True would cut above max_length)."""
+    if not texts:
+        return np.zeros(0, dtype=np.int64)
+    ids = tok(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    return np.array([len(x) for x in ids], dtype=np.int64)
+
+
+_TOKENIZERS: dict[tuple[str, str], object] = {}
+
+
+def count_truncated(spec: ModelSpec, texts: list[str], max_length: int, trust_remote_code: bool = False) -> np.ndarray:
+    """Boolean per text: longer than ``max_length`` tokens for ``spec``'s tokenizer (loaded once per process)."""
+    key = (spec.path, spec.fingerprint())
+    if key not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        from .registry import _hf_call
+        _TOKENIZERS[key] = _hf_call(spec, AutoTokenizer.from_pretrained, trust_remote_code)
+    return token_lengths(_TOKENIZERS[key], texts) > max_length
 
 
 def text_digest(t: str) -> bytes:
@@ -106,12 +142,14 @@ def encode_texts(spec: ModelSpec, texts: list[str], cache_dir: str | Path | None
         model.eval().to(device)
         n_params = model_params(model)
         out = []
+        n_trunc = 0
         if causal:
             tok.padding_side = "right"
         bar = tqdm(total=len(todo), desc=f"encode {spec.name}", disable=not progress, unit="text", leave=False)
         with torch.inference_mode():
             for i in range(0, len(todo), batch_size):
                 chunk = [t for _, t in todo[i:i + batch_size]]
+                n_trunc += int((token_lengths(tok, chunk) > max_length).sum())
                 b = tok(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
                 o = model(**b, output_hidden_states=True)
                 mask = b["attention_mask"]
@@ -120,6 +158,8 @@ def encode_texts(spec: ModelSpec, texts: list[str], cache_dir: str | Path | None
                 stats.flops += 2.0 * n_params * int(mask.numel())
                 bar.update(len(chunk))
         bar.close()
+        stats.n_truncated += n_trunc
+        warn_truncated(spec.name, n_trunc, len(todo), max_length, "encode")
         new = np.concatenate(out, axis=1)
         stats.wall_s += time.perf_counter() - t0
         stats.device_s += time.process_time() - c0 if device == "cpu" else time.perf_counter() - t0

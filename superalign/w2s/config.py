@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
+
+from ..data.tasks import CONVERSIONS
 from ..errors import SuperalignError
 from ..train.losses import LOSSES
 from ..train.students import MODES
+
+CONVERSION_NAMES = tuple(CONVERSIONS)
 
 
 @dataclass
@@ -24,6 +29,14 @@ class W2SConfig:
     label_col: str | None = field(default=None, metadata={"help": "0/1 label column of a file:/hf: task"})
     label_map: dict | None = field(default=None, metadata={"help": "JSON map from raw label to 0/1"})
     hf_split: str | None = field(default=None, metadata={"help": "split of an hf: dataset (default train)"})
+    group_col: str | None = field(default=None, metadata={
+        "help": "column of a file:/hf: task whose rows form groups (e.g. a question id): a group is never split "
+                "across weak-train/weak-label/val/test, and multiple-choice accuracy is scored per group"})
+    convert: str | None = field(default=None, metadata={
+        "help": "named conversion of a file:/hf: table into binary rows, grouped per question: sciq (question, "
+                "correct_answer, distractor1-3 → right answer vs a distractor), cosmos_qa (context, question, "
+                "answer0-3, label → right vs next answer; grouped by context), preferences (chosen, rejected)",
+        "choices": CONVERSION_NAMES})
     max_examples: int = field(default=6000, metadata={"help": "cap on examples after class balancing"})
     split_fracs: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.1, 0.2],
                                      metadata={"help": "weak-train, weak-label, validation, test fractions"})
@@ -55,7 +68,8 @@ class W2SConfig:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def __post_init__(self):
-        for name in ("weak", "strong", "loss", "seed", "split_fracs", "bootstrap_via"):
+        """Validate every field before anything touches the run store: each problem is one line naming the flag."""
+        for name in ("weak", "strong", "loss", "seed", "split_fracs", "bootstrap_via", "text_col"):
             v = getattr(self, name)
             if isinstance(v, (str, int, float)):
                 setattr(self, name, [v])
@@ -69,14 +83,72 @@ class W2SConfig:
         for m in ("mode", "weak_mode"):
             if getattr(self, m) not in MODES:
                 raise SuperalignError(f"unknown --{m.replace('_', '-')} {getattr(self, m)!r}", f"use one of {', '.join(MODES)}")
-        if not 0 <= self.aux_alpha <= 1:
-            raise SuperalignError(f"--aux-alpha {self.aux_alpha} must be in [0, 1]")
-        if not 0 <= self.aux_warmup <= 1:
-            raise SuperalignError(f"--aux-warmup {self.aux_warmup} must be in [0, 1]")
-        if self.epochs < 1 or self.ft_epochs < 1 or self.batch_size < 1 or self.max_examples < 40:
-            raise SuperalignError("epochs, batch size must be ≥ 1 and max_examples ≥ 40")
+        for sd in self.seed:
+            if isinstance(sd, bool) or not isinstance(sd, int) or not 0 <= sd < 2**32:
+                raise SuperalignError(f"--seed {sd!r} must be an integer in [0, 2**32)", "pass e.g. --seed 0 1 2")
+        if len(set(self.seed)) != len(self.seed):
+            raise SuperalignError(f"--seed {self.seed} repeats a seed", "list each seed once")
+        for name in ("lr", "ft_lr"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise SuperalignError(f"--{name.replace('_', '-')} {v!r} must be a finite positive number",
+                                      "pass e.g. --lr 1e-3 / --ft-lr 5e-5")
+        for name in ("epochs", "ft_epochs", "batch_size", "n_boot", "max_length", "lora_rank", "n_train_layers"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SuperalignError(f"--{name.replace('_', '-')} {v!r} must be an integer ≥ 1",
+                                      f"pass e.g. --{name.replace('_', '-')} {W2SConfig.__dataclass_fields__[name].default}")
+        if isinstance(self.max_examples, bool) or not isinstance(self.max_examples, int) or self.max_examples < 40:
+            raise SuperalignError(f"--max-examples {self.max_examples!r} must be an integer ≥ 40",
+                                  "a weak-to-strong run needs at least 40 examples; pass e.g. --max-examples 6000")
+        fr = self.split_fracs
+        if len(fr) != 4 or not all(isinstance(f, (int, float)) and math.isfinite(f) and 0 < f <= 1 for f in fr) \
+                or sum(fr) > 1 + 1e-6:
+            raise SuperalignError(f"--split-fracs {list(fr)} must be 4 numbers in (0, 1] summing to at most 1",
+                                  "pass e.g. --split-fracs 0.3 0.4 0.1 0.2 (weak-train, weak-label, val, test)")
+        if not (isinstance(self.min_gap, (int, float)) and math.isfinite(self.min_gap) and self.min_gap >= 0):
+            raise SuperalignError(f"--min-gap {self.min_gap!r} must be a finite number ≥ 0", "pass e.g. --min-gap 0.02")
+        for name in ("weight_decay", "product_beta"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise SuperalignError(f"--{name.replace('_', '-')} {v!r} must be a finite number ≥ 0",
+                                      f"pass e.g. --{name.replace('_', '-')} {W2SConfig.__dataclass_fields__[name].default}")
+        for name in ("aux_alpha", "aux_warmup"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 <= v <= 1):
+                raise SuperalignError(f"--{name.replace('_', '-')} {v!r} must be in [0, 1]",
+                                      f"pass e.g. --{name.replace('_', '-')} {W2SConfig.__dataclass_fields__[name].default}")
         if self.executor not in ("local", "ray"):
             raise SuperalignError(f"unknown executor {self.executor!r}", "use local or ray")
-        if self.device == "auto":
-            import torch
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.convert is not None and self.convert not in CONVERSION_NAMES:
+            raise SuperalignError(f"unknown --convert {self.convert!r}", f"use one of {', '.join(CONVERSION_NAMES)}")
+        if (self.group_col or self.convert) and not (self.task.startswith(("hf:", "file:")) or "." in self.task):
+            raise SuperalignError(f"--group-col/--convert apply to file: and hf: tasks, not {self.task!r}", "drop them")
+        if self.label_map is not None and not isinstance(self.label_map, dict):
+            raise SuperalignError(f"--label-map must be a JSON object, got {self.label_map!r}",
+                                  "pass e.g. --label-map '{\"neg\": 0, \"pos\": 1, \"neutral\": null}'")
+        self.device = check_device(self.device)
+
+
+def check_device(device: str) -> str:
+    """``auto`` → cuda when available else cpu; otherwise the name must exist on this machine."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    kind, _, idx = str(device).partition(":")
+    if kind == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if idx and not idx.isdigit():
+            raise SuperalignError(f"--device {device!r} is not a device name", "use cpu, cuda, cuda:N or auto")
+        if n == 0 or (idx and int(idx) >= n):
+            raise SuperalignError(f"--device {device!r} does not exist here ({n} CUDA device(s))",
+                                  "use cpu, auto" + (f", or cuda:0..cuda:{n - 1}" if n else ""))
+        return device
+    if kind == "mps" and not idx:
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise SuperalignError("--device mps is not available here", "use cpu or auto")
+        return device
+    raise SuperalignError(f"unknown --device {device!r}", "use cpu, cuda, cuda:N, mps or auto")

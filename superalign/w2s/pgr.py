@@ -6,6 +6,14 @@ CIs resample seeds and, within each seed, test examples (a two-level bootstrap),
 test-set noise and the run-to-run variation. When |ceiling − weak| < ``min_gap`` the ratio is meaningless and
 PGR is reported as NaN with a note instead of a huge number; so is a ceiling below the weak supervisor
 (gap < ``min_gap``), where the ratio's sign is meaningless.
+
+PGR is also NaN, with a note, when the weak supervisor or the ceiling is not above chance: a model at chance has
+no "performance" whose gap could be recovered, and such runs gave PGR 1.9–2.4 on leaky multiple-choice splits.
+Chance is the majority-class rate of the test split for accuracy and 0.5 for AUROC. "Above" means above chance
+by a one-sided 95% margin (z = 1.645) of the metric's standard error *under the chance hypothesis*: the binomial
+sqrt(c(1 − c)/n) for accuracy at chance rate c, and the Mann–Whitney null sqrt((n₀ + n₁ + 1)/(12 n₀ n₁)) for
+AUROC. Pooled over seeds the level is the mean of the seeds' chance levels and the margin
+sqrt(Σ marginᵢ²)/S (the standard error of a mean of independent seeds).
 """
 
 from __future__ import annotations
@@ -16,6 +24,65 @@ import numpy as np
 from scipy.stats import rankdata
 
 from ..train.metrics import percentile_ci
+
+
+Z_ONE_SIDED = 1.645
+
+
+def chance_level(y: np.ndarray, metric: str) -> tuple[float, float]:
+    """(chance level, one-sided 95% margin) of ``metric`` on labels ``y`` (see the module docstring)."""
+    y = np.asarray(y).astype(int)
+    n, n1 = len(y), int(y.sum())
+    n0 = n - n1
+    if metric == "acc":
+        c = max(n1, n0) / n if n else float("nan")
+        return c, Z_ONE_SIDED * float(np.sqrt(c * (1 - c) / n)) if n else float("nan")
+    if n0 == 0 or n1 == 0:
+        return 0.5, float("nan")
+    return 0.5, Z_ONE_SIDED * float(np.sqrt((n0 + n1 + 1) / (12 * n0 * n1)))
+
+
+def pooled_chance(levels: list[tuple[float, float]]) -> tuple[float, float]:
+    c = np.array([lv[0] for lv in levels], dtype=float)
+    m = np.array([lv[1] for lv in levels], dtype=float)
+    return float(c.mean()), float(np.sqrt((m ** 2).sum()) / len(m))
+
+
+def not_above_chance(weak: float, ceiling: float, level: tuple[float, float], metric: str) -> str:
+    """'' when both the weak supervisor and the ceiling beat chance by the margin, else the note saying which not."""
+    c, margin = level
+    bad = [f"{who} {metric} {v:.3f}" for who, v in (("weak", weak), ("ceiling", ceiling))
+           if not (np.isfinite(v) and np.isfinite(margin) and v > c + margin)]
+    if not bad:
+        return ""
+    return f"{' and '.join(bad)} not above chance {c:.3f} + margin {margin:.3f}: PGR undefined"
+
+
+def pgr_checked(y: np.ndarray, weak: float, student: float, ceiling: float, metric: str,
+                min_gap: float = 0.0) -> tuple[float, str]:
+    """PGR of one seed with its note: NaN when weak or ceiling is not above chance on ``y``, or the gap is small."""
+    note = not_above_chance(weak, ceiling, chance_level(y, metric), metric)
+    if note:
+        return float("nan"), note
+    value = pgr(weak, student, ceiling, min_gap)
+    return value, "" if np.isfinite(value) else f"ceiling−weak gap {ceiling - weak:+.3f} below {min_gap}: PGR undefined"
+
+
+def multiple_choice_accuracy(y: np.ndarray, p: np.ndarray, questions: np.ndarray) -> tuple[float, int]:
+    """(accuracy, number of questions) of picking, per question, the candidate with the highest P(correct).
+
+    Only questions with exactly one correct candidate and at least one wrong one in the set count; a tie at the
+    top gives 1/(number tied) credit when the correct candidate is among them."""
+    y, p, q = np.asarray(y).astype(int), np.asarray(p, dtype=float), np.asarray(questions)
+    scores = []
+    for g in np.unique(q):
+        m = q == g
+        yg, pg = y[m], p[m]
+        if yg.sum() != 1 or len(yg) < 2:
+            continue
+        top = pg == pg.max()
+        scores.append(top[yg == 1][0] / top.sum())
+    return (float(np.mean(scores)) if scores else float("nan")), len(scores)
 
 
 class PGREstimate(NamedTuple):
@@ -59,10 +126,11 @@ def bootstrap_pgr(seeds: list[dict], metric: str = "acc", n_boot: int = 1000, mi
     f = accuracy if metric == "acc" else auroc
     bf = _boot_acc if metric == "acc" else _boot_auroc
     pts = np.array([[f(s["y"], s[k]) for k in ("p_weak", "p_student", "p_ceiling")] for s in seeds])  # [S, 3]
-    per_seed = [pgr(*row, min_gap=min_gap) for row in pts]
+    per_seed = [pgr_checked(s["y"], *row, metric=metric, min_gap=min_gap)[0] for s, row in zip(seeds, pts)]
     w, st, c = pts.mean(0)
-    value = pgr(w, st, c, min_gap=min_gap)
-    note = "" if np.isfinite(value) else f"ceiling−weak gap {c - w:+.3f} below {min_gap}: PGR undefined"
+    chance_note = not_above_chance(w, c, pooled_chance([chance_level(s["y"], metric) for s in seeds]), metric)
+    value = float("nan") if chance_note else pgr(w, st, c, min_gap=min_gap)
+    note = chance_note or ("" if np.isfinite(value) else f"ceiling−weak gap {c - w:+.3f} below {min_gap}: PGR undefined")
     rng = np.random.default_rng(rng_seed)
     S = len(seeds)
     boot = np.empty((S, 3, n_boot))
@@ -77,7 +145,7 @@ def bootstrap_pgr(seeds: list[dict], metric: str = "acc", n_boot: int = 1000, mi
     with np.errstate(invalid="ignore", divide="ignore"):
         samples = np.where(gap >= max(min_gap, 1e-12), (means[:, 1] - means[:, 0]) / gap, np.nan)
     lo, hi = percentile_ci(samples, level)
-    if np.isnan(samples).mean() > 0.1:
+    if chance_note or np.isnan(samples).mean() > 0.1:
         lo = hi = float("nan")
         note = note or f"ceiling−weak gap below {min_gap} in {np.isnan(samples).mean():.0%} of resamples: CI undefined"
     return PGREstimate(value, lo, hi, per_seed, metric, note)

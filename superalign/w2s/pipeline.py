@@ -1,12 +1,19 @@
 """The weak-to-strong pipeline, stage by stage, each stage cached by a content hash of its inputs:
 
-1. splits (seeded, class-balanced): weak-train / weak-label / validation / test
+1. splits (seeded, class-balanced, group-aware when the task has groups): weak-train / weak-label / validation / test
 2. features: every layer of each transformer, one pass, cached per text
 3. weak supervisor: trained on ground truth of weak-train; labels weak-label, validation and test
 4. (optional) bootstrapping: intermediate models relabel weak-label, each trained on the previous labels
 5. ceiling: the strong model trained on ground truth of weak-label
 6. student: the strong model trained on weak labels of weak-label with the chosen loss; early stopping on
    weak-labelled validation (ground-truth early stopping kept only as a marked diagnostic)
+
+Identities. A run's id hashes every semantic config field plus the task's content fingerprint (which includes the
+sha256 of every input file), so an edited data file is a new run. Each stage's cache key is its upstream key plus
+exactly the arguments that stage passes on: split key = task fingerprint + fractions + cap + seed; weak key = split
+key + the weak model's fingerprint and the training arguments its mode uses; bootstrap key = weak key + each
+intermediate model's fingerprint and mode arguments + the loss and that loss's parameters; ceiling key = split key +
+the strong model's fingerprint and mode arguments. Fields in ``NON_SEMANTIC`` change none of them.
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from ..data import Task, TaskSpec, load_task, make_splits
+from ..data.tasks import task_fingerprint
 from ..errors import SuperalignError
-from ..models.features import EncodeStats, encode_texts
+from ..models.features import EncodeStats, count_truncated, encode_texts, warn_truncated
 from ..models.registry import ModelSpec, load_config, resolve_model
 from ..runs.cache import StageCache
 from ..runs.store import RunStore, run_id
@@ -31,10 +39,15 @@ from ..train.loop import TrainConfig, fit, load_state
 from ..train.metrics import accuracy, auroc
 from ..train.students import LinearProbe, TextClassifier, predict_proba
 from .config import W2SConfig
-from .pgr import agreement, pgr
+from .pgr import agreement, multiple_choice_accuracy, pgr_checked
 
-# Fields that do not change what a run computes (where it is stored, how it is shown or summarised).
-NON_SEMANTIC = ("home", "executor", "address", "progress", "n_boot", "min_gap", "weak", "strong", "loss", "seed")
+# Fields that do not change what a run computes: where it is stored or run, how it is shown or summarised, and
+# inputs whose effect the task fingerprint already carries (``data``: the folder the files come from; their content
+# is in the fingerprint). weak/strong/loss/seed are per-cell and enter the run id through the cell.
+NON_SEMANTIC = ("home", "executor", "address", "progress", "n_boot", "min_gap", "device", "trust_remote_code", "data",
+                "weak", "strong", "loss", "seed")
+# Stage-key version: bump when a stage's computation changes without its arguments changing.
+KEY_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -51,9 +64,15 @@ def cells(cfg: W2SConfig) -> list[Cell]:
     return [Cell(w, s, l, sd) for sd in cfg.seed for w in cfg.weak for s in cfg.strong for l in cfg.loss]
 
 
+def task_spec(cfg: W2SConfig) -> TaskSpec:
+    return TaskSpec(cfg.task, cfg.data, cfg.text_col, cfg.label_col, cfg.label_map, cfg.hf_split, cfg.group_col,
+                    cfg.convert)
+
+
 def base_config(cfg: W2SConfig) -> dict:
+    """The semantic config of a grid plus the task's content fingerprint (reloaded only when an input changed)."""
     d = dataclasses.asdict(cfg)
-    return {k: v for k, v in d.items() if k not in NON_SEMANTIC}
+    return {**{k: v for k, v in d.items() if k not in NON_SEMANTIC}, "task_fp": task_fingerprint(task_spec(cfg))}
 
 
 def cell_config(cfg: W2SConfig, cell: Cell) -> dict:
@@ -70,7 +89,7 @@ class Experiment:
     def __init__(self, cfg: W2SConfig, store: RunStore | None = None):
         self.cfg = cfg
         # validate everything before the store is touched: bad input leaves nothing half-written
-        self.task: Task = load_task(TaskSpec(cfg.task, cfg.data, cfg.text_col, cfg.label_col, cfg.label_map, cfg.hf_split))
+        self.task: Task = load_task(task_spec(cfg))
         self.specs: dict[str, ModelSpec] = {m: resolve_model(m) for m in self.all_models()}
         self.fps = {m: spec.fingerprint() for m, spec in self.specs.items()}  # stats files: compute once
         for spec in self.specs.values():
@@ -80,21 +99,24 @@ class Experiment:
             raise SuperalignError("'human' can only be a weak supervisor", "use a transformer for --strong/--bootstrap-via")
         if "human" in cfg.weak and self.task.human_weak is None:
             raise SuperalignError(f"task {self.task.name} has no human weak labels", "use a model as --weak (e.g. bow)")
+        self.task_fp = self.task.fingerprint()
         self.store = store or RunStore(cfg.home)
         self.cache = StageCache(self.store.cache_dir)
-        self.task_fp = self.task.fingerprint()
         self._splits: dict[int, object] = {}
         self._feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._truncated: dict[str, np.ndarray] = {}  # model path → bool per task row (-1: not counted yet)
         self.encode_stats = EncodeStats()
 
     # ------------------------------------------------------------------ data
     def splits(self, seed: int):
         if seed not in self._splits:
-            self._splits[seed] = make_splits(self.task.labels, seed, tuple(self.cfg.split_fracs), self.cfg.max_examples)
+            self._splits[seed] = make_splits(self.task.labels, seed, tuple(self.cfg.split_fracs), self.cfg.max_examples,
+                                             groups=self.task.groups)
         return self._splits[seed]
 
     def split_key(self, seed: int) -> dict:
-        return {"task": self.task_fp, "fracs": list(self.cfg.split_fracs), "max": self.cfg.max_examples, "seed": seed}
+        return {"v": KEY_VERSION, "task": self.task_fp, "fracs": list(self.cfg.split_fracs), "max": self.cfg.max_examples,
+                "seed": seed}
 
     def all_models(self) -> list[str]:
         return list(dict.fromkeys([*self.cfg.weak, *self.cfg.strong, *self.cfg.bootstrap_via]))
@@ -126,11 +148,59 @@ class Experiment:
             raise SuperalignError(f"model {model!r}: layer {layer} but the model has {arr.shape[0] - 1}")
         return torch.from_numpy(arr[layer, np.searchsorted(union, idx)])
 
+    def n_truncated(self, model: str, seed: int) -> int:
+        """How many of the seed's rows (all four splits) are longer than --max-length tokens for ``model``
+        (0 for bow and human). Counted once per checkpoint and row; warns once per checkpoint and seed."""
+        spec = self.specs.get(model)
+        if spec is None or not spec.is_transformer:
+            return 0
+        idx = np.concatenate(list(self.splits(seed).as_dict().values()))
+        flags = self._truncated.setdefault(spec.path, np.full(len(self.task), -1, dtype=np.int8))
+        todo = idx[flags[idx] < 0]
+        if len(todo):
+            flags[todo] = count_truncated(spec, [self.task.texts[i] for i in todo], self.cfg.max_length,
+                                          self.cfg.trust_remote_code)
+            warn_truncated(model, int((flags[idx] > 0).sum()), len(idx), self.cfg.max_length, f"w2s seed {seed}")
+        return int((flags[idx] > 0).sum())
+
     # ------------------------------------------------------------------ models
     def _train_cfg(self, mode: str) -> TrainConfig:
         c = self.cfg
         return TrainConfig(c.epochs, c.lr, c.batch_size, c.weight_decay) if mode == "probe" else \
             TrainConfig(c.ft_epochs, c.ft_lr, c.batch_size, c.weight_decay)
+
+    def model_args(self, model: str, mode: str) -> dict:
+        """Exactly what training ``model`` in ``mode`` depends on besides its data (see train_and_predict)."""
+        if model in ("bow", "human"):  # fixed TF-IDF + logistic regression / the task's own labels
+            return {"model": model}
+        c = self.cfg
+        d = {"model": model, "fp": self.fps[model], "mode": mode, "train": dataclasses.asdict(self._train_cfg(mode)),
+             "max_length": c.max_length}
+        if mode == "last-n":
+            d["n_train_layers"] = c.n_train_layers
+        if mode == "lora":
+            d["lora_rank"] = c.lora_rank
+        return d
+
+    def loss_args(self, loss: str) -> dict:
+        """The loss and exactly the parameters it takes (see _loss)."""
+        c = self.cfg
+        if loss == "aux_conf":
+            return {"loss": loss, "alpha": c.aux_alpha, "warmup": c.aux_warmup}
+        if loss == "product":
+            return {"loss": loss, "beta": c.product_beta, "warmup": c.aux_warmup}
+        return {"loss": loss}
+
+    def weak_key(self, seed: int, weak: str) -> dict:
+        return {"stage": "weak", "split": self.split_key(seed), **self.model_args(weak, self.cfg.weak_mode)}
+
+    def boot_key(self, seed: int, weak: str, loss: str) -> dict:
+        # the intermediates train on soft labels: --hard-weak-labels only changes the final student's targets
+        return {"stage": "boot", "weak": self.weak_key(seed, weak), "loss": self.loss_args(loss),
+                "via": [self.model_args(m, self.cfg.mode) for m in self.cfg.bootstrap_via]}
+
+    def ceiling_key(self, seed: int, strong: str) -> dict:
+        return {"stage": "ceiling", "split": self.split_key(seed), **self.model_args(strong, self.cfg.mode)}
 
     def _inputs(self, model: str, mode: str, idx: np.ndarray):
         return self.features(model, idx) if mode == "probe" else [self.task.texts[i] for i in idx]
@@ -146,6 +216,8 @@ class Experiment:
                           predict: dict[str, np.ndarray], loss_fn=xent_loss, diag_val_labels=None, desc="train"):
         """Train ``model`` on (train_idx, soft targets), early-stop on (val_idx, val_targets), and return
         ({name: P(class 1) on predict[name]}, fit result, flops estimate, diagnostic predictions)."""
+        if mode != "probe":
+            self.n_truncated(model, seed)  # finetuning tokenizes raw texts: warn about what --max-length cuts
         x_tr = self._inputs(model, mode, train_idx)
         net = self._new_model(model, mode, x_tr, seed)
         res = fit(net, x_tr, targets, loss_fn, self._train_cfg(mode), seed, self._inputs(model, mode, val_idx),
@@ -172,9 +244,7 @@ class Experiment:
     def weak_stage(self, seed: int, weak: str) -> tuple[dict[str, np.ndarray], dict]:
         """Weak supervisor's P(class 1) on weak_label / val / test (cached)."""
         s = self.splits(seed)
-        key = {"stage": "weak", **self.split_key(seed), "model": weak, "fp": self.fps[weak],
-               "mode": self.cfg.weak_mode, "train": dataclasses.asdict(self._train_cfg(self.cfg.weak_mode)),
-               "max_length": self.cfg.max_length}
+        key = self.weak_key(seed, weak)
         hit = self.cache.get("weak", key)
         if hit:
             return hit[0], {**hit[1], "cached": True}
@@ -212,8 +282,7 @@ class Experiment:
         labels = {"weak_label": wp["weak_label"], "val": wp["val"]}
         if not self.cfg.bootstrap_via:
             return labels, 0.0
-        key = {"stage": "boot", **self.split_key(seed), "weak": weak, "via": self.cfg.bootstrap_via, "loss": loss,
-               "cfg": self._loss_cfg(), "mode": self.cfg.mode, "train": dataclasses.asdict(self._train_cfg(self.cfg.mode))}
+        key = self.boot_key(seed, weak, loss)
         hit = self.cache.get("boot", key)
         if hit:
             return hit[0], 0.0
@@ -237,9 +306,7 @@ class Experiment:
 
     def ceiling_stage(self, seed: int, strong: str) -> tuple[dict[str, np.ndarray], dict]:
         s = self.splits(seed)
-        key = {"stage": "ceiling", **self.split_key(seed), "model": strong, "fp": self.fps[strong],
-               "mode": self.cfg.mode, "train": dataclasses.asdict(self._train_cfg(self.cfg.mode)),
-               "n_train_layers": self.cfg.n_train_layers, "lora_rank": self.cfg.lora_rank, "max_length": self.cfg.max_length}
+        key = self.ceiling_key(seed, strong)
         hit = self.cache.get("ceiling", key)
         if hit:
             return hit[0], {**hit[1], "cached": True}
@@ -251,10 +318,6 @@ class Experiment:
                 "wall_s": time.perf_counter() - t0}
         self.cache.put("ceiling", key, preds, meta)
         return preds, {**meta, "cached": False}
-
-    def _loss_cfg(self) -> dict:
-        return {"aux_alpha": self.cfg.aux_alpha, "aux_warmup": self.cfg.aux_warmup, "product_beta": self.cfg.product_beta,
-                "hard": self.cfg.hard_weak_labels}
 
     def _loss(self, loss: str):
         if loss == "aux_conf":
@@ -288,12 +351,29 @@ class Experiment:
             # diagnostic only: early stopping on ground-truth validation labels (not available in a real W2S setting)
             "diag_gt_es_student_acc": accuracy(yt, diag["test"]) if diag else float("nan"),
             "diag_gt_es_best_epoch": res.diag_best_epoch,
-            "n_train": len(s.weak_label), "n_test": len(s.test),
+            "n_train": len(s.weak_label), **s.sizes(),
+            "n_dropped_balance": s.n_dropped_balance, "n_dropped_cap": s.n_dropped_cap,
+            "test_majority_rate": float(max(yt.mean(), 1 - yt.mean())),
             **agreement(yt, wp["test"], sp["test"]),
         }
-        m["pgr_acc"] = pgr(m["weak_acc"], m["student_acc"], m["ceiling_acc"], self.cfg.min_gap)
-        m["pgr_auroc"] = pgr(m["weak_auroc"], m["student_auroc"], m["ceiling_auroc"], self.cfg.min_gap)
+        for metric in ("acc", "auroc"):
+            value, note = pgr_checked(yt, m[f"weak_{metric}"], m[f"student_{metric}"], m[f"ceiling_{metric}"], metric,
+                                      self.cfg.min_gap)
+            m[f"pgr_{metric}"] = value
+            if note:
+                m[f"pgr_{metric}_note"] = note
         preds = {"y": yt.astype(np.int64), "p_weak": wp["test"], "p_student": sp["test"], "p_ceiling": cp["test"]}
+        if self.task.questions is not None:
+            q = self.task.questions[s.test]
+            for who in ("weak", "student", "ceiling"):
+                m[f"{who}_mc_acc"], m["n_mc_questions"] = multiple_choice_accuracy(yt, preds[f"p_{who}"], q)
+            preds["question"] = q.astype(np.int64)
+        if self.task.meta.get("label_map_dropped"):
+            m["n_dropped_label_map"] = self.task.meta["label_map_dropped"]
+        for who, model in (("weak", cell.weak), ("strong", cell.strong)):
+            m[f"n_truncated_{who}"] = self.n_truncated(model, cell.seed)
+        if self.cfg.bootstrap_via:
+            m["n_truncated_via"] = max(self.n_truncated(v, cell.seed) for v in self.cfg.bootstrap_via)
         if diag:
             preds["p_student_gt_es"] = diag["test"]
         compute = {
