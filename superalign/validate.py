@@ -235,15 +235,21 @@ def load_safetensors(path: str | os.PathLike, what: str = "checkpoint", fix: str
                               fix or "recreate it (rerun the command that wrote it)") from None
 
 
-def document_cli_overrides(base: type, overrides: dict[str, tuple[Any, Any, str]]):
-    """Class decorator for a CLI job deriving from a library config: appends to its docstring (its ``--help``
-    description) each default that differs from the library's, ``{field: (library, cli, why)}``, and keeps the
-    dict as ``cls.CLI_OVERRIDES`` (tests/test_config_defaults.py checks it is complete and true)."""
+def document_cli_overrides(base: type | tuple[type, ...], overrides: dict[str, tuple[Any, Any, str]]):
+    """Class decorator for a CLI job built on library configs (``base``: one dataclass or several, the first that
+    has a field gives its library default): appends to the job's docstring (its ``--help`` description) each default
+    that differs from the library's, ``{field: (library, cli, why)}``, and keeps them as ``cls.CLI_BASES`` and
+    ``cls.CLI_OVERRIDES`` (tests/test_config_defaults.py checks the list is complete and true)."""
+    bases = base if isinstance(base, tuple) else (base,)
+
+    def owner(name: str) -> str:
+        return next((b.__name__ for b in bases if name in {f.name for f in dataclasses.fields(b)}), "?")
+
     def deco(cls):
         cls.CLI_OVERRIDES = dict(overrides)
-        cls.CLI_BASE = base
+        cls.CLI_BASES = bases
         if overrides:
-            lines = "; ".join(f"{flag(k)} {cli!r} (library {base.__name__}: {lib!r}; {why})"
+            lines = "; ".join(f"{flag(k)} {cli!r} (library {owner(k)}: {lib!r}; {why})"
                               for k, (lib, cli, why) in overrides.items())
             cls.__doc__ = (cls.__doc__ or "").rstrip() + f" CLI defaults that differ from the library: {lines}."
         return cls

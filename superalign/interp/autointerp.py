@@ -21,6 +21,7 @@ import torch
 
 from ..errors import SuperalignError
 from ..runs.jobs import JobBase, _f, run_job, stored_result, write_text_atomic
+from ..validate import check_int, check_seed
 from .records import build_records, records_from_json, records_to_json, unit_activations
 
 SCORERS = ("simulation", "detection", "fuzzing", "embedding")
@@ -59,6 +60,14 @@ class ExplainJob(JobBase):
                 or self.n_score_top + self.n_random < 1:
             raise SuperalignError("record counts and window must be positive", "e.g. --n-explain 10 --n-score-top 5 "
                                   "--n-random 5 --window 24")
+        check_int("units", self.units, minimum=0 if self.unit_ids else 1, example=50)
+        for unit in self.unit_ids or ():
+            check_int("unit_ids", unit, minimum=0, example=3)
+        if self.unit_ids and len(set(self.unit_ids)) != len(self.unit_ids):
+            raise SuperalignError(f"--unit-ids repeats a unit: {self.unit_ids}", "pass each unit once")
+        check_int("max_new_tokens", self.max_new_tokens, example=40)
+        check_int("llm_concurrency", self.llm_concurrency, example=4)
+        check_seed("seed", self.seed)
 
 
 @dataclass
@@ -87,6 +96,10 @@ class ScoreJob(JobBase):
             raise SuperalignError(f"unknown scorer(s) {bad}", f"use any of {', '.join(SCORERS)}")
         if self.simulator not in SIMULATORS:
             raise SuperalignError(f"unknown simulator {self.simulator!r}", f"use one of {', '.join(SIMULATORS)}")
+        if len(set(self.scorers)) != len(self.scorers):
+            raise SuperalignError(f"--scorers repeats a scorer: {' '.join(self.scorers)}", "pass each scorer once")
+        check_int("llm_concurrency", self.llm_concurrency, example=4)
+        check_seed("seed", self.seed)
 
 
 def _without_permissions(key: dict) -> dict:

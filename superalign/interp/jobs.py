@@ -10,6 +10,13 @@ import torch
 
 from ..errors import SuperalignError
 from ..runs.jobs import JobBase, _f, run_job, stored_result
+from ..validate import (
+    check_fraction,
+    check_int,
+    check_nonempty,
+    check_nonnegative,
+    document_cli_overrides,
+)
 from .relu_sae import ReLUSAE, ReLUSAEConfig
 from .sae import SAEConfig, TopKSAE
 from .train_sae import SAETrainConfig, evaluate_sae, train_sae
@@ -26,13 +33,36 @@ class CacheJob(JobBase):
     hook: str = _f("layers.3", "hook point: embeddings or layers.<i> (output of block i)")
     max_length: int = _f(128, "tokens per text (longer texts are truncated)")
     batch_size: int = _f(32, "texts per forward pass")
-    limit: int | None = _f(None, "use at most this many texts")
+    limit: int | None = _f(None, "use at most this many texts (none: all)")
+
+    def __post_init__(self):
+        for name, example in (("model", "minilm"), ("texts", "textblob-subjectivity"), ("text_col", "text"),
+                              ("hook", "layers.3")):
+            check_nonempty(name, getattr(self, name), example)
+        check_int("max_length", self.max_length, minimum=2, example=128)
+        check_int("batch_size", self.batch_size, example=32)
+        check_int("limit", self.limit, example=1000, none_ok=True)
 
     def key(self) -> dict:
         # the corpus's content, not only its name, identifies the cache: an edited corpus file is a new run
         return {**super().key(), "texts": _corpus_ref(self.texts, fingerprint=True)}
 
 
+SAE_CLI_OVERRIDES = {
+    "batch_size": (4096, 1024, "the CLI's default cache (MiniLM over a small offline corpus) has ~10⁵ tokens: smaller "
+                               "batches give enough steps"),
+    "epochs": (1, 8, "the same small default cache: 8 passes reach a stable FVU (docs/interp.md)"),
+    "lr": (None, 1e-3, "Gao et al.'s scaled rate (None) is tuned for long runs; 1e-3 converges within 8 epochs on "
+                       "the default cache"),
+    "n_latents": (4096, 2048, "the default cache's 384-wide activations: 2048 latents is already 5× overcomplete"),
+    "dead_tokens": (10_000_000, 20000, "a small cache has far fewer than 10⁷ tokens: a latent silent for 20000 "
+                                       "counts as dead"),
+}
+"""CLI defaults of ``superalign interp sae`` that differ from the library's :class:`SAETrainConfig`,
+:class:`SAEConfig` and :class:`ReLUSAEConfig`: ``{field: (library, cli, why)}``."""
+
+
+@document_cli_overrides((SAETrainConfig, SAEConfig, ReLUSAEConfig), SAE_CLI_OVERRIDES)
 @dataclass
 class SAEJob(SAETrainConfig, JobBase):
     """Train a TopK (Gao et al. 2024) or ReLU + L1 (Anthropic, April 2024) SAE on cached activations; on a causal
@@ -56,14 +86,21 @@ class SAEJob(SAETrainConfig, JobBase):
         super().__post_init__()
         if not self.cache:
             raise SuperalignError("no activation cache given", "pass --cache DIR (from superalign interp cache)")
-        if not 0 < self.eval_frac < 1:
-            raise SuperalignError("eval_frac must be in (0, 1)", "pass e.g. --eval-frac 0.1")
+        check_fraction("eval_frac", self.eval_frac)
         if self.architecture not in ("topk", "relu"):
             raise SuperalignError(f"unknown SAE architecture {self.architecture!r}", "pass --architecture topk or relu")
         if not self.l1_coef >= 0:
             raise SuperalignError(f"l1_coef must be ≥ 0, got {self.l1_coef}", "pass e.g. --l1-coef 5")
-        if self.loss_recovered_texts < 0:
-            raise SuperalignError("loss_recovered_texts must be ≥ 0", "pass e.g. --loss-recovered-texts 64 (0: skip)")
+        check_nonnegative("l1_coef", self.l1_coef, example=5.0)
+        check_int("loss_recovered_texts", self.loss_recovered_texts, minimum=0, example=64)
+        check_int("n_latents", self.n_latents, example=2048)
+        check_int("k", self.k, example=32, maximum=self.n_latents if self.architecture == "topk" else None)
+        check_nonnegative("aux_coef", self.aux_coef, example=1 / 32)
+        check_int("dead_tokens", self.dead_tokens, example=20000)
+        check_int("multi_topk", self.multi_topk, minimum=0, example=4)
+        if self.architecture == "topk" and self.multi_topk * self.k > self.n_latents:
+            raise SuperalignError(f"--multi-topk {self.multi_topk} × --k {self.k} exceeds --n-latents "
+                                  f"{self.n_latents}", "lower --multi-topk or --k")
 
 
 def _texts(job: CacheJob) -> list[str]:

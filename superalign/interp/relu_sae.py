@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SuperalignError
-from ..validate import help_field
+from ..validate import check_nonnegative, help_field
 from .sae import EncoderOutput, ForwardOutput, TopKSAE, fvu, geometric_median, random_rows, read_checkpoint_cfg
 
 
@@ -56,6 +56,7 @@ class ReLUSAEConfig:
             raise SuperalignError("d_in and n_latents must be ≥ 1", "fix the SAE config")
         if not self.l1_coef >= 0:  # also rejects NaN
             raise SuperalignError(f"l1_coef must be ≥ 0, got {self.l1_coef}", "pass e.g. --l1-coef 5")
+        check_nonnegative("l1_coef", self.l1_coef, example=5.0)  # and finite
         if self.dead_tokens < 1:
             raise SuperalignError("dead_tokens must be ≥ 1", "pass e.g. --dead-tokens 20000")
 

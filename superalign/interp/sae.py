@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SuperalignError
-from ..validate import help_field
+from ..validate import check_int, check_nonnegative, help_field
 from .sparse_ops import gather_encode, sparse_decode, topk_encode
 
 
@@ -49,6 +49,11 @@ class SAEConfig:
             raise SuperalignError("d_in and n_latents must be ≥ 1", "fix the SAE config")
         if not 1 <= self.k <= self.n_latents:
             raise SuperalignError(f"k must be in 1..n_latents ({self.n_latents}), got {self.k}", "pass a smaller --k")
+        check_int("aux_k", self.aux_k, example=192, none_ok=True)
+        check_nonnegative("aux_coef", self.aux_coef, example=1 / 32)
+        check_int("dead_tokens", self.dead_tokens, example=10_000_000)
+        check_int("multi_topk", self.multi_topk, minimum=0, example=4)
+        check_nonnegative("multi_topk_coef", self.multi_topk_coef, example=1 / 8)
         if self.multi_topk and self.multi_topk * self.k > self.n_latents:
             raise SuperalignError("multi_topk · k exceeds n_latents", "lower --multi-topk or --k")
 

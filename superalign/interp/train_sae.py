@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import SuperalignError
-from ..validate import help_field
+from ..validate import check_int, check_positive, check_seed, help_field
 from .sae import TopKSAE, fvu, l0, lr_default
 
 
@@ -28,8 +28,13 @@ class SAETrainConfig:
     seed: int = help_field(0, "seed for initialisation and batch order")
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.epochs < 1:
-            raise SuperalignError("batch_size and epochs must be ≥ 1", "fix the SAE training config")
+        check_int("batch_size", self.batch_size, example=4096)
+        check_int("epochs", self.epochs)
+        check_positive("lr", self.lr, example=2e-4, none_ok=True)
+        check_positive("eps", self.eps, example=6.25e-10)
+        check_positive("max_grad_norm", self.max_grad_norm, example=1.0)
+        check_int("median_sample", self.median_sample, example=4096)
+        check_seed("seed", self.seed)
 
 
 class SAEFit(NamedTuple):

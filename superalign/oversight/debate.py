@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from ..errors import SuperalignError
-from ..validate import help_field
+from ..validate import check_finite, check_int, check_nonnegative, check_positive, check_seed, help_field
 from .judge import Judge, encode, judge_logits
 
 DEBATERS = ("greedy", "mcts")
@@ -109,6 +109,13 @@ class DebateConfig:
             raise SuperalignError(f"batch must be ≥ 1, got {self.batch}", "pass e.g. --batch 16")
         if not (self.c_puct >= 0 and self.temperature > 0):
             raise SuperalignError("c_puct must be ≥ 0 and temperature > 0", "pass e.g. --c-puct 1 --temperature 1")
+        check_finite("c_puct", self.c_puct, example=1.0)
+        check_nonnegative("c_puct", self.c_puct, example=1.0)
+        check_positive("temperature", self.temperature, example=1.0)
+        check_int("k", self.k, example=6)
+        check_int("rollouts", self.rollouts, example=100)
+        check_int("batch", self.batch, example=16)
+        check_seed("seed", self.seed)
 
 
 class Oracle(Protocol):

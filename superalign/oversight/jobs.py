@@ -12,6 +12,7 @@ import torch
 
 from ..errors import SuperalignError
 from ..runs.jobs import JobBase, _f, run_job, write_text_atomic
+from ..validate import check_device, check_int, check_nonempty
 from .debate import DebateConfig, check_images, run_debates
 from .judge import Images, JudgeConfig, judge_accuracy, resolve_device, load_images, load_judge, save_judge, train_judge
 
@@ -21,6 +22,10 @@ class TrainJudgeJob(JudgeConfig, JobBase):
     """Train the sparse-pixel judge (Irving et al. 2018): k random nonzero pixels per image, the paper's convnet."""
 
     threads: int = _f(0, "torch CPU threads (0: torch's default; 1 is fastest on a busy machine)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int("threads", self.threads, minimum=0, example=1)
 
 
 @dataclass
@@ -48,6 +53,11 @@ class DebateJob(DebateConfig, JobBase):
             raise SuperalignError("no judge given", "pass --judge DIR (from superalign debate train-judge)")
         if self.n_images < 1 or self.workers < 1:
             raise SuperalignError("n_images and workers must be ≥ 1", "pass e.g. --n-images 100 --workers 1")
+        check_nonempty("judge", self.judge, "DIR")
+        check_int("n_images", self.n_images, example=100)
+        check_int("workers", self.workers, example=1)
+        check_int("threads", self.threads, minimum=0, example=1)
+        check_device("device", self.device)
 
 
 def _threads(n: int) -> None:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import SuperalignError
-from ..validate import help_field
+from ..validate import check_device, check_int, check_positive, check_range, check_seed, help_field
 
 DATASETS = ("auto", "mnist", "digits")
 
@@ -67,6 +67,15 @@ class JudgeConfig:
             raise SuperalignError("max_train and max_test must be ≥ 0", "pass 0 for all images")
         if not (self.device in ("cpu", "auto") or self.device.startswith("cuda")):
             raise SuperalignError(f"unknown device {self.device!r}", "pass --device cpu, cuda or auto")
+        check_int("k", self.k, example=6)
+        check_int("epochs", self.epochs, example=30)
+        check_int("batch_size", self.batch_size, example=128)
+        check_positive("lr", self.lr, example=1e-4)
+        check_range("dropout", self.dropout, 0.0, 1.0, high_open=True, example=0.4)
+        check_int("max_train", self.max_train, minimum=0, example=0)
+        check_int("max_test", self.max_test, minimum=0, example=0)
+        check_seed("seed", self.seed)
+        check_device("device", self.device)
 
 
 def resolve_device(device: str) -> torch.device:

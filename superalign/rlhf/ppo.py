@@ -24,10 +24,25 @@ import numpy as np
 import torch
 
 from ..errors import SuperalignError
-from ..validate import (check_at_most, check_int, check_nonnegative, check_positive, check_range,
-                        check_seed, help_field)
-from .lm import (completion_batch, completion_logps, decode_responses, encode_prompts, left_pad, response_mask,
-                 sample, token_logprobs)
+from ..models.lm import (
+    completion_batch,
+    completion_logps,
+    decode_responses,
+    encode_prompts,
+    left_pad,
+    response_mask,
+    sample,
+    token_logprobs,
+)
+from ..validate import (
+    check_at_most,
+    check_int,
+    check_nonnegative,
+    check_positive,
+    check_range,
+    check_seed,
+    help_field,
+)
 from .reward import RewardModel, last_token_index
 
 # ----------------------------------------------------------------------------- formulas (each has a golden test)
