@@ -206,3 +206,44 @@ def test_interp_cache_recomputes_a_damaged_finished_cache(tiny_bert, tmp_path, d
     assert "is damaged" in caplog.text and again["artefacts"]["cache"] == folder and again["status"] == "done"
     assert_same(load_activations(folder), before)
     assert run_cache(job)["cached"]
+
+
+def test_interp_cache_job_interrupted_then_rerun_resumes(tiny_bert, tmp_path, monkeypatch):
+    """Through the job: the interrupted run is recorded as failed, leaves no temporary folder, and the rerun of the
+    same config resumes from the finished shards in the run's artefact folder to the uninterrupted result."""
+    import functools
+
+    import safetensors.torch
+
+    from superalign.interp.jobs import CacheJob, run_cache
+    from superalign.runs.store import RunStore
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    kw = {"model": f"hf:{tiny_bert}", "texts": str(corpus), "hook": "layers.1", "batch_size": 3, "progress": False}
+    monkeypatch.setattr(activations, "cache_activations",
+                        functools.partial(activations.cache_activations, shard_tokens=12))
+    ref = load_activations(run_cache(CacheJob(home=str(tmp_path / "ref"), **kw))["artefacts"]["cache"])
+    real_save, saves = safetensors.torch.save_file, []
+
+    def interrupted_save(*a, **k):
+        saves.append(1)
+        if len(saves) == 3:
+            raise KeyboardInterrupt
+        return real_save(*a, **k)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", interrupted_save)
+    job = CacheJob(home=str(tmp_path / "h"), **kw)
+    with pytest.raises(KeyboardInterrupt):
+        run_cache(job)
+    (row,) = RunStore(job.home).list(kind="interp-cache")
+    assert row["status"] in ("failed", "interrupted") and temporaries(tmp_path / "h") == []
+    assert (tmp_path / "h" / "artefacts" / row["id"] / ".acts.partial" / "progress.json").exists()
+    monkeypatch.setattr(safetensors.torch, "save_file", lambda *a, **k: (saves.append(1), real_save(*a, **k)))
+    saves.clear()
+    res = run_cache(job)
+    assert res["status"] == "done" and len(saves) == len(ref.meta["shards"]) - 2  # two shards were kept
+    got = load_activations(res["artefacts"]["cache"])
+    assert_same(got._replace(meta={}), ref._replace(meta={}))
+    assert {k: v for k, v in got.meta.items() if k != "texts_spec"} == \
+        {k: v for k, v in ref.meta.items() if k != "texts_spec"}
