@@ -143,9 +143,9 @@ class ReLUSAE(torch.nn.Module):
 
     @classmethod
     def load(cls, folder, expect_d_in: int | None = None) -> "ReLUSAE":
-        from safetensors.torch import load_file
+        from .sae import load_sae_state
 
         raw, folder = read_checkpoint_cfg(folder, expect_d_in, "relu")
         sae = cls(ReLUSAEConfig(**raw))
-        sae.load_state_dict(load_file(str(folder / "sae.safetensors")))
+        load_sae_state(sae, folder)
         return sae

@@ -228,11 +228,9 @@ class TopKSAE(torch.nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path, expect_d_in: int | None = None) -> "TopKSAE":
-        from safetensors.torch import load_file
-
         raw, folder = read_checkpoint_cfg(folder, expect_d_in, "topk")
         sae = cls(SAEConfig(**raw))
-        sae.load_state_dict(load_file(str(folder / "sae.safetensors")))
+        load_sae_state(sae, folder)
         return sae
 
 
@@ -240,20 +238,49 @@ def read_checkpoint_cfg(folder: str | Path, expect_d_in: int | None = None,
                         architecture: str | None = None) -> tuple[dict, Path]:
     """(config fields, folder) of an SAE checkpoint, checked: it is one, of ``architecture`` (when given), and its
     width is ``expect_d_in`` (when given). Checkpoints written before the ``architecture`` field are TopK."""
+    from ..validate import read_json_file
+
     folder = Path(folder)
+    fix = "pass a folder written by superalign interp sae (its `sae` artefact)"
     if not (folder / "cfg.json").exists() or not (folder / "sae.safetensors").exists():
-        raise SuperalignError(f"{folder} is not an SAE checkpoint (needs cfg.json and sae.safetensors)",
-                              "pass a folder written by superalign interp sae")
-    raw = json.loads((folder / "cfg.json").read_text())
+        raise SuperalignError(f"{folder} is not an SAE checkpoint (needs cfg.json and sae.safetensors)", fix)
+    raw = read_json_file(folder / "cfg.json", "SAE config", fix)
+    if not isinstance(raw, dict) or not {"d_in", "n_latents"} <= set(raw) or raw.get("kind", "sae") != "sae":
+        what = f"a {raw['kind']} checkpoint" if isinstance(raw, dict) and "kind" in raw else "not an SAE config"
+        raise SuperalignError(f"{folder / 'cfg.json'} is {what} (no d_in/n_latents)", fix)
     raw.pop("meta", None)
+    raw.pop("kind", None)
     arch = raw.pop("architecture", "topk")
     if architecture is not None and arch != architecture:
         raise SuperalignError(f"SAE in {folder} is a {arch} SAE, not {architecture}",
                               "load it with superalign.interp.sae.load_sae, which picks the class")
+    if architecture is not None:
+        from dataclasses import fields
+
+        from .relu_sae import ReLUSAEConfig
+
+        known = {f.name for f in fields(SAEConfig if architecture == "topk" else ReLUSAEConfig)}
+        if set(raw) - known:
+            raise SuperalignError(f"{folder / 'cfg.json'} has fields a {architecture} SAE does not know: "
+                                  f"{', '.join(sorted(set(raw) - known))}", "load it with the superalign version that "
+                                  "wrote it, or retrain the SAE")
     if expect_d_in is not None and expect_d_in != raw.get("d_in"):
         raise SuperalignError(f"SAE in {folder} expects inputs of width {raw.get('d_in')}, the activations have "
                               f"{expect_d_in}", "load the SAE trained on this model and hook point")
     return raw, folder
+
+
+def load_sae_state(sae: torch.nn.Module, folder: Path) -> None:
+    """Load ``sae.safetensors`` into ``sae``: a truncated file or one whose shapes disagree with cfg.json is a
+    one-line error naming the folder."""
+    from ..validate import load_safetensors
+
+    state = load_safetensors(folder / "sae.safetensors", "SAE weights", "retrain the SAE (the file is damaged)")
+    try:
+        sae.load_state_dict(state)
+    except RuntimeError as e:
+        raise SuperalignError(f"SAE weights in {folder} do not match its cfg.json "
+                              f"({str(e).splitlines()[-1].strip()[:120]})", "retrain the SAE") from None
 
 
 def load_sae(folder: str | Path, expect_d_in: int | None = None):
@@ -262,7 +289,9 @@ def load_sae(folder: str | Path, expect_d_in: int | None = None):
 
     classes = {"topk": TopKSAE, "relu": ReLUSAE}
     _, folder = read_checkpoint_cfg(folder, expect_d_in)  # the same checks and messages for every architecture
-    arch = json.loads((folder / "cfg.json").read_text()).get("architecture", "topk")
+    from ..validate import read_json_file
+
+    arch = read_json_file(folder / "cfg.json", "SAE config").get("architecture", "topk")
     if arch not in classes:
         raise SuperalignError(f"SAE in {folder} has unknown architecture {arch!r}",
                               f"use a checkpoint of one of: {', '.join(classes)}")

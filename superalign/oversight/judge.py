@@ -26,7 +26,16 @@ import torch
 from torch import nn
 
 from ..errors import SuperalignError
-from ..validate import check_device, check_int, check_positive, check_range, check_seed, help_field
+from ..validate import (
+    check_device,
+    check_int,
+    check_positive,
+    check_range,
+    check_seed,
+    help_field,
+    load_safetensors,
+    read_json_file,
+)
 
 DATASETS = ("auto", "mnist", "digits")
 
@@ -123,14 +132,7 @@ def load_images(dataset: str = "auto", data: str = "") -> Split:
         raise SuperalignError("MNIST not found (no --data and no $SUPERALIGN_DATA/mnist/mnist.npz)",
                               "pass --data PATH/mnist.npz or set SUPERALIGN_DATA, or use --dataset digits")
     if path is not None:
-        with np.load(path) as f:
-            missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
-            if missing:
-                raise SuperalignError(f"{path} lacks {', '.join(sorted(missing))}",
-                                      "pass an npz with keys x_train, y_train, x_test, y_test")
-            parts = [torch.from_numpy(f[k].astype(np.float32) / 255.0) if k[0] == "x"
-                     else torch.from_numpy(f[k].astype(np.int64)) for k in ("x_train", "y_train", "x_test", "y_test")]
-        return Split(Images(parts[0], parts[1]), Images(parts[2], parts[3]), "mnist")
+        return Split(*_read_mnist_npz(Path(path)), "mnist")
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -138,6 +140,49 @@ def load_images(dataset: str = "auto", data: str = "") -> Split:
     y = torch.from_numpy(d.target.astype(np.int64))
     n_test = len(x) // 5
     return Split(Images(x[:-n_test], y[:-n_test]), Images(x[-n_test:], y[-n_test:]), "digits")
+
+
+def _read_mnist_npz(path: Path) -> tuple[Images, Images]:
+    """(train, test) from an MNIST-style npz (x_* uint8 0–255 of shape (N, H, W), y_* labels 0–9); a garbage,
+    truncated or wrongly shaped file is a one-line error naming it."""
+    import zipfile
+
+    fix = "pass an npz with arrays x_train, y_train, x_test, y_test (MNIST's keras layout)"
+    if path.is_dir():
+        raise SuperalignError(f"--data {path} is a folder", "pass the mnist.npz file itself")
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise SuperalignError(f"{path} is a single .npy array, not an npz archive", fix)
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
+            if missing:
+                raise SuperalignError(f"{path} lacks {', '.join(sorted(missing))}", fix)
+            for k in ("x_train", "y_train", "x_test", "y_test"):
+                arrays[k] = f[k]
+    except SuperalignError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise SuperalignError(f"{path} is not a readable npz archive ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:100] if str(e) else 'truncated'})", fix) from None
+    split = []
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
+            raise SuperalignError(f"{path}: x_{part} has shape {x.shape} and y_{part} {y.shape}, expected (N, H, W) "
+                                  "and (N,) with N ≥ 1", fix)
+        if not (np.issubdtype(x.dtype, np.number) and np.issubdtype(y.dtype, np.integer)):
+            raise SuperalignError(f"{path}: x_{part} is {x.dtype} and y_{part} {y.dtype}", "images must be numbers "
+                                  "(0–255) and labels integers 0–9")
+        if y.min() < 0 or y.max() > 9:
+            raise SuperalignError(f"{path}: y_{part} has labels outside 0–9 ({y.min()}…{y.max()})", fix)
+        if not np.isfinite(x).all():
+            raise SuperalignError(f"{path}: x_{part} contains NaN or inf", "pass finite pixel values 0–255")
+        split.append(Images(torch.from_numpy(x.astype(np.float32) / 255.0), torch.from_numpy(y.astype(np.int64))))
+    if split[0].x.shape[1:] != split[1].x.shape[1:]:
+        raise SuperalignError(f"{path}: train images are {tuple(split[0].x.shape[1:])}, test images "
+                              f"{tuple(split[1].x.shape[1:])}", "pass train and test images of one size")
+    return split[0], split[1]
 
 
 def encode(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -254,7 +299,7 @@ def save_judge(judge: Judge, folder: str | Path, cfg: JudgeConfig | None = None,
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in judge.state_dict().items()}, str(folder / "model.safetensors"))
-    info = {"height": judge.height, "width": judge.width, "n_classes": judge.n_classes,
+    info = {"kind": JUDGE_KIND, "height": judge.height, "width": judge.width, "n_classes": judge.n_classes,
             "dropout": float(judge.head[2].p), "train": asdict(cfg) if cfg else None, **(meta or {})}
     tmp = folder / ".cfg.json.tmp"
     tmp.write_text(json.dumps(info, indent=2))
@@ -262,16 +307,50 @@ def save_judge(judge: Judge, folder: str | Path, cfg: JudgeConfig | None = None,
     return folder
 
 
-def load_judge(folder: str | Path) -> tuple[Judge, dict]:
-    """A judge saved by :func:`save_judge` (weights read with safetensors only: no pickle), in eval mode."""
-    from safetensors.torch import load_file
+JUDGE_KIND = "debate-judge"
+"""``kind`` in a judge's cfg.json (judges saved before it have none and are recognised by height/width)"""
 
+
+def load_judge(folder: str | Path) -> tuple[Judge, dict]:
+    """A judge saved by :func:`save_judge` (weights read with safetensors only: no pickle), in eval mode. A missing,
+    truncated or corrupt file, or another kind of checkpoint (an SAE, a reward model), is a one-line error."""
     folder = Path(folder)
+    fix = "train one with `superalign debate train-judge` and pass the `judge` folder it prints"
     if not (folder / "cfg.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise SuperalignError(f"no judge checkpoint in {folder} (needs cfg.json and model.safetensors)",
-                              "train one with `superalign debate train-judge` and pass its folder")
-    info = json.loads((folder / "cfg.json").read_text())
-    judge = Judge(info["height"], info["width"], info.get("dropout", 0.4), info.get("n_classes", 10))
-    judge.load_state_dict(load_file(str(folder / "model.safetensors")))
+        other = _checkpoint_kind(folder)
+        raise SuperalignError(f"no judge checkpoint in {folder} (needs cfg.json and model.safetensors"
+                              f"{'; it is ' + other if other else ''})", fix)
+    info = read_json_file(folder / "cfg.json", "judge config", fix)
+    if not isinstance(info, dict) or info.get("kind", JUDGE_KIND) != JUDGE_KIND:
+        kind = info.get("kind") if isinstance(info, dict) else type(info).__name__
+        raise SuperalignError(f"{folder} holds a {kind} checkpoint, not a judge", fix)
+    try:
+        height, width = int(info["height"]), int(info["width"])
+        dropout, n_classes = float(info.get("dropout", 0.4)), int(info.get("n_classes", 10))
+        if min(height, width) < 4 or n_classes < 2 or not 0 <= dropout < 1:
+            raise ValueError("out of range")
+    except (KeyError, TypeError, ValueError) as e:
+        raise SuperalignError(f"{folder / 'cfg.json'} is not a judge config ({type(e).__name__}: {e}; an SAE or "
+                              "other checkpoint?)", fix) from None
+    judge = Judge(height, width, dropout, n_classes)
+    state = load_safetensors(folder / "model.safetensors", "judge weights", "retrain the judge (the file is damaged)")
+    try:
+        judge.load_state_dict(state)
+    except RuntimeError as e:
+        raise SuperalignError(f"judge weights in {folder} do not match its cfg.json "
+                              f"({str(e).splitlines()[-1].strip()[:120]})", fix) from None
     judge.eval()
     return judge, info
+
+
+def _checkpoint_kind(folder: Path) -> str:
+    """What another superalign checkpoint folder is, for error messages ('' when unknown)."""
+    if (folder / "sae.safetensors").exists():
+        return "an SAE checkpoint"
+    if (folder / "reward_head.safetensors").exists():
+        return "a reward model"
+    if (folder / "config.json").exists():
+        return "a Hugging Face model"
+    if (folder / "meta.json").exists():
+        return "an activation cache"
+    return ""

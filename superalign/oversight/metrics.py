@@ -70,11 +70,14 @@ def ece(confidence: Sequence[float], correct: Sequence[bool], n_bins: int = 10) 
 
 def read_transcript(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(correct, confidence) arrays from a JSONL transcript; one-line errors name the bad line."""
+    from ..validate import read_text_utf8
+
     p = Path(path)
     if not p.is_file():
-        raise SuperalignError(f"transcript not found: {p}", "pass a JSONL file written by `superalign debate run`")
+        raise SuperalignError(f"transcript not found: {p}" if not p.is_dir() else f"transcript {p} is a folder",
+                              "pass a JSONL file written by `superalign debate run`")
     correct, conf = [], []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(read_text_utf8(p, "transcript").splitlines(), 1):
         if not line.strip():
             continue
         try:
