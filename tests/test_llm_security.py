@@ -240,6 +240,18 @@ def test_cache_is_keyed_without_the_key(serve, tmp_path, monkeypatch):
     assert len(s.calls) == 1
 
 
+def test_client_pickles_without_its_connection_pool(serve):
+    import pickle
+
+    s = serve()
+    llm = client(s.url)
+    llm.generate(["a"])
+    copy = pickle.loads(pickle.dumps(llm))
+    assert copy.generate(["b"]) == ["you sent Bearer *** to /v1/chat/completions"] and len(s.calls) == 2
+    assert KEY.encode() not in pickle.dumps(llm)
+    llm.close()
+
+
 def test_http_llm_options():
     assert http_llm_options("smollm2", "/h") == {}
     opts = http_llm_options("openai:gpt-x", "/h", 3, True)

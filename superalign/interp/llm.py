@@ -7,7 +7,7 @@ is read with teacher forcing (`echo_logprobs`). A local HF model can always do t
 /completions endpoint echoes prompt log-probs (vLLM does, OpenAI's chat models do not) — otherwise the simulator
 falls back to one request per token (`next_token_logprobs`).
 
-Backends: :class:`HFLocalLLM` (any Hugging Face causal LM, names as in :mod:`superalign.rlhf.lm`) and
+Backends: :class:`HFLocalLLM` (any Hugging Face causal LM, names as in :mod:`superalign.models`) and
 :class:`OpenAICompatLLM` (any OpenAI-compatible HTTP endpoint, over httpx). :func:`make_llm` picks one
 from a spec string.
 """
@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from ..errors import SuperalignError
-from ..rlhf.lm import left_pad, load_lm, model_inputs
+from ..models.lm import left_pad, load_lm, model_inputs
+from ..models.placement import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class LLM(ABC):
 class HFLocalLLM(LLM):
     """Any Hugging Face causal LM, run locally: ``smollm2``, ``testbed``, ``hf:<hub id or path>`` or a local folder.
 
-    Prompts are encoded as in RLHF (:func:`superalign.rlhf.lm.encode_prompts`): a tokenizer without a BOS token
+    Prompts are encoded as in RLHF (:func:`superalign.models.lm.encode_prompts`): a tokenizer without a BOS token
     (GPT-2 style) gets EOS in front, as in pretraining. A chat-rendered prompt that already starts with the BOS
     text gets no second one. Batches are left-padded with positions taken from the attention mask."""
 
@@ -116,11 +117,9 @@ class HFLocalLLM(LLM):
 
     def __init__(self, model: str, device: str = "cpu", dtype: torch.dtype | str | None = None, batch_size: int = 8,
                  trust_remote_code: bool = False, max_length: int | None = None):
-        dt = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
-        if dtype is not None and not isinstance(dt, torch.dtype):
-            raise SuperalignError(f"unknown dtype {dtype!r}", "use float32, bfloat16 or float16")
-        tok, lm = load_lm(model, trust_remote_code=trust_remote_code, dtype=dt or torch.float32)
-        self._setup(tok, lm, model, device, batch_size, max_length)
+        dev = resolve_device(device)  # 'auto' → a GPU when there is one
+        tok, lm = load_lm(model, trust_remote_code=trust_remote_code, dtype=dtype, device=dev)
+        self._setup(tok, lm, model, str(dev), batch_size, max_length)
 
     @classmethod
     def from_model(cls, tok, model, name: str = "custom", device: str | None = None, batch_size: int = 8,
@@ -394,6 +393,13 @@ class OpenAICompatLLM(LLM):
 
     def __repr__(self) -> str:
         return f"OpenAICompatLLM({self.name!r}, use_chat={self.use_chat}, echo={self.echo})"
+
+    def __getstate__(self) -> dict:
+        # picklable (worker processes, copies) without the connection pool and its lock, which are per process
+        return {k: v for k, v in self.__dict__.items() if k not in ("_http", "_http_lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _http=None, _http_lock=threading.Lock())
 
     def close(self) -> None:
         """Close the pooled connections (a later request opens new ones)."""
