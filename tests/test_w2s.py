@@ -16,7 +16,7 @@ FAST = dict(task="textblob-polarity", max_examples=600, epochs=5, n_boot=200, pr
 def test_run_end_to_end(home):
     res = w2s.run(home=str(home), weak="bow", strong="minilm-l2", loss=["xent", "aux_conf"], seed=[0, 1], **FAST)
     assert set(res.pgr) == {"xent", "aux_conf"}
-    for loss, est in res.pgr.items():
+    for est in res.pgr.values():
         assert est.metric == "acc" and len(est.per_seed) == 2
         assert math.isnan(est.value) or est.ci_low <= est.ci_high
     row = res.rows[0]
@@ -120,6 +120,38 @@ def test_ray_executor(tmp_path):
     finally:
         ray.shutdown()
     assert [r["status"] for r in res.records] == ["done", "done"]
-    local = w2s.sweep(home=str(tmp_path / "local"), weak=["bow"], strong=["minilm-l2"], loss=["xent"], seed=[0, 1], **FAST)
+    local = w2s.sweep(home=str(tmp_path / "local"), weak=["bow"], strong=["minilm-l2"], loss=["xent"], seed=[0, 1],
+                      **FAST)
     np.testing.assert_allclose([r["metrics"]["student_acc"] for r in res.records],
                                [r["metrics"]["student_acc"] for r in local.records])
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"seed": [-1]}, "--seed -1"), ({"seed": [2**32]}, "--seed"), ({"seed": [0, 0]}, "repeats a seed"),
+    ({"lr": 0.0}, "--lr"), ({"lr": float("nan")}, "--lr"), ({"ft_lr": -1e-5}, "--ft-lr"),
+    ({"ft_lr": float("inf")}, "--ft-lr"),
+    ({"epochs": 0}, "--epochs"), ({"ft_epochs": 0}, "--ft-epochs"), ({"batch_size": 0}, "--batch-size"),
+    ({"n_boot": 0}, "--n-boot"), ({"max_examples": 10}, "--max-examples"), ({"max_length": 0}, "--max-length"),
+    ({"lora_rank": 0}, "--lora-rank"), ({"n_train_layers": 0}, "--n-train-layers"),
+    ({"split_fracs": [0.5, 0.5]}, "--split-fracs"), ({"split_fracs": [0.5, 0.5, 0.1, 0.1]}, "--split-fracs"),
+    ({"split_fracs": [0.0, 0.5, 0.3, 0.2]}, "--split-fracs"), ({"split_fracs": [1.5, 0.1, 0.1, 0.1]}, "--split-fracs"),
+    ({"min_gap": -0.1}, "--min-gap"), ({"min_gap": float("nan")}, "--min-gap"),
+    ({"aux_alpha": 1.5}, "--aux-alpha"), ({"aux_warmup": -0.1}, "--aux-warmup"),
+    ({"product_beta": -1.0}, "--product-beta"), ({"weight_decay": float("nan")}, "--weight-decay"),
+    ({"device": "cuda:99"}, "--device"), ({"device": "tpu"}, "--device"), ({"device": "cuda:x"}, "--device"),
+    ({"convert": "nope"}, "--convert"), ({"group_col": "q"}, "--group-col"),
+])
+def test_config_validation(tmp_path, kw, match):
+    with pytest.raises(SuperalignError, match=match) as e:
+        w2s.run(home=str(tmp_path / "h"), progress=False, **kw)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "h").exists()
+
+
+def test_split_fracs_may_sum_below_one():
+    from superalign.data import make_splits
+
+    y = np.array([0, 1] * 200)
+    s = make_splits(y, 0, fractions=(0.2, 0.2, 0.1, 0.1))
+    assert [len(v) for v in s.as_dict().values()] == [80, 80, 40, 40] and s.n_dropped_cap == 160
+    w2s.W2SConfig(split_fracs=[0.2, 0.2, 0.1, 0.1])

@@ -81,13 +81,13 @@ def test_edited_file_changes_task_and_run_identity(tmp_path):
     assert task_fingerprint(TaskSpec(f"file:{p}")) != fp1 and cell_run_id(cfg, cell) != rid1
 
 
-def test_edited_file_gives_fresh_results_not_stale(tmp_path):
+def test_edited_file_gives_fresh_results_not_stale(tmp_path, tiny_bert):
     from superalign.data import load_task as lt
 
     tb = lt("textblob-polarity")
     rows = [{"text": t, "label": int(y)} for t, y in zip(tb.texts[:400], tb.labels[:400].tolist())]
     p = _write(tmp_path / "data.jsonl", rows)
-    kw = dict(task=f"file:{p}", home=str(tmp_path / "h"), weak="bow", strong="minilm-l1", loss=["xent"], seed=[0],
+    kw = dict(task=f"file:{p}", home=str(tmp_path / "h"), weak="bow", strong=f"hf:{tiny_bert}", loss=["xent"], seed=[0],
               max_examples=200, epochs=3, n_boot=20, progress=False)
     a = w2s.run(**kw).records[0]
     _write(p, [{"text": r["text"], "label": 1 - r["label"]} for r in rows[:300]])  # flipped labels, fewer rows

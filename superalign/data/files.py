@@ -63,4 +63,5 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise
     except Exception as e:  # pandas/pyarrow parse errors
         raise SuperalignError(f"could not read {p}: {type(e).__name__}: {e}", "check the file format") from None
-    raise SuperalignError(f"unsupported data file type {p.suffix!r} for {p}", "use .jsonl, .json, .csv, .tsv or .parquet")
+    raise SuperalignError(f"unsupported data file type {p.suffix!r} for {p}",
+                          "use .jsonl, .json, .csv, .tsv or .parquet")

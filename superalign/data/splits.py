@@ -73,7 +73,8 @@ def make_splits(labels: np.ndarray, seed: int, fractions=(0.3, 0.4, 0.1, 0.2), m
             idx = rng.choice(idx, max_examples, replace=False)
     idx = rng.permutation(idx)
     if len(idx) < 40:
-        raise SuperalignError(f"only {len(idx)} usable examples after balancing", "a weak-to-strong run needs at least 40")
+        raise SuperalignError(f"only {len(idx)} usable examples after balancing",
+                              "a weak-to-strong run needs at least 40")
     ends = _cut(len(idx), fractions)
     parts = np.split(idx[:ends[-1]], ends[:3])
     return Splits(*parts, n_dropped_balance=len(labels) - n_balanced, n_dropped_cap=n_balanced - ends[-1])

@@ -17,9 +17,9 @@ import os
 import random
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -50,7 +50,8 @@ class Task:
     def __post_init__(self):
         validate_binary(self.name, self.texts, self.labels)
         if self.human_weak is not None and len(self.human_weak) != len(self.texts):
-            raise SuperalignError(f"task {self.name}: human_weak has {len(self.human_weak)} rows, texts {len(self.texts)}")
+            raise SuperalignError(f"task {self.name}: human_weak has {len(self.human_weak)} rows, "
+                                  f"texts {len(self.texts)}")
         for name in ("groups", "questions"):
             v = getattr(self, name)
             if v is not None:
@@ -147,7 +148,8 @@ def load_task(spec: TaskSpec | str) -> Task:
         loader = _file_task
     else:
         raise SuperalignError(f"unknown task {name!r}",
-                              f"use one of {', '.join(sorted(_REGISTRY))}, hf:<dataset>, or file:<path.jsonl|csv|parquet>")
+                              f"use one of {', '.join(sorted(_REGISTRY))}, hf:<dataset>, "
+                              "or file:<path.jsonl|csv|parquet>")
     with recording_sources() as sources:
         task = loader(spec)
     task.meta["sources"] = {**sources, **task.meta.get("sources", {})}
@@ -251,7 +253,8 @@ def _shared(spec: TaskSpec, sub: str, files: list[str]) -> pd.DataFrame:
     frames = []
     for f in files:
         if not (root / f).exists():
-            raise SuperalignError(f"task {spec.name}: {root / f} is missing", "point --data at the shared datasets folder")
+            raise SuperalignError(f"task {spec.name}: {root / f} is missing",
+                                  "point --data at the shared datasets folder")
         frames.append(read_table(root / f))
     return pd.concat(frames, ignore_index=True)
 
@@ -321,8 +324,8 @@ def expand_sciq(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for i, r in enumerate(df.itertuples(index=False)):
         d = getattr(r, f"distractor{1 + i % 3}")
-        rows.append({"text": f"Q: {r.question} A: {r.correct_answer}", "label": 1, "group": str(r.question), "question": i})
-        rows.append({"text": f"Q: {r.question} A: {d}", "label": 0, "group": str(r.question), "question": i})
+        for answer, y in ((r.correct_answer, 1), (d, 0)):
+            rows.append({"text": f"Q: {r.question} A: {answer}", "label": y, "group": str(r.question), "question": i})
     return pd.DataFrame(rows)
 
 
@@ -342,7 +345,8 @@ def expand_cosmos_qa(df: pd.DataFrame) -> pd.DataFrame:
 def expand_preferences(df: pd.DataFrame) -> pd.DataFrame:
     """Anthropic/hh-rlhf style chosen/rejected transcripts: chosen = 1, rejected = 0; a pair is one group."""
     return pd.DataFrame([{"text": t, "label": y, "group": i, "question": i}
-                         for i, r in enumerate(df.itertuples(index=False)) for t, y in ((r.chosen, 1), (r.rejected, 0))])
+                         for i, r in enumerate(df.itertuples(index=False))
+                         for t, y in ((r.chosen, 1), (r.rejected, 0))])
 
 
 # Named conversions (``--convert``) with the columns each needs; hub datasets of these names convert by default.
@@ -433,7 +437,8 @@ def _frame_to_task(name: str, df: pd.DataFrame, spec: TaskSpec, defaults: dict |
                               "values", "give every row a group id")
     y = df[label_col]
     if y.isna().any():
-        raise SuperalignError(f"task {name}: label column {label_col!r} has NaN (first at row {int(y.isna().values.argmax())})",
+        raise SuperalignError(f"task {name}: label column {label_col!r} has NaN "
+                              f"(first at row {int(y.isna().values.argmax())})",
                               "drop or fix those rows")
     meta: dict = {}
     if spec.label_map:
@@ -460,7 +465,8 @@ def _frame_to_task(name: str, df: pd.DataFrame, spec: TaskSpec, defaults: dict |
                 questions=questions)
 
 
-def _convert_or_columns(name: str, df: pd.DataFrame, spec: TaskSpec, conversion: str | None) -> tuple[pd.DataFrame, dict | None]:
+def _convert_or_columns(name: str, df: pd.DataFrame, spec: TaskSpec,
+                        conversion: str | None) -> tuple[pd.DataFrame, dict | None]:
     if conversion is None:
         return df, None
     if spec.text_col or spec.label_col:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import math
+from dataclasses import dataclass, field
 
 from ..data.tasks import CONVERSIONS
 from ..errors import SuperalignError
@@ -18,12 +17,14 @@ CONVERSION_NAMES = tuple(CONVERSIONS)
 class W2SConfig:
     """A grid of weak-to-strong runs: every (weak, strong, loss, seed) combination on one task."""
 
-    task: str = field(default="textblob-polarity", metadata={"help": "task name (see `superalign tasks`), hf:<dataset>, or file:<path>"})
+    task: str = field(default="textblob-polarity",
+                      metadata={"help": "task name (see `superalign tasks`), hf:<dataset>, or file:<path>"})
     weak: list[str] = field(default_factory=lambda: ["bow"], metadata={"help": "weak supervisor model(s)"})
     strong: list[str] = field(default_factory=lambda: ["minilm-l6"], metadata={"help": "strong student model(s)"})
     loss: list[str] = field(default_factory=lambda: ["xent", "aux_conf", "product"],
                             metadata={"help": f"student loss(es): {', '.join(LOSSES)}"})
-    seed: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "seed(s); each seed re-splits the data"})
+    seed: list[int] = field(default_factory=lambda: [0, 1, 2],
+                            metadata={"help": "seed(s) in [0, 2**32), each once; each seed re-splits the data"})
     data: str | None = field(default=None, metadata={"help": "shared datasets folder (else $SUPERALIGN_DATA)"})
     text_col: list[str] | None = field(default=None, metadata={"help": "text column(s) of a file:/hf: task, joined"})
     label_col: str | None = field(default=None, metadata={"help": "0/1 label column of a file:/hf: task"})
@@ -40,9 +41,11 @@ class W2SConfig:
     max_examples: int = field(default=6000, metadata={"help": "cap on examples after class balancing"})
     split_fracs: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.1, 0.2],
                                      metadata={"help": "weak-train, weak-label, validation, test fractions"})
-    mode: str = field(default="probe", metadata={"help": f"how the strong student and ceiling train: {', '.join(MODES)}",
+    mode: str = field(default="probe", metadata={"help": f"how the strong student and ceiling train: "
+                                                         f"{', '.join(MODES)}",
                                                  "choices": MODES})
-    weak_mode: str = field(default="probe", metadata={"help": "how a transformer weak supervisor trains", "choices": MODES})
+    weak_mode: str = field(default="probe",
+                           metadata={"help": "how a transformer weak supervisor trains", "choices": MODES})
     n_train_layers: int = field(default=1, metadata={"help": "blocks finetuned in mode last-n"})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank in mode lora"})
     epochs: int = field(default=20, metadata={"help": "epochs for probes"})
@@ -51,7 +54,8 @@ class W2SConfig:
     ft_lr: float = field(default=5e-5, metadata={"help": "learning rate when finetuning a transformer (paper: 5e-5)"})
     batch_size: int = field(default=32, metadata={"help": "minibatch size (paper: 32)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    aux_alpha: float = field(default=0.75, metadata={"help": "final α of aux_conf (paper: 0.75 largest students, else 0.5)"})
+    aux_alpha: float = field(default=0.75,
+                             metadata={"help": "final α of aux_conf (paper: 0.75 largest students, else 0.5)"})
     aux_warmup: float = field(default=0.2, metadata={"help": "share of training over which α ramps up from 0"})
     product_beta: float = field(default=1.0, metadata={"help": "final β of the product loss"})
     bootstrap_via: list[str] = field(default_factory=list,
@@ -61,7 +65,8 @@ class W2SConfig:
     device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto"})
     n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples for CIs"})
     min_gap: float = field(default=0.02, metadata={"help": "PGR is undefined when |ceiling − weak| is below this"})
-    home: str | None = field(default=None, metadata={"help": "run store folder (else $SUPERALIGN_HOME or ./superalign_runs)"})
+    home: str | None = field(default=None,
+                             metadata={"help": "run store folder (else $SUPERALIGN_HOME or ./superalign_runs)"})
     executor: str = field(default="local", metadata={"help": "local or ray", "choices": ("local", "ray")})
     address: str | None = field(default=None, metadata={"help": "Ray cluster address (executor ray); none = local Ray"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow custom model code from the hub"})
@@ -73,16 +78,17 @@ class W2SConfig:
             v = getattr(self, name)
             if isinstance(v, (str, int, float)):
                 setattr(self, name, [v])
-        for l in self.loss:
-            if l not in LOSSES:
-                raise SuperalignError(f"unknown loss {l!r}", f"use one of {', '.join(LOSSES)}")
+        for loss in self.loss:
+            if loss not in LOSSES:
+                raise SuperalignError(f"unknown loss {loss!r}", f"use one of {', '.join(LOSSES)}")
         if not self.weak or not self.strong or not self.loss or not self.seed:
             raise SuperalignError("weak, strong, loss and seed each need at least one value")
         if "human" in self.strong or "bow" in self.strong:
             raise SuperalignError("the strong student must be a transformer", "use e.g. --strong minilm-l6")
         for m in ("mode", "weak_mode"):
             if getattr(self, m) not in MODES:
-                raise SuperalignError(f"unknown --{m.replace('_', '-')} {getattr(self, m)!r}", f"use one of {', '.join(MODES)}")
+                raise SuperalignError(f"unknown --{m.replace('_', '-')} {getattr(self, m)!r}",
+                                      f"use one of {', '.join(MODES)}")
         for sd in self.seed:
             if isinstance(sd, bool) or not isinstance(sd, int) or not 0 <= sd < 2**32:
                 raise SuperalignError(f"--seed {sd!r} must be an integer in [0, 2**32)", "pass e.g. --seed 0 1 2")
@@ -97,7 +103,7 @@ class W2SConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise SuperalignError(f"--{name.replace('_', '-')} {v!r} must be an integer ≥ 1",
-                                      f"pass e.g. --{name.replace('_', '-')} {W2SConfig.__dataclass_fields__[name].default}")
+                                      f"pass e.g. --{name.replace('_', '-')} {_default(name)}")
         if isinstance(self.max_examples, bool) or not isinstance(self.max_examples, int) or self.max_examples < 40:
             raise SuperalignError(f"--max-examples {self.max_examples!r} must be an integer ≥ 40",
                                   "a weak-to-strong run needs at least 40 examples; pass e.g. --max-examples 6000")
@@ -112,12 +118,12 @@ class W2SConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise SuperalignError(f"--{name.replace('_', '-')} {v!r} must be a finite number ≥ 0",
-                                      f"pass e.g. --{name.replace('_', '-')} {W2SConfig.__dataclass_fields__[name].default}")
+                                      f"pass e.g. --{name.replace('_', '-')} {_default(name)}")
         for name in ("aux_alpha", "aux_warmup"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 <= v <= 1):
                 raise SuperalignError(f"--{name.replace('_', '-')} {v!r} must be in [0, 1]",
-                                      f"pass e.g. --{name.replace('_', '-')} {W2SConfig.__dataclass_fields__[name].default}")
+                                      f"pass e.g. --{name.replace('_', '-')} {_default(name)}")
         if self.executor not in ("local", "ray"):
             raise SuperalignError(f"unknown executor {self.executor!r}", "use local or ray")
         if self.convert is not None and self.convert not in CONVERSION_NAMES:
@@ -128,6 +134,10 @@ class W2SConfig:
             raise SuperalignError(f"--label-map must be a JSON object, got {self.label_map!r}",
                                   "pass e.g. --label-map '{\"neg\": 0, \"pos\": 1, \"neutral\": null}'")
         self.device = check_device(self.device)
+
+
+def _default(name: str):
+    return W2SConfig.__dataclass_fields__[name].default
 
 
 def check_device(device: str) -> str:

@@ -25,7 +25,6 @@ from scipy.stats import rankdata
 
 from ..train.metrics import percentile_ci
 
-
 Z_ONE_SIDED = 1.645
 
 
@@ -130,7 +129,8 @@ def bootstrap_pgr(seeds: list[dict], metric: str = "acc", n_boot: int = 1000, mi
     w, st, c = pts.mean(0)
     chance_note = not_above_chance(w, c, pooled_chance([chance_level(s["y"], metric) for s in seeds]), metric)
     value = float("nan") if chance_note else pgr(w, st, c, min_gap=min_gap)
-    note = chance_note or ("" if np.isfinite(value) else f"ceiling−weak gap {c - w:+.3f} below {min_gap}: PGR undefined")
+    gap_note = f"ceiling−weak gap {c - w:+.3f} below {min_gap}: PGR undefined"
+    note = chance_note or ("" if np.isfinite(value) else gap_note)
     rng = np.random.default_rng(rng_seed)
     S = len(seeds)
     boot = np.empty((S, 3, n_boot))

@@ -34,8 +34,8 @@ from ..models.features import EncodeStats, count_truncated, encode_texts, warn_t
 from ..models.registry import ModelSpec, load_config, resolve_model
 from ..runs.cache import StageCache
 from ..runs.store import RunStore, run_id
-from ..train.losses import get_loss, xent_loss
 from ..train.loop import TrainConfig, fit, load_state
+from ..train.losses import get_loss, xent_loss
 from ..train.metrics import accuracy, auroc
 from ..train.students import LinearProbe, TextClassifier, predict_proba
 from .config import W2SConfig
@@ -61,7 +61,7 @@ class Cell:
 
 
 def cells(cfg: W2SConfig) -> list[Cell]:
-    return [Cell(w, s, l, sd) for sd in cfg.seed for w in cfg.weak for s in cfg.strong for l in cfg.loss]
+    return [Cell(w, s, loss, sd) for sd in cfg.seed for w in cfg.weak for s in cfg.strong for loss in cfg.loss]
 
 
 def task_spec(cfg: W2SConfig) -> TaskSpec:
@@ -96,7 +96,8 @@ class Experiment:
             if spec.is_transformer:
                 load_config(spec, cfg.trust_remote_code)  # an unknown hub id fails here, before the store
         if "human" in [*cfg.strong, *cfg.bootstrap_via]:
-            raise SuperalignError("'human' can only be a weak supervisor", "use a transformer for --strong/--bootstrap-via")
+            raise SuperalignError("'human' can only be a weak supervisor",
+                                  "use a transformer for --strong/--bootstrap-via")
         if "human" in cfg.weak and self.task.human_weak is None:
             raise SuperalignError(f"task {self.task.name} has no human weak labels", "use a model as --weak (e.g. bow)")
         self.task_fp = self.task.fingerprint()
@@ -115,8 +116,8 @@ class Experiment:
         return self._splits[seed]
 
     def split_key(self, seed: int) -> dict:
-        return {"v": KEY_VERSION, "task": self.task_fp, "fracs": list(self.cfg.split_fracs), "max": self.cfg.max_examples,
-                "seed": seed}
+        return {"v": KEY_VERSION, "task": self.task_fp, "fracs": list(self.cfg.split_fracs),
+                "max": self.cfg.max_examples, "seed": seed}
 
     def all_models(self) -> list[str]:
         return list(dict.fromkeys([*self.cfg.weak, *self.cfg.strong, *self.cfg.bootstrap_via]))
@@ -124,7 +125,8 @@ class Experiment:
     def prepare_features(self, seeds: list[int] | None = None) -> None:
         """Encode, once per model path, every text any of the seeds needs (cached per text on disk)."""
         c = self.cfg
-        need = [m for m in c.weak if c.weak_mode == "probe"] + ([*c.strong, *c.bootstrap_via] if c.mode == "probe" else [])
+        need = [m for m in c.weak if c.weak_mode == "probe"]
+        need += [*c.strong, *c.bootstrap_via] if c.mode == "probe" else []
         by_path = {self.specs[m].path: self.specs[m] for m in dict.fromkeys(need) if self.specs[m].is_transformer}
         if not by_path:
             return
@@ -254,7 +256,8 @@ class Experiment:
         flops = 0.0
         if weak == "human":
             if self.task.human_weak is None:
-                raise SuperalignError(f"task {self.task.name} has no human weak labels", "use a model as --weak (e.g. minilm-l1)")
+                raise SuperalignError(f"task {self.task.name} has no human weak labels",
+                                      "use a model as --weak (e.g. minilm-l1)")
             preds = {k: self.task.human_weak[v].astype(np.float64) for k, v in targets.items()}
         elif weak == "bow":
             from sklearn.feature_extraction.text import TfidfVectorizer
@@ -262,7 +265,8 @@ class Experiment:
             vec = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)
             xtr = vec.fit_transform([self.task.texts[i] for i in s.weak_train])
             clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(xtr, y[s.weak_train])
-            preds = {k: clf.predict_proba(vec.transform([self.task.texts[i] for i in v]))[:, 1] for k, v in targets.items()}
+            preds = {k: clf.predict_proba(vec.transform([self.task.texts[i] for i in v]))[:, 1]
+                     for k, v in targets.items()}
             flops = 6.0 * xtr.nnz * 100
         else:
             preds, _, flops, _ = self.train_and_predict(weak, self.cfg.weak_mode, seed, s.weak_train, y[s.weak_train],

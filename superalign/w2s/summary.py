@@ -10,6 +10,10 @@ import numpy as np
 from .pgr import bootstrap_pgr
 
 ROW_KEYS = ("task", "weak", "strong", "loss")
+MC_KEYS = ("weak_mc_acc", "student_mc_acc", "ceiling_mc_acc", "n_mc_questions")
+# per-seed counts, averaged over seeds: rows per split, rows class balancing dropped, truncated texts
+COUNT_KEYS = ("n_weak_train", "n_weak_label", "n_val", "n_test", "n_dropped_balance", "n_truncated_weak",
+              "n_truncated_strong")
 
 
 def summarize(records: list[dict], n_boot: int = 1000, min_gap: float = 0.02) -> list[dict]:
@@ -26,8 +30,8 @@ def summarize(records: list[dict], n_boot: int = 1000, min_gap: float = 0.02) ->
         row = dict(zip(ROW_KEYS, key))
         row["seeds"] = [r["config"]["seed"] for r in rs]
         for k in ("weak_acc", "student_acc", "ceiling_acc", "weak_auroc", "student_auroc", "ceiling_auroc",
-                  "agree_weak_correct", "agree_weak_wrong", "diag_gt_es_student_acc"):
-            vals = [r["metrics"].get(k, math.nan) for r in rs]
+                  "agree_weak_correct", "agree_weak_wrong", "diag_gt_es_student_acc", *MC_KEYS, *COUNT_KEYS):
+            vals = [math.nan if r["metrics"].get(k) is None else float(r["metrics"][k]) for r in rs]
             row[k] = float(np.nanmean(vals)) if not all(map(math.isnan, vals)) else math.nan
         for metric in ("acc", "auroc"):
             est = bootstrap_pgr(seeds, metric, n_boot=n_boot, min_gap=min_gap)
@@ -49,21 +53,46 @@ def _f(x: float, pct: bool = False) -> str:
     return f"{100 * x:.1f}" if pct else f"{x:.3f}"
 
 
+def _n(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0f}"
+
+
 def format_table(rows: list[dict]) -> str:
-    """A plain-text table: accuracies in %, PGR with its 95% CI (seeds × test examples bootstrap)."""
+    """A plain-text table: accuracies in %, PGR with its 95% CI (seeds × test examples bootstrap), rows per split
+    (weak-train/weak-label/val/test, mean over seeds) and rows dropped by class balancing; multiple-choice accuracy
+    columns when a task has groups. PGR is n/a, with a note under the table, when the weak supervisor or the
+    ceiling is not above chance or their gap is below --min-gap."""
+    mc = any(not math.isnan(r.get("weak_mc_acc", math.nan)) for r in rows)
     head = ["task", "weak", "strong", "loss", "seeds", "weak acc", "student acc", "ceiling acc", "PGR acc [95% CI]",
             "weak AUROC", "student AUROC", "ceiling AUROC", "PGR AUROC [95% CI]"]
+    if mc:
+        head += ["weak MC acc", "student MC acc", "ceiling MC acc"]
+    head += ["n wt/wl/val/test", "dropped"]
     body = []
     for r in rows:
         lo, hi = r["pgr_acc_ci"]
         alo, ahi = r["pgr_auroc_ci"]
-        body.append([r["task"], r["weak"], r["strong"], r["loss"], str(len(r["seeds"])), _f(r["weak_acc"], True),
-                     _f(r["student_acc"], True), _f(r["ceiling_acc"], True),
-                     f"{_f(r['pgr_acc'])} [{_f(lo)}, {_f(hi)}]", _f(r["weak_auroc"]), _f(r["student_auroc"]),
-                     _f(r["ceiling_auroc"]), f"{_f(r['pgr_auroc'])} [{_f(alo)}, {_f(ahi)}]"])
+        cells = [r["task"], r["weak"], r["strong"], r["loss"], str(len(r["seeds"])), _f(r["weak_acc"], True),
+                 _f(r["student_acc"], True), _f(r["ceiling_acc"], True),
+                 f"{_f(r['pgr_acc'])} [{_f(lo)}, {_f(hi)}]", _f(r["weak_auroc"]), _f(r["student_auroc"]),
+                 _f(r["ceiling_auroc"]), f"{_f(r['pgr_auroc'])} [{_f(alo)}, {_f(ahi)}]"]
+        if mc:
+            cells += [_f(r.get(k, math.nan), True) for k in MC_KEYS[:3]]
+        cells += ["/".join(_n(r.get(k, math.nan)) for k in COUNT_KEYS[:4]), _n(r.get("n_dropped_balance", math.nan))]
+        body.append(cells)
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
     notes = [f"note ({r['weak']}→{r['strong']}, {r['loss']}, PGR {k.split('_')[1]}): {r[k]}"
              for r in rows for k in ("pgr_acc_note", "pgr_auroc_note") if k in r]
+    for r in rows:
+        for metric in ("acc", "auroc"):
+            bad = [sd for sd, v in zip(r["seeds"], r[f"pgr_{metric}_per_seed"]) if math.isnan(v)]
+            if bad and f"pgr_{metric}_note" not in r:
+                notes.append(f"note ({r['weak']}→{r['strong']}, {r['loss']}, PGR {metric}): n/a for seed(s) {bad} "
+                             "(weak or ceiling not above chance there, or gap below --min-gap)")
+        trunc = max(r.get("n_truncated_weak", 0) or 0, r.get("n_truncated_strong", 0) or 0)
+        if trunc and not math.isnan(trunc):
+            notes.append(f"note ({r['weak']}→{r['strong']}): ~{trunc:.0f} texts per seed longer than --max-length "
+                         "were truncated")
     return "\n".join(out + notes)
