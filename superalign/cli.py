@@ -1,48 +1,23 @@
-"""The `superalign` command line. Flags of each job are generated from its config dataclass."""
+"""The `superalign` command line: one command per registered pillar (w2s, rlhf, interp, debate; see
+:mod:`superalign.pillars`), each job's flags generated from its config dataclass, plus `runs`, `report`, `tasks`
+and `models`."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import sys
 import time
+from pathlib import Path
 
 from .config import add_dataclass_args, from_args
 from .errors import SuperalignError
 
 
-def _w2s(ns: argparse.Namespace) -> int:
-    from .w2s import W2SConfig, run, sweep
-
-    cfg = from_args(W2SConfig, ns)
-    res = run(cfg) if ns.w2s_cmd == "run" else sweep(cfg)
-    print(res.table())
-    print()
-    for r in res.rows:
-        a = r["agree_weak_wrong"]
-        print(f"{r['weak']} → {r['strong']} [{r['loss']}]: student agrees with the supervisor on "
-              f"{_pct(r['agree_weak_correct'])} of weak-correct and {_pct(a)} of weak-wrong test examples; "
-              f"ground-truth early stopping (diagnostic only) would give {_pct(r['diag_gt_es_student_acc'])}")
-    print(f"\nstored: {res.store.db_path} (group {res.group_id}, {len(res.records)} runs); "
-          f"wall {res.wall_s:.1f} s. See `superalign runs list` and `superalign report`.")
-    return 0
-
-
-def _job(ns: argparse.Namespace) -> int:
-    """Run one job of any pillar (rlhf, interp, debate) and print its metrics, samples and artefacts."""
-    from .rlhf.jobs import JOBS
-    from .rlhf.overopt import OveroptJob, run_overopt
-
-    if getattr(ns, "debate_cmd", None):
-        from .oversight.jobs import JOBS as DEBATE_JOBS
-        cls, fn = DEBATE_JOBS[ns.debate_cmd]
-    elif getattr(ns, "interp_cmd", None):
-        from .interp.jobs import JOBS as INTERP_JOBS
-        cls, fn = INTERP_JOBS[ns.interp_cmd]
-    else:
-        cls, fn = (OveroptJob, run_overopt) if ns.rlhf_cmd == "overopt" else JOBS[ns.rlhf_cmd]
-    r = fn(from_args(cls, ns))
+def print_run(r: dict) -> None:
+    """The default way a job's result is shown: scalar metrics, the last samples, examples, artefacts, run id."""
     m = r["metrics"]
     scal = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     width = max(map(len, scal), default=0)
@@ -56,6 +31,15 @@ def _job(ns: argparse.Namespace) -> int:
         print(f"{k}: {v}")
     print(f"\nrun {r['id']} ({'already done: stored result' if r.get('cached') else 'stored'}); "
           "see `superalign runs show` and `superalign report`.")
+
+
+def _job(ns: argparse.Namespace) -> int:
+    """Run one job of any pillar: build its config from the flags, run it, show the result."""
+    from .pillars import resolve
+
+    job = ns._pillar_job
+    result = resolve(job.run)(from_args(job.config_class(), ns))
+    (resolve(job.show) if job.show is not None else print_run)(result)
     return 0
 
 
@@ -66,7 +50,7 @@ def _pct(x) -> str:
 def _runs(ns: argparse.Namespace) -> int:
     from .runs import RunStore
 
-    store = RunStore(ns.home)
+    store = RunStore(ns.home, create=False)  # read only: a missing store lists as empty, nothing is created
     if ns.runs_cmd == "list":
         rows = store.list(kind=ns.kind, status=ns.status)
         if not rows:
@@ -85,22 +69,25 @@ def _runs(ns: argparse.Namespace) -> int:
 
 
 def _summary(r: dict) -> str:
-    c, m = r["config"], r["metrics"]
-    if r["kind"] == "w2s":
-        return (f"{c['task']} {c['weak']}→{c['strong']} {c['loss']} seed={c['seed']} "
-                f"weak={_pct(m.get('weak_acc'))} student={_pct(m.get('student_acc'))} "
-                f"ceiling={_pct(m.get('ceiling_acc'))} pgr={m.get('pgr_acc', float('nan')):.3f}")
-    if r["kind"] == "w2s-sweep":
-        return f"{c.get('task')} {len(r['artefacts'].get('runs', []))} runs" + (f" error: {r['error']}" if r["error"] else "")
-    scal = {k: v for k, v in m.items() if isinstance(v, (int, float))}
-    return " ".join(f"{k}={v:.4g}" for k, v in list(scal.items())[:6])
+    """Key config and headline metrics of a run, as its pillar declares them for its kind."""
+    from .pillars import headline_metrics, key_config
+
+    def show(v) -> str:
+        if isinstance(v, float):
+            return "n/a" if math.isnan(v) else f"{v:.4g}"
+        return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    cfg = " ".join(f"{k}={show(v)}" for k, v in key_config(r, limit=6))
+    met = " ".join(f"{k}={show(v)}" for k, v in headline_metrics(r, limit=6))
+    err = f" error: {r['error'].splitlines()[-1][:120]}" if r.get("error") else ""
+    return f"{cfg} | {met}{err}" if cfg and met else f"{cfg}{met}{err}"
 
 
 def _report(ns: argparse.Namespace) -> int:
     from .runs import RunStore
     from .runs.report import write_report
 
-    store = RunStore(ns.home)
+    store = RunStore(ns.home, create=False)  # read only: a missing store reports as empty, nothing is created
     out = write_report(store, ns.out, kinds=ns.kind)
     print(f"wrote {out}")
     return 0
@@ -118,63 +105,43 @@ def _list(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _add_jobs(subparsers, jobs: dict) -> None:
-    """One subcommand per job: flags from its config dataclass, help from its docstring."""
-    for name, (cls, _) in jobs.items():
-        doc = (cls.__doc__ or name).strip()
-        sp = subparsers.add_parser(name, help=doc, description=doc)
-        add_dataclass_args(sp, cls)
-        sp.set_defaults(fn=_job)
+def _help(text: str) -> str:
+    """argparse %-formats help strings: a literal % must be doubled."""
+    return text.replace("%", "%%")
+
+
+def _add_pillar(sub, pillar) -> None:
+    """`superalign <pillar> <job|command>`: one subcommand per declared job (flags from its config) or command."""
+    from .pillars import resolve
+
+    pp = sub.add_parser(pillar.name, help=_help(pillar.help), description=pillar.help)
+    psub = pp.add_subparsers(dest=f"{pillar.name.replace('-', '_')}_cmd", required=True, metavar="COMMAND")
+    for job in pillar.jobs:
+        cls = job.config_class()
+        doc = (job.description or (cls.__doc__ or "").strip() or job.help)
+        sp = psub.add_parser(job.name, help=_help(job.help), description=doc)
+        add_dataclass_args(sp, cls, single=job.single)
+        sp.set_defaults(fn=_job, _pillar_job=job)
+    for cmd in pillar.commands:
+        sp = psub.add_parser(cmd.name, help=_help(cmd.help), description=cmd.description or cmd.help)
+        resolve(cmd.add_arguments)(sp)
+        sp.set_defaults(fn=resolve(cmd.run))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .w2s import W2SConfig
+    from .pillars import known_kinds, pillars
 
     p = argparse.ArgumentParser(prog="superalign", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    for pillar in pillars():
+        _add_pillar(sub, pillar)
 
-    w = sub.add_parser("w2s", help="weak-to-strong generalization (Burns et al. 2023)")
-    wsub = w.add_subparsers(dest="w2s_cmd", required=True)
-    for name, help_ in (("run", "one weak → strong pair: weak, student per loss, ceiling, PGR with 95%% CI"),
-                        ("sweep", "a grid over weak × strong × loss × seed; resumes, local or Ray")):
-        sp = wsub.add_parser(name, help=help_, description=help_)
-        add_dataclass_args(sp, W2SConfig)
-        sp.set_defaults(fn=_w2s)
-
-    from .rlhf.jobs import JOBS
-    from .rlhf.overopt import OveroptJob
-
-    rl = sub.add_parser("rlhf", help="RLHF: SFT, reward models, PPO, DPO, best-of-n, over-optimization")
-    rlsub = rl.add_subparsers(dest="rlhf_cmd", required=True)
-    helps = {"sft": "supervised finetuning on prompt/completion demonstrations",
-             "rm": "reward model from comparisons (Bradley–Terry, K-wise, reward at EOS, bias normalization)",
-             "ppo": "PPO against a reward model with a per-token KL penalty (InstructGPT)",
-             "dpo": "direct preference optimization (sigmoid loss)",
-             "bon": "best-of-n sampling against a reward model",
-             "overopt": "gold vs proxy reward against sqrt(KL) for best-of-n and PPO (Gao et al. 2022)"}
-    for name, cls in [(k, v[0]) for k, v in JOBS.items()] + [("overopt", OveroptJob)]:
-        sp = rlsub.add_parser(name, help=helps[name], description=(cls.__doc__ or helps[name]).strip())
-        add_dataclass_args(sp, cls)
-        sp.set_defaults(fn=_job)
-
-    from .interp.jobs import JOBS as INTERP_JOBS
-
-    ip = sub.add_parser("interp", help="automated interpretability: activation caches, sparse autoencoders, "
-                                       "explain → simulate → score")
-    _add_jobs(ip.add_subparsers(dest="interp_cmd", required=True), INTERP_JOBS)
-
-    from .oversight.jobs import JOBS as DEBATE_JOBS, add_report_parser
-
-    dp = sub.add_parser("debate", help="scalable oversight: debate on sparse-pixel MNIST judges (Irving et al. 2018)")
-    dsub = dp.add_subparsers(dest="debate_cmd", required=True)
-    _add_jobs(dsub, DEBATE_JOBS)
-    add_report_parser(dsub)
-
+    kinds = ", ".join(known_kinds())
     r = sub.add_parser("runs", help="list or show stored runs")
     rsub = r.add_subparsers(dest="runs_cmd", required=True)
-    rl = rsub.add_parser("list", help="one line per run")
-    rl.add_argument("--kind", help="only runs of this kind (w2s, w2s-sweep, ...)")
-    rl.add_argument("--status", choices=("running", "done", "failed"))
+    rl = rsub.add_parser("list", help="one line per run: id, kind, status, key config | headline metrics")
+    rl.add_argument("--kind", help=_help(f"only runs of this kind ({kinds}, ...)"))
+    rl.add_argument("--status", choices=("running", "done", "interrupted", "failed"))
     rs = rsub.add_parser("show", help="a run's config, metrics, artefacts and compute as JSON")
     rs.add_argument("id", help="run id (or a unique prefix)")
     for sp in (rl, rs):
@@ -183,13 +150,86 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="one self-contained HTML report of the run store")
     rep.add_argument("--out", default="superalign_report.html", help="output HTML file")
-    rep.add_argument("--kind", action="append", help="only runs of this kind (repeatable); default: all")
+    rep.add_argument("--kind", action="append", help=_help(f"only runs of this kind (repeatable: {kinds}, ...); "
+                                                           "default: all"))
     rep.add_argument("--home", help="run store folder (else $SUPERALIGN_HOME or ./superalign_runs)")
     rep.set_defaults(fn=_report)
 
     for name in ("tasks", "models"):
         sub.add_parser(name, help=f"list registered {name}").set_defaults(fn=_list)
     return p
+
+
+def _file_in_traceback(tb, suffixes: tuple[str, ...] = ()) -> str | None:
+    """The file an exception was raised while reading, when the exception does not name it (JSON, UTF-8 and
+    safetensors errors do not): the innermost frame's path-like local (a ``Path``, or a ``str`` under a path-ish
+    name) that is an existing file, preferring one with a matching suffix."""
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    fallback = None
+    for frame in reversed(frames):
+        for name, v in frame.f_locals.items():
+            if isinstance(v, Path) or (isinstance(v, str) and name in ("path", "filename", "file", "fname", "p")
+                                       and 0 < len(v) < 4096):
+                try:
+                    if not Path(v).is_file():
+                        continue
+                except (OSError, ValueError):
+                    continue
+                if not suffixes or str(v).endswith(suffixes):
+                    return str(v)
+                fallback = fallback or str(v)
+    return fallback
+
+
+_OS_FIXES = {
+    errno.EACCES: ("permission denied", "check its permissions or pass another path (--home, --out)"),
+    errno.EPERM: ("operation not permitted", "check its permissions or pass another path (--home, --out)"),
+    errno.EISDIR: ("is a folder where a file is expected", "pass a file path, or move the folder away"),
+    errno.ENOTDIR: ("has a file where a folder is expected in its path", "pass a path made of folders"),
+    errno.EROFS: ("is on a read-only file system", "pass a writable location (--home, --out)"),
+    errno.ENOSPC: ("no space left on the device", "free some space or pass another --home / --out"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or pass another --home / --out"),
+    errno.ENOENT: ("does not exist", "check the path"),
+    errno.ENAMETOOLONG: ("name is too long", "pass a shorter path"),
+}
+
+
+def storage_error(e: BaseException, ns: argparse.Namespace | None = None) -> str | None:
+    """A one-line ``<problem naming the file>; <fix>`` for storage and file errors (the environment, not a bug in
+    superalign), or None for anything else, which keeps its traceback."""
+    import sqlite3
+
+    if isinstance(e, OSError):
+        name = e.filename or _file_in_traceback(e.__traceback__)
+        if e.filename2:
+            name = f"{name} → {e.filename2}"
+        problem, fix = _OS_FIXES.get(e.errno, (e.strerror or str(e), "check the path and its permissions"))
+        where = f"{name}: " if name else ""
+        return f"{where}{problem} ({type(e).__name__}); {fix}"
+    if isinstance(e, sqlite3.DatabaseError):
+        from .runs.store import default_home
+        home = getattr(ns, "home", None)
+        db = (Path(home).expanduser() if home else default_home()) / "runs.db"
+        if isinstance(e, sqlite3.OperationalError):
+            return f"run store {db}: {e}; check the file and its folder, or pass another --home"
+        return (f"run store {db} is corrupt or not a database ({e}); move it aside (keep it for recovery) and "
+                "rerun, or pass another --home")
+    if isinstance(e, UnicodeDecodeError):
+        name = _file_in_traceback(e.__traceback__)
+        return (f"{name or 'a file read'} is not UTF-8 (byte {e.start}: {e.reason}); save it as UTF-8 text or pass "
+                "the right file")
+    if isinstance(e, json.JSONDecodeError):
+        name = _file_in_traceback(e.__traceback__, (".json", ".jsonl"))
+        return (f"{name or 'a JSON input'} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); fix or "
+                "re-create the file")
+    if type(e).__name__ == "SafetensorError":
+        name = _file_in_traceback(e.__traceback__, (".safetensors",))
+        return (f"{name or 'a safetensors file'} cannot be read as safetensors ({e}); it is damaged or not a "
+                "checkpoint: rerun the job that wrote it, or pass the right folder")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("superalign: interrupted; finished runs are saved — rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - storage and file errors become one line; any other is re-raised
+        msg = storage_error(e, ns)
+        if msg is None:
+            raise  # a bug in superalign: keep the traceback
+        print(f"superalign: error: {' '.join(msg.split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

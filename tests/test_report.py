@@ -7,8 +7,9 @@ import re
 import pytest
 
 from superalign.runs import RunStore
-from superalign.runs import report
+from superalign.runs import html, report
 from superalign.runs.report import write_report
+from superalign.w2s.report import plot_student_vs_weak
 
 EVIL = "<script>alert(1)</script>"
 EVIL_ESC = "&lt;script&gt;alert(1)&lt;/script&gt;"
@@ -96,6 +97,6 @@ def test_report_failure_keeps_old_file_and_no_temp(store, tmp_path, monkeypatch)
 
 
 def test_formatting():
-    assert report.fmt(NAN) == "n/a" and report.fmt(None) == "n/a" and report.fmt(0.5, pct=True) == "50.0"
-    assert report.fmt(EVIL) == EVIL_ESC and report.esc('"') == "&quot;"
-    assert report.plot_student_vs_weak([{**_row("t", "w", "l", NAN), "weak_acc": NAN}]) == ""
+    assert html.fmt(NAN) == "n/a" and html.fmt(None) == "n/a" and html.fmt(0.5, pct=True) == "50.0"
+    assert html.fmt(EVIL) == EVIL_ESC and html.esc('"') == "&quot;"
+    assert plot_student_vs_weak([{**_row("t", "w", "l", NAN), "weak_acc": NAN}]) == ""

@@ -6,13 +6,11 @@ numbers computed here, never copied from the data."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 
-from ..runs.report import _figure, _img, _mpl_safe, _table, esc, fmt, read_jsonl
+from ..runs.html import ArtefactError, esc, figure, fmt, img, mpl_safe, read_json, read_jsonl, table
 
 SAE_COLS = ("fvu", "l0", "dead_fraction_eval", "dense_fraction", "ce_loss_recovered", "kl_recovered", "tokens_per_s")
 SCORE_KEYS = ("ev_correlation", "rsquared", "detection_bacc", "fuzzing_bacc")
@@ -31,10 +29,13 @@ def highlight(tokens: list[str], acts: list[float], max_act: float) -> str:
 
 
 def _read_records(path: str | None) -> dict[int, dict]:
-    try:
-        return {int(r["unit"]): r for r in json.loads(Path(path).read_text(encoding="utf-8"))["records"]}
-    except (OSError, TypeError, KeyError, json.JSONDecodeError):
+    """unit → its record (top-activating contexts); {} when no records file was kept."""
+    data = read_json(path)
+    if data is None:
         return {}
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise ArtefactError(f"artefact {path} has no list of records: it is not a records file of superalign interp")
+    return {int(r["unit"]): r for r in data["records"]}
 
 
 def _sae_table(runs: list[dict]) -> str:
@@ -43,7 +44,7 @@ def _sae_table(runs: list[dict]) -> str:
         c, m = r.get("config") or {}, r.get("metrics") or {}
         rows.append([f"<code>{esc(r['id'][:16])}</code>", esc(c.get("architecture", "topk")), fmt(c.get("n_latents")),
                      fmt(c.get("k")), *[fmt(m.get(k)) for k in SAE_COLS]])
-    return _table(["run", "arch", "latents", "k", *SAE_COLS], rows, numeric=set(range(2, 4 + len(SAE_COLS))))
+    return table(["run", "arch", "latents", "k", *SAE_COLS], rows, numeric=set(range(2, 4 + len(SAE_COLS))))
 
 
 def _histograms(runs: list[dict]) -> str:
@@ -57,8 +58,8 @@ def _histograms(runs: list[dict]) -> str:
     keys = [k for k in SCORE_KEYS if any(k in x for _, rows in data for x in rows)]
     if not keys:
         return ""
-    with _mpl_safe():
-        fig, axes = _figure(3.4 * len(keys), 2.6, ncols=len(keys))
+    with mpl_safe():
+        fig, axes = figure(3.4 * len(keys), 2.6, ncols=len(keys))
         for ax, k in zip(axes, keys):
             for label, rows in data:
                 v = [x[k] for x in rows if isinstance(x.get(k), (int, float)) and math.isfinite(x[k])]
@@ -68,7 +69,7 @@ def _histograms(runs: list[dict]) -> str:
             ax.set_title(k, fontsize=9)
             ax.set_xlabel("score per unit")
             ax.legend(fontsize=6)
-        return _img(fig, "distribution of explanation scores")
+        return img(fig, "distribution of explanation scores")
 
 
 def _units(r: dict) -> str:
@@ -82,7 +83,7 @@ def _units(r: dict) -> str:
         ctx = "<br>".join(highlight(x["tokens"], x["acts"], rec.get("max_act", 0.0))
                           for x in rec.get("explain", [])[:MAX_RECORDS])
         rows.append([esc(s["unit"]), esc(s.get("explanation")), fmt(s.get("ev_correlation")), ctx])
-    return _table(["unit", "explanation", "ev_correlation", "top-activating contexts"], rows, numeric={0, 2})
+    return table(["unit", "explanation", "ev_correlation", "top-activating contexts"], rows, numeric={0, 2})
 
 
 def interp_section(runs: list[dict]) -> str:

@@ -127,7 +127,8 @@ def run_debate(job: DebateJob) -> dict:
     return run_job("debate", job, body)
 
 
-def _report(ns: argparse.Namespace) -> int:
+def report_command(ns: argparse.Namespace) -> int:
+    """`superalign debate report FILE…`: accuracy and calibration of each transcript file."""
     from .metrics import transcript_metrics
 
     for path in ns.transcripts:
@@ -136,14 +137,12 @@ def _report(ns: argparse.Namespace) -> int:
     return 0
 
 
-def add_report_parser(sub) -> None:
-    help_ = "judge accuracy (bootstrap 95% CI) and calibration (ECE, reliability bins) of JSONL transcripts"
-    rp = sub.add_parser("report", help=help_, description=help_ + " (lines with judge, answer, probability)")
+def add_report_arguments(rp: argparse.ArgumentParser) -> None:
+    """The arguments of `superalign debate report` (declared in :mod:`superalign.oversight.pillar`)."""
     rp.add_argument("transcripts", nargs="+", help="JSONL transcript files")
     rp.add_argument("--n-bins", type=int, default=10, help="confidence bins (default: 10)")
     rp.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: 1000)")
     rp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-    rp.set_defaults(fn=_report)
 
 
 JOBS = {"train-judge": (TrainJudgeJob, run_train_judge), "run": (DebateJob, run_debate)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..runs.report import _figure, _img, _mpl_safe, _table, esc, fmt, read_jsonl
+from ..runs.html import esc, figure, fmt, img, mpl_safe, read_jsonl, table
 from .metrics import reliability
 
 MAX_GAMES = 8  # deciding games drawn per debate run
@@ -22,14 +22,15 @@ def _debate_table(runs: list[dict]) -> str:
     rows = []
     for r in runs:
         c, m = r.get("config") or {}, r.get("metrics") or {}
-        debater = esc(c.get("debater")) + (f" ({fmt(c.get('rollouts'))} rollouts)" if c.get("debater") == "mcts" else "")
+        mcts = c.get("debater") == "mcts"
+        debater = esc(c.get("debater")) + (f" ({fmt(c.get('rollouts'))} rollouts)" if mcts else "")
         rows.append([f"<code>{esc(r['id'][:16])}</code>", fmt(c.get("k")), debater,
                      "yes" if c.get("precommit", True) else "no", esc(c.get("first")), fmt(m.get("n_images")),
                      _pct(m.get("judge_alone_acc")),
                      f"{_pct(m.get('debate_acc'))} [{_pct(m.get('debate_acc_lo'))}, {_pct(m.get('debate_acc_hi'))}]",
                      _pct(m.get("consultancy_acc")), fmt(m.get("debate_ece")), fmt(m.get("games_per_image")),
                      fmt(m.get("debate_wall_s"))])
-    return _table(["run", "k", "debaters", "precommit", "first", "images", "judge alone", "debate [95% CI]",
+    return table(["run", "k", "debaters", "precommit", "first", "images", "judge alone", "debate [95% CI]",
                    "consultancy", "ECE", "games/image", "wall s"], rows, numeric={1, 5, 6, 7, 8, 9, 10, 11})
 
 
@@ -45,15 +46,15 @@ def _reliability_plot(runs: list[dict]) -> str:
                 curves.append((f"{name} k={c.get('k')} {c.get('debater', '')} {r['id'][:8]}", bins))
     if not curves:
         return ""
-    with _mpl_safe():
-        fig, (ax,) = _figure(5, 4)
+    with mpl_safe():
+        fig, (ax,) = figure(5, 4)
         ax.plot([0, 1], [0, 1], ":", color="grey")
         for label, bins in curves:
             ax.plot([b.confidence for b in bins], [b.accuracy for b in bins], "o-", label=label, ms=3)
         ax.set(xlabel="judge's probability for its answer", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02),
                title="reliability")
         ax.legend(fontsize=6)
-        return _img(fig, "reliability diagram of the judge on debate and consultancy transcripts")
+        return img(fig, "reliability diagram of the judge on debate and consultancy transcripts")
 
 
 def _games_plot(r: dict) -> str:
@@ -62,8 +63,8 @@ def _games_plot(r: dict) -> str:
     if not recs:
         return ""
     first = (r.get("config") or {}).get("first", "honest")
-    with _mpl_safe():
-        fig, axes = _figure(1.6 * len(recs), 1.9, ncols=len(recs))
+    with mpl_safe():
+        fig, axes = figure(1.6 * len(recs), 1.9, ncols=len(recs))
         for ax, x in zip(axes, recs):
             h, w = (int(v) for v in x["shape"])
             digit = np.zeros(h * w)
@@ -79,7 +80,7 @@ def _games_plot(r: dict) -> str:
             ax.set_title(f"#{int(x['image'])}: {int(x['answer'])}{lie} → {int(x['judge'])}", fontsize=7,
                          color="black" if x["judge"] == x["answer"] else "tab:red")
             ax.set_xticks([]), ax.set_yticks([])
-        return _img(fig, "revealed pixels of deciding debate games")
+        return img(fig, "revealed pixels of deciding debate games")
 
 
 def oversight_section(runs: list[dict]) -> str:
@@ -96,7 +97,7 @@ def oversight_section(runs: list[dict]) -> str:
                 for r in judges]
         parts += ["<h3>Sparse-pixel judges</h3><p class='muted'>accuracy over 10 classes with k random nonzero "
                   "pixels of each test image (Irving et al. 2018: 59.4% at k = 6, 48.2% at k = 4).</p>",
-                  _table(["run", "k", "data", "epochs", "judge alone", "wall s"], rows, numeric={1, 3, 4, 5})]
+                  table(["run", "k", "data", "epochs", "judge alone", "wall s"], rows, numeric={1, 3, 4, 5})]
     if debates:
         parts += ["<h3>Debates</h3><p class='muted'>debate accuracy = share of images the honest debater wins "
                   "(with precommit: against all 9 lies); judge alone = k random nonzero pixels; consultancy = one "
@@ -106,6 +107,7 @@ def oversight_section(runs: list[dict]) -> str:
             pic = _games_plot(r)
             if pic:
                 parts += [f"<h4>Deciding games <code>{esc(r['id'][:16])}</code></h4><p class='muted'>blue circles: "
-                          "honest reveals, red squares: liar reveals, numbered by turn, over the digit's nonzero pixels (grey); title: image, true label "
-                          "vs lie → the judge's verdict (red when wrong).</p>", pic]
+                          "honest reveals, red squares: liar reveals, numbered by turn, over the digit's nonzero "
+                          "pixels (grey); title: image, true label vs lie → the judge's verdict (red when wrong).</p>",
+                          pic]
     return "\n".join(parts)

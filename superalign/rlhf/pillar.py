@@ -1,0 +1,39 @@
+"""The RLHF pillar's declaration: `superalign rlhf sft|rm|ppo|dpo|bon|overopt`, its run kinds and report section."""
+
+from __future__ import annotations
+
+from ..pillars import Job, Pillar, RunKind, register_pillar
+
+_JOBS = "superalign.rlhf.jobs"
+
+PILLAR = register_pillar(Pillar(
+    name="rlhf",
+    title="RLHF",
+    help="RLHF: SFT, reward models, PPO, DPO, best-of-n, over-optimization",
+    jobs=(
+        Job("sft", f"{_JOBS}:SFTJob", f"{_JOBS}:run_sft",
+            help="supervised finetuning on prompt/completion demonstrations"),
+        Job("rm", f"{_JOBS}:RMJob", f"{_JOBS}:run_rm",
+            help="reward model from comparisons (Bradley–Terry, K-wise, reward at EOS, bias normalization)"),
+        Job("ppo", f"{_JOBS}:PPOJob", f"{_JOBS}:run_ppo",
+            help="PPO against a reward model with a per-token KL penalty (InstructGPT)"),
+        Job("dpo", f"{_JOBS}:DPOJob", f"{_JOBS}:run_dpo", help="direct preference optimization (sigmoid loss)"),
+        Job("bon", f"{_JOBS}:BoNJob", f"{_JOBS}:run_bon", help="best-of-n sampling against a reward model"),
+        Job("overopt", "superalign.rlhf.overopt:OveroptJob", "superalign.rlhf.overopt:run_overopt",
+            help="gold vs proxy reward against sqrt(KL) for best-of-n and PPO (Gao et al. 2022)"),
+    ),
+    kinds=(
+        RunKind("rlhf-sft", ("policy", "data", "epochs", "lr", "seed"), ("loss_first", "loss_last", "tokens_per_s")),
+        RunKind("rlhf-rm", ("base", "data", "k", "label_beta", "epochs", "lr", "seed"),
+                ("eval_acc", "eval_gold_agreement", "loss_last", "tokens_per_s")),
+        RunKind("rlhf-ppo", ("policy", "reward", "kl_coef", "kl_estimator", "updates", "lr", "seed"),
+                ("initial_gold", "final_gold", "initial_proxy", "final_proxy", "final_kl", "eos_rate")),
+        RunKind("rlhf-dpo", ("policy", "data", "beta", "epochs", "lr", "seed"),
+                ("loss_last", "accuracy_last", "initial_gold", "final_gold", "final_kl", "tokens_per_s")),
+        RunKind("rlhf-bon", ("policy", "reward", "n", "n_prompts", "seed"),
+                ("proxy_best", "gold_best", "gold_mean", "kl_bon")),
+        RunKind("rlhf-overopt", ("policy", "reward", "n_max", "kl_coefs", "updates", "seed"),
+                ("sft_gold", "bon_gold_max", "bon_gold_argmax_n", "rl_gold_max")),
+    ),
+    section="superalign.rlhf.report:rlhf_section",
+))
