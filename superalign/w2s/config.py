@@ -28,7 +28,9 @@ class W2SConfig:
     data: str | None = field(default=None, metadata={"help": "shared datasets folder (else $SUPERALIGN_DATA)"})
     text_col: list[str] | None = field(default=None, metadata={"help": "text column(s) of a file:/hf: task, joined"})
     label_col: str | None = field(default=None, metadata={"help": "0/1 label column of a file:/hf: task"})
-    label_map: dict | None = field(default=None, metadata={"help": "JSON map from raw label to 0/1"})
+    label_map: dict | None = field(default=None, metadata={
+        "help": "JSON map from raw label to 0, 1, or null (null drops those rows, e.g. a neutral class); labels match "
+                "by string form, so '{\"0\": 0, \"2\": 1, \"1\": null}' works for integer labels"})
     hf_split: str | None = field(default=None, metadata={"help": "split of an hf: dataset (default train)"})
     group_col: str | None = field(default=None, metadata={
         "help": "column of a file:/hf: task whose rows form groups (e.g. a question id): a group is never split "
@@ -38,9 +40,10 @@ class W2SConfig:
                 "correct_answer, distractor1-3 → right answer vs a distractor), cosmos_qa (context, question, "
                 "answer0-3, label → right vs next answer; grouped by context), preferences (chosen, rejected)",
         "choices": CONVERSION_NAMES})
-    max_examples: int = field(default=6000, metadata={"help": "cap on examples after class balancing"})
+    max_examples: int = field(default=6000, metadata={"help": "cap on examples after class balancing (≥ 40)"})
     split_fracs: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.1, 0.2],
-                                     metadata={"help": "weak-train, weak-label, validation, test fractions"})
+                                     metadata={"help": "weak-train, weak-label, validation, test fractions: each in "
+                                                       "(0, 1], summing to at most 1 (the rest is left out)"})
     mode: str = field(default="probe", metadata={"help": f"how the strong student and ceiling train: "
                                                          f"{', '.join(MODES)}",
                                                  "choices": MODES})
@@ -61,8 +64,10 @@ class W2SConfig:
     bootstrap_via: list[str] = field(default_factory=list,
                                      metadata={"help": "intermediate models weak → m1 → … → strong (bootstrapping)"})
     hard_weak_labels: bool = field(default=False, metadata={"help": "train the student on hardened weak labels"})
-    max_length: int = field(default=128, metadata={"help": "max tokens per text"})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto"})
+    max_length: int = field(default=128, metadata={
+        "help": "max tokens per text; longer texts are truncated, with a warning and their count in the metrics"})
+    device: str = field(default="auto",
+                        metadata={"help": "cpu, cuda, cuda:N, mps, or auto (a device this machine has)"})
     n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples for CIs"})
     min_gap: float = field(default=0.02, metadata={"help": "PGR is undefined when |ceiling − weak| is below this"})
     home: str | None = field(default=None,
