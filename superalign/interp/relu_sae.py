@@ -37,7 +37,15 @@ import torch.nn.functional as F
 
 from ..errors import SuperalignError
 from ..validate import check_nonnegative, help_field
-from .sae import EncoderOutput, ForwardOutput, TopKSAE, fvu, geometric_median, random_rows, read_checkpoint_cfg
+from .sae_base import (
+    EncoderOutput,
+    ForwardOutput,
+    SparseAutoencoder,
+    fvu,
+    geometric_median,
+    random_rows,
+    register_architecture,
+)
 
 
 @dataclass
@@ -61,9 +69,11 @@ class ReLUSAEConfig:
             raise SuperalignError("dead_tokens must be ≥ 1", "pass e.g. --dead-tokens 20000")
 
 
-class ReLUSAE(torch.nn.Module):
+@register_architecture
+class ReLUSAE(SparseAutoencoder):
     architecture = "relu"
     """written to cfg.json so that :func:`~superalign.interp.sae.load_sae` rebuilds the right class"""
+    config_class = ReLUSAEConfig
 
     def __init__(self, cfg: ReLUSAEConfig, seed: int = 0):
         super().__init__()
@@ -135,17 +145,4 @@ class ReLUSAE(torch.nn.Module):
     def dead_fraction(self) -> float:
         return float((self.since_fired >= self.cfg.dead_tokens).float().mean())
 
-    # ------------------------------------------------------------------ checkpoints: the TopK format
-
-    def save(self, folder, meta: dict | None = None):
-        """safetensors + cfg.json (with ``"architecture": "relu"``), written atomically like TopKSAE's."""
-        return TopKSAE.save(self, folder, meta)
-
-    @classmethod
-    def load(cls, folder, expect_d_in: int | None = None) -> "ReLUSAE":
-        from .sae import load_sae_state
-
-        raw, folder = read_checkpoint_cfg(folder, expect_d_in, "relu")
-        sae = cls(ReLUSAEConfig(**raw))
-        load_sae_state(sae, folder)
-        return sae
+    # checkpoints: save/load inherited from SparseAutoencoder (the TopK format, architecture "relu")

@@ -17,17 +17,26 @@ Loss and the headline metric are the fraction of variance unexplained, FVU = ‖
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import SuperalignError
 from ..validate import check_int, check_nonnegative, help_field
+from .sae_base import (  # noqa: F401  (re-exported: superalign.interp.sae is the public home of these)
+    EncoderOutput,
+    ForwardOutput,
+    SparseAutoencoder,
+    fvu,
+    geometric_median,
+    load_sae,
+    load_sae_state,
+    random_rows,
+    read_checkpoint_cfg,
+    register_architecture,
+)
 from .sparse_ops import gather_encode, sparse_decode, topk_encode
 
 
@@ -58,59 +67,11 @@ class SAEConfig:
             raise SuperalignError("multi_topk · k exceeds n_latents", "lower --multi-topk or --k")
 
 
-def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """Fraction of variance unexplained: Σ‖x − x̂‖² / Σ‖x − mean(x)‖² (mean over the batch, per dimension)."""
-    return (x - x_hat).pow(2).sum() / (x - x.mean(0, keepdim=True)).pow(2).sum().clamp(min=1e-12)
-
-
-def geometric_median(x: torch.Tensor, iters: int = 100, eps: float = 1e-6) -> torch.Tensor:
-    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances to the rows of x."""
-    y = x.mean(0)
-    for _ in range(iters):
-        w = 1.0 / (x - y).norm(dim=1).clamp(min=eps)
-        y_new = (w[:, None] * x).sum(0) / w.sum()
-        if (y_new - y).norm() < eps * max(1.0, float(y.norm())):
-            return y_new
-        y = y_new
-    return y
-
-
-class EncoderOutput(NamedTuple):
-    top_acts: torch.Tensor
-    """values of the k active latents [B, k]"""
-    top_indices: torch.Tensor
-    """indices of the k active latents [B, k]"""
-    pre_acts: torch.Tensor
-    """ReLU pre-activations of every latent [B, n_latents]"""
-
-
-class ForwardOutput(NamedTuple):
-    x_hat: torch.Tensor
-    """reconstruction"""
-    fvu: torch.Tensor
-    """fraction of variance unexplained of this batch"""
-    aux_loss: torch.Tensor
-    """AuxK loss (0 when no latent is dead)"""
-    multi_topk_fvu: torch.Tensor
-    """FVU of the Multi-TopK reconstruction (0 when off)"""
-    loss: torch.Tensor
-    """fvu + aux_coef · aux_loss + multi_topk_coef · multi_topk_fvu"""
-    top_indices: torch.Tensor
-    """active latents [B, k]"""
-    top_acts: torch.Tensor
-    """their activations [B, k]"""
-
-
-def random_rows(n: int, d: int, seed: int, norm: float) -> torch.Tensor:
-    """[n, d] random directions of the given norm, seeded: the decoder of every SAE here starts from them, and the
-    encoder from their copy (tied initialisation)."""
-    w = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
-    return w * (norm / w.norm(dim=1, keepdim=True))
-
-
-class TopKSAE(torch.nn.Module):
+@register_architecture
+class TopKSAE(SparseAutoencoder):
     architecture = "topk"
     """written to cfg.json so that :func:`load_sae` rebuilds the right class"""
+    config_class = SAEConfig
 
     def __init__(self, cfg: SAEConfig, seed: int = 0):
         super().__init__()
@@ -205,98 +166,6 @@ class TopKSAE(torch.nn.Module):
         latents = torch.as_tensor(latents, dtype=torch.long, device=x.device)
         hit = enc.top_indices.unsqueeze(-1) == latents  # [B, k, L]
         return (enc.top_acts.unsqueeze(-1) * hit).sum(1)
-
-    # ------------------------------------------------------------------ checkpoints: safetensors + cfg.json
-
-    def save(self, folder: str | Path, meta: dict | None = None) -> Path:
-        import os
-        import shutil
-
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp / "sae.safetensors"))
-        (tmp / "cfg.json").write_text(json.dumps({"architecture": self.architecture, **asdict(self.cfg),
-                                                  **({"meta": meta} if meta else {})}, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | Path, expect_d_in: int | None = None) -> "TopKSAE":
-        raw, folder = read_checkpoint_cfg(folder, expect_d_in, "topk")
-        sae = cls(SAEConfig(**raw))
-        load_sae_state(sae, folder)
-        return sae
-
-
-def read_checkpoint_cfg(folder: str | Path, expect_d_in: int | None = None,
-                        architecture: str | None = None) -> tuple[dict, Path]:
-    """(config fields, folder) of an SAE checkpoint, checked: it is one, of ``architecture`` (when given), and its
-    width is ``expect_d_in`` (when given). Checkpoints written before the ``architecture`` field are TopK."""
-    from ..validate import read_json_file
-
-    folder = Path(folder)
-    fix = "pass a folder written by superalign interp sae (its `sae` artefact)"
-    if not (folder / "cfg.json").exists() or not (folder / "sae.safetensors").exists():
-        raise SuperalignError(f"{folder} is not an SAE checkpoint (needs cfg.json and sae.safetensors)", fix)
-    raw = read_json_file(folder / "cfg.json", "SAE config", fix)
-    if not isinstance(raw, dict) or not {"d_in", "n_latents"} <= set(raw) or raw.get("kind", "sae") != "sae":
-        what = f"a {raw['kind']} checkpoint" if isinstance(raw, dict) and "kind" in raw else "not an SAE config"
-        raise SuperalignError(f"{folder / 'cfg.json'} is {what} (no d_in/n_latents)", fix)
-    raw.pop("meta", None)
-    raw.pop("kind", None)
-    arch = raw.pop("architecture", "topk")
-    if architecture is not None and arch != architecture:
-        raise SuperalignError(f"SAE in {folder} is a {arch} SAE, not {architecture}",
-                              "load it with superalign.interp.sae.load_sae, which picks the class")
-    if architecture is not None:
-        from dataclasses import fields
-
-        from .relu_sae import ReLUSAEConfig
-
-        known = {f.name for f in fields(SAEConfig if architecture == "topk" else ReLUSAEConfig)}
-        if set(raw) - known:
-            raise SuperalignError(f"{folder / 'cfg.json'} has fields a {architecture} SAE does not know: "
-                                  f"{', '.join(sorted(set(raw) - known))}", "load it with the superalign version that "
-                                  "wrote it, or retrain the SAE")
-    if expect_d_in is not None and expect_d_in != raw.get("d_in"):
-        raise SuperalignError(f"SAE in {folder} expects inputs of width {raw.get('d_in')}, the activations have "
-                              f"{expect_d_in}", "load the SAE trained on this model and hook point")
-    return raw, folder
-
-
-def load_sae_state(sae: torch.nn.Module, folder: Path) -> None:
-    """Load ``sae.safetensors`` into ``sae``: a truncated file or one whose shapes disagree with cfg.json is a
-    one-line error naming the folder."""
-    from ..validate import load_safetensors
-
-    state = load_safetensors(folder / "sae.safetensors", "SAE weights", "retrain the SAE (the file is damaged)")
-    try:
-        sae.load_state_dict(state)
-    except RuntimeError as e:
-        raise SuperalignError(f"SAE weights in {folder} do not match its cfg.json "
-                              f"({str(e).splitlines()[-1].strip()[:120]})", "retrain the SAE") from None
-
-
-def load_sae(folder: str | Path, expect_d_in: int | None = None):
-    """Load a TopK or ReLU SAE checkpoint, dispatching on cfg.json's ``architecture`` (absent = topk)."""
-    from .relu_sae import ReLUSAE
-
-    classes = {"topk": TopKSAE, "relu": ReLUSAE}
-    _, folder = read_checkpoint_cfg(folder, expect_d_in)  # the same checks and messages for every architecture
-    from ..validate import read_json_file
-
-    arch = read_json_file(folder / "cfg.json", "SAE config").get("architecture", "topk")
-    if arch not in classes:
-        raise SuperalignError(f"SAE in {folder} has unknown architecture {arch!r}",
-                              f"use a checkpoint of one of: {', '.join(classes)}")
-    return classes[arch].load(folder, expect_d_in)
-
 
 def l0(top_acts: torch.Tensor) -> float:
     """Mean number of non-zero latents per input."""
