@@ -59,7 +59,9 @@ import torch
 
 from ..errors import SuperalignError
 from ..validate import check_finite, check_int, check_nonnegative, check_positive, check_seed, help_field
-from .judge import Judge, encode, judge_logits
+from .incremental import IncrementalJudgeOracle
+from .judge import Judge
+from .oracle import JudgeOracle, Oracle  # noqa: F401  (JudgeOracle re-exported: its public home was this module)
 
 DEBATERS = ("greedy", "mcts")
 
@@ -116,41 +118,6 @@ class DebateConfig:
         check_int("rollouts", self.rollouts, example=100)
         check_int("batch", self.batch, example=16)
         check_seed("seed", self.seed)
-
-
-class Oracle(Protocol):
-    """Judge logits (n, n_classes) for states given as sets of revealed pixel indices (row-major, of one image)."""
-
-    def logits(self, states: Sequence[frozenset]) -> np.ndarray: ...
-
-
-class JudgeOracle:
-    """A judge on one image: logits per set of revealed pixels, cached by the frozenset; the uncached states of a
-    call are evaluated in one batch (this is what makes MCTS affordable)."""
-
-    def __init__(self, judge: Judge, image: torch.Tensor):
-        self.judge, self.flat = judge, image.reshape(-1).float()
-        self.shape = tuple(image.shape)
-        self.cache: dict[frozenset, np.ndarray] = {}
-        self.forward_calls = 0  # batched judge forward passes
-        self.evaluations = 0    # states evaluated (cache misses)
-
-    def logits(self, states: Sequence[frozenset]) -> np.ndarray:
-        missing = list(dict.fromkeys(s for s in states if s not in self.cache))
-        if missing:
-            self.cache.update(zip(missing, self._evaluate(missing)))
-            self.forward_calls += 1
-            self.evaluations += len(missing)
-        return np.stack([self.cache[s] for s in states])
-
-    def _evaluate(self, states: list[frozenset]) -> np.ndarray:
-        """Logits of uncached states, one full forward pass (subclasses evaluate them faster)."""
-        mask = torch.zeros(len(states), self.flat.numel())
-        for i, s in enumerate(states):
-            mask[i, list(s)] = 1.0
-        x = encode(self.flat.expand(len(states), -1).reshape(len(states), *self.shape),
-                   mask.reshape(len(states), *self.shape))
-        return judge_logits(self.judge, x).numpy()
 
 
 def pair_probability(logits: np.ndarray, a: int, b: int) -> float:
@@ -382,7 +349,6 @@ def transcript_record(index: int, label: int, r: ImageResult) -> dict:
 def make_oracle(judge: Judge, image: torch.Tensor, incremental: bool = True) -> Oracle:
     """The judge on one image, cached by revealed set; incremental evaluation where the judge allows it."""
     if incremental and type(judge) is Judge and image.shape[0] % 2 == 0 and image.shape[1] % 2 == 0:
-        from .incremental import IncrementalJudgeOracle
         return IncrementalJudgeOracle(judge, image)
     return JudgeOracle(judge, image)
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .debate import JudgeOracle
 from .judge import Judge, encode
+from .oracle import JudgeOracle
 
 
 def _relu_pool(x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ def _relu_pool(x: torch.Tensor) -> torch.Tensor:
 
 class IncrementalJudgeOracle(JudgeOracle):
     """Judge logits for sets of revealed pixels of one image, cached by the frozenset (as
-    :class:`~superalign.oversight.debate.JudgeOracle`), computed incrementally from a cached parent when possible."""
+    :class:`~superalign.oversight.oracle.JudgeOracle`), computed incrementally from a cached parent when possible."""
 
     def __init__(self, judge: Judge, image: torch.Tensor, max_cached_states: int = 8192):
         super().__init__(judge, image)
