@@ -187,16 +187,47 @@ def run_explain(job: ExplainJob) -> dict:
 
 
 def _explanations_folder(ref: str, home) -> Path:
+    from ..runs.store import RunStore, default_home
+
     p = Path(ref).expanduser()
     if p.is_dir() and (p / "explanations.jsonl").exists():
         return p
-    from ..runs.store import RunStore
+    problem = f"{ref!r} is neither a finished explain run nor a folder with explanations.jsonl"
+    fix = "pass the run id printed by superalign interp explain"
+    db = (Path(home).expanduser() if home else default_home()) / "runs.db"
+    if not db.exists():  # looking a run up must not create a store
+        raise SuperalignError(f"{problem} (no run store at {db.parent})", fix)
     store = RunStore(home)
     r = store.get(ref) or store.find(ref)
     if r is None or r["kind"] != "interp-explain" or r["status"] != "done":
-        raise SuperalignError(f"{ref!r} is neither a finished explain run nor a folder with explanations.jsonl",
-                              "pass the run id printed by superalign interp explain")
+        raise SuperalignError(problem, fix)
     return Path(r["artefacts"]["explanations"]).parent
+
+
+def read_explanations(folder: Path) -> tuple[list, dict[int, str], dict]:
+    """(unit records, {unit: explanation}, records meta) of an explain run's folder; a missing, non-UTF-8 or
+    corrupt records.json or explanations.jsonl is a one-line error naming the file."""
+    from ..validate import read_json_file, read_text_utf8
+
+    fix = "rerun superalign interp explain (its folder is damaged)"
+    rec_json = read_json_file(folder / "records.json", "activation records", fix)
+    try:
+        recs = records_from_json(rec_json["records"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise SuperalignError(f"{folder / 'records.json'} is not an explain run's records ({type(e).__name__}: {e})",
+                              fix) from None
+    expl = {}
+    for i, line in enumerate(read_text_utf8(folder / "explanations.jsonl", "explanations").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            expl[int(d["unit"])] = str(d["explanation"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise SuperalignError(f"{folder / 'explanations.jsonl'}:{i}: not an explanation line "
+                                  f"({type(e).__name__})", fix) from None
+    meta = rec_json.get("meta") if isinstance(rec_json.get("meta"), dict) else {}  # an object: checked above
+    return recs, expl, meta
 
 
 def _summary(values: list[float]) -> dict:
@@ -214,10 +245,7 @@ def run_score(job: ScoreJob) -> dict:
     if (done := stored_result("interp-score", job)) is not None:
         return done  # without loading the simulator LLM and the embedder again
     folder = _explanations_folder(job.explanations, job.home)
-    rec_json = json.loads((folder / "records.json").read_text())
-    recs = records_from_json(rec_json["records"])
-    expl = {int(d["unit"]): d["explanation"] for d in map(json.loads, (folder / "explanations.jsonl")
-                                                           .read_text().splitlines()) if d}
+    recs, expl, rec_meta = read_explanations(folder)
     needs_llm = job.simulator != "token-lookup" and "simulation" in job.scorers \
         or any(s in ("detection", "fuzzing") for s in job.scorers)
     llm = None
@@ -262,7 +290,7 @@ def run_score(job: ScoreJob) -> dict:
                 done[r.unit] = row
         rows = [done[r.unit] for r in recs]
         write_text_atomic(out / "scores.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
-        metrics = {"n_units": len(rows), "explainer": rec_json["meta"].get("explainer"),
+        metrics = {"n_units": len(rows), "explainer": rec_meta.get("explainer"),
                    "simulator": sim.name if sim else None, "wall_s": time.perf_counter() - t0}
         for key in ("ev_correlation", "ev_correlation_top", "ev_correlation_random", "rsquared", "detection_bacc",
                     "detection_auroc", "fuzzing_bacc", "fuzzing_auroc", "embedding_auroc"):
