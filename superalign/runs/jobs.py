@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..errors import SuperalignError
-from .store import RunStore, default_home, run_id
+from .store import RunStore, run_id
 
 
 def _f(default, help_: str, **kw):
@@ -39,10 +39,7 @@ class JobBase:
 def stored_result(kind: str, job: JobBase) -> dict | None:
     """The finished run of this config, if there is one. Runners call it before loading models or activations
     that only a new run needs, so a rerun of a finished job costs a database read."""
-    home = Path(job.home) if job.home else default_home()
-    if not (home / "runs.db").exists():  # nothing stored yet: do not create the store just to look
-        return None
-    r = RunStore(home).get(run_id(kind, job.key()))
+    r = RunStore(job.home, create=False).get(run_id(kind, job.key()))  # nothing stored yet: nothing created
     if r is None or r["status"] != "done":
         return None
     r["cached"] = True
@@ -50,13 +47,19 @@ def stored_result(kind: str, job: JobBase) -> dict | None:
 
 
 def run_job(kind: str, job: JobBase, body: Callable[[RunStore, Path], tuple[dict, dict]]) -> dict:
-    """Run ``body(store, artefact_dir) -> (metrics, artefacts)`` once per config; a finished run is returned as is."""
+    """Run ``body(store, artefact_dir) -> (metrics, artefacts)`` once per config; a finished run is returned as is.
+
+    The run is claimed first: if another process is computing the same config this one waits for it and returns
+    its result (taking the run over if that process dies), so two processes never compute or reset one run."""
     done = stored_result(kind, job)
     if done is not None:
         return done
     store = RunStore(job.home)
     rid = run_id(kind, job.key())
-    store.start(rid, kind, job.key())
+    if not store.wait_claim(rid, kind, job.key()).claimed:  # finished by another process meanwhile
+        r = store.get(rid)
+        r["cached"] = True
+        return r
     t0 = time.perf_counter()
     try:
         metrics, artefacts = body(store, store.artefact_dir(rid))
@@ -66,6 +69,10 @@ def run_job(kind: str, job: JobBase, body: Callable[[RunStore, Path], tuple[dict
         raise
     store.finish(rid, metrics, artefacts, {"wall_s": time.perf_counter() - t0})
     r = store.get(rid)
+    if r is None or r["status"] != "done":
+        raise SuperalignError(f"run {rid} was taken over by another process before this one recorded it "
+                              f"(status now {r['status'] if r else 'missing'})",
+                              "rerun the same command: it returns the other process's result when it is done")
     r["cached"] = False
     return r
 

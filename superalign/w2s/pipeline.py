@@ -401,22 +401,29 @@ def load_preds(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def run_and_record(exp: Experiment, cell: Cell, group_id: str | None = None) -> dict:
-    """Run one cell and record it in the store (start → done, or failed with the error)."""
+    """Claim one cell, run it and record it (claimed → done, or failed with the error); returns its stored row.
+
+    A cell already done is returned as stored, without running; a cell another live process is computing is not
+    run either: its row comes back with status 'running' and the caller waits for it. The row's ``cached`` is
+    False only when this call computed it."""
     store = exp.store
     rid = cell_run_id(exp.cfg, cell)
-    store.start(rid, "w2s", cell_config(exp.cfg, cell), group_id)
+    if not store.claim(rid, "w2s", cell_config(exp.cfg, cell), group_id).claimed:
+        return {**store.get(rid), "cached": True}  # type: ignore[dict-item]
     try:
         metrics, preds, compute = exp.run_cell(cell)
+        return {**record_result(store, rid, metrics, preds, compute), "cached": False}
     except BaseException as e:
-        store.fail(rid, f"{type(e).__name__}: {e}")
+        store.fail(rid, f"{type(e).__name__}: {e}")  # writes nothing once the run is done or no longer ours
         raise
-    return record_result(store, rid, metrics, preds, compute)
 
 
 def record_result(store: RunStore, rid: str, metrics: dict, preds: dict[str, np.ndarray], compute: dict) -> dict:
-    """Write a finished cell: its test predictions as an artefact, then the run row as done (one transaction)."""
+    """Write a finished cell this process holds: its test predictions as an artefact, then the run row as done
+    (one transaction). A cell taken over by another process meanwhile is left to it; its row is returned."""
     history = compute.pop("history")
-    p = store.artefact_dir(rid) / "preds.safetensors"
-    save_preds(p, preds)
-    store.finish(rid, metrics, {"preds": str(p), "history": history}, compute)
+    if store.holds(rid):
+        p = store.artefact_dir(rid) / "preds.safetensors"
+        save_preds(p, preds)
+        store.finish(rid, metrics, {"preds": str(p), "history": history}, compute)
     return store.get(rid)  # type: ignore[return-value]

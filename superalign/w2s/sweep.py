@@ -1,8 +1,10 @@
-"""Run a grid of weak-to-strong cells locally or on Ray, skipping cells already done (resume)."""
+"""Run a grid of weak-to-strong cells locally or on Ray, skipping cells already done (resume) and cells another
+process is computing (waited for, never redone)."""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections import defaultdict
 from typing import Any
@@ -10,11 +12,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import SuperalignError
+from ..runs import store as store_mod
 from ..runs.cache import content_hash
 from ..runs.store import RunStore
 from .config import W2SConfig
-from .pipeline import Cell, Experiment, cell_config, cell_run_id, cells, record_result, run_and_record
 from .pgr import PGREstimate
+from .pipeline import Cell, Experiment, cell_config, cell_run_id, cells, record_result, run_and_record
 from .summary import format_table, summarize
 
 
@@ -25,6 +28,12 @@ class W2SResult:
     (weak, strong, loss) → estimate otherwise; ``pgr_auroc`` likewise for AUROC."""
 
     def __init__(self, cfg: W2SConfig, records: list[dict], group_id: str, store: RunStore, wall_s: float = 0.0):
+        missing = [f"{r['id']} ({r['status']})" if r else "a run not in the store" for r in records
+                   if not r or r["status"] != "done"]
+        if missing:  # a PGR pooled over fewer seeds than asked for would be silently wrong
+            raise SuperalignError(f"{len(missing)} of the {len(records)} requested w2s runs are not done: "
+                                  f"{', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}",
+                                  "rerun the same command to compute them (see `superalign runs list`)")
         self.cfg, self.records, self.group_id, self.store, self.wall_s = cfg, records, group_id, store, wall_s
         self.rows = summarize(records, cfg.n_boot, cfg.min_gap)
 
@@ -50,35 +59,87 @@ class W2SResult:
 
 
 def sweep(cfg: W2SConfig | None = None, **kwargs) -> W2SResult:
-    """Run every (weak, strong, loss, seed) cell of ``cfg`` that is not already done in the store."""
+    """Run every (weak, strong, loss, seed) cell of ``cfg`` that is not already done in the store.
+
+    Safe to run twice at once on one store: each cell is claimed before it is computed, cells another live
+    process holds are waited for (and taken over if it dies), never redone; the result needs every cell done."""
     cfg = cfg or W2SConfig(**kwargs)
     t0 = time.perf_counter()
     exp = Experiment(cfg)  # loads and validates the task and models first
     store = exp.store
     grid = cells(cfg)
-    group_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("home", "progress", "executor", "address")}
+    group_cfg = {k: v for k, v in dataclasses.asdict(cfg).items()
+                 if k not in ("home", "progress", "executor", "address")}
     group_id = f"w2s-sweep-{content_hash(group_cfg)}"
     ids = [cell_run_id(cfg, c) for c in grid]
-    store.start(group_id, "w2s-sweep", group_cfg)
-    todo = [c for c, rid in zip(grid, ids) if not store.is_done(rid)]
+    # Claimed like a run, so `runs list` shows a sweep in progress; an identical sweep finished or running in
+    # another process keeps its row (never reset to 'running'). Whoever ends last rewrites it as done (record).
+    group = store.claim(group_id, "w2s-sweep", group_cfg)
     try:
-        if todo:
-            exp.prepare_features(sorted({c.seed for c in todo}))
-        if cfg.executor == "ray" and todo:
-            _run_ray(exp, todo, group_id)
-        else:
-            for c in tqdm(todo, desc="w2s runs", disable=not cfg.progress or len(todo) < 2):
-                run_and_record(exp, c, group_id)
+        n_new = _run_cells(exp, grid, ids, group_id)
+        records = [store.get(rid) or {"id": rid, "status": "missing"} for rid in ids]
+        res = W2SResult(cfg, records, group_id, store, time.perf_counter() - t0)
     except BaseException as e:
-        store.fail(group_id, f"{type(e).__name__}: {e}")
+        if group.claimed:
+            store.fail(group_id, f"{type(e).__name__}: {e}")
         raise
-    records = [store.get(rid) for rid in ids]
-    res = W2SResult(cfg, records, group_id, store, time.perf_counter() - t0)
     enc = dataclasses.asdict(exp.encode_stats)
-    store.finish(group_id, {"rows": res.rows, "n_runs": len(ids), "n_new": len(todo)}, {"runs": ids},
-                 {"encode": enc, "wall_s": res.wall_s,
-                  "flops_total": enc.get("flops", 0.0) + sum(r["compute"].get("flops_total", 0.0) for r in records)})
+    store.record(group_id, "w2s-sweep", group_cfg, {"rows": res.rows, "n_runs": len(ids), "n_new": n_new},
+                 {"runs": ids}, {"encode": enc, "wall_s": res.wall_s,
+                                 "flops_total": enc.get("flops", 0.0) + sum(r["compute"].get("flops_total", 0.0)
+                                                                            for r in records)})
     return res
+
+
+def _run_cells(exp: Experiment, grid: list[Cell], ids: list[str], group_id: str) -> int:
+    """Bring every cell to 'done': claim what can be claimed and run it, wait for cells another live process holds
+    (re-evaluating the to-do list each round, so a holder that dies is taken over). Each cell is attempted at most
+    once here; one that still is not done afterwards raises. Returns how many cells this process computed."""
+    cfg, store = exp.cfg, exp.store
+    status = store.statuses(ids)
+    pending = [(c, rid) for c, rid in zip(grid, ids) if status[rid] != "done"]
+    if not pending:
+        return 0
+    exp.prepare_features(sorted({c.seed for c, _ in pending}))
+    n_new, last_said, attempted = 0, 0.0, set()
+    bar = tqdm(total=len(pending), desc="w2s runs", disable=not cfg.progress or len(pending) < 2)
+    try:
+        while pending:
+            status = store.statuses([rid for _, rid in pending])
+            free = [(c, rid) for c, rid in pending if status[rid] not in ("done", "running") and rid not in attempted]
+            attempted.update(rid for _, rid in free)
+            if cfg.executor == "ray" and free:
+                n_new += _run_ray(exp, [c for c, _ in free], group_id)
+            else:
+                for c, _ in free:
+                    r = run_and_record(exp, c, group_id)
+                    n_new += r["status"] == "done" and not r["cached"]
+            status = store.statuses([rid for _, rid in pending])
+            bar.update(sum(s == "done" for s in status.values()))
+            pending = [(c, rid) for c, rid in pending if status[rid] != "done"]
+            stuck = [rid for _, rid in pending if rid in attempted and (status[rid] != "running" or store.holds(rid))]
+            if stuck:  # computed (or claimed) here and still not done: do not loop on it, say so
+                for rid in stuck:
+                    store.fail(rid, "computed but not recorded as done")  # writes only a row still ours
+                raise SuperalignError(f"{len(stuck)} w2s run(s) did not end done: "
+                                      + ", ".join(f"{rid} ({status[rid]})" for rid in stuck[:5]),
+                                      "rerun the same command to redo them; `superalign runs show <id>` has the error")
+            if pending and not free:  # everything left is held by other live processes: wait, then look again
+                if time.monotonic() - last_said > 60:
+                    held = [rid for _, rid in pending]
+                    holders = sorted({_holder(store.get(rid)) for rid in held})
+                    tqdm.write(f"superalign: waiting for {len(held)} run(s) held by {', '.join(holders)} "
+                               f"({', '.join(held[:3])}{', …' if len(held) > 3 else ''}); "
+                               "they are not redone here, and taken over if their process dies", file=sys.stderr)
+                    last_said = time.monotonic()
+                time.sleep(store_mod.WAIT_POLL_S)
+    finally:
+        bar.close()
+    return n_new
+
+
+def _holder(r: dict | None) -> str:
+    return f"pid {r['pid']} on {r['host']}" if r and r.get("pid") is not None else "another process"
 
 
 def run(cfg: W2SConfig | None = None, **kwargs) -> W2SResult:
@@ -89,35 +150,40 @@ def run(cfg: W2SConfig | None = None, **kwargs) -> W2SResult:
     return sweep(cfg)
 
 
-def _run_ray(exp: Experiment, todo: list[Cell], group_id: str) -> None:
-    """One Ray task per seed (its cells share the weak, bootstrap and ceiling stages); the driver records results,
-    so only the driver writes the database."""
+def _run_ray(exp: Experiment, free: list[Cell], group_id: str) -> int:
+    """One Ray task per seed (its cells share the weak, bootstrap and ceiling stages); the driver claims the cells
+    it sends and records their results, so only the driver writes the database. Returns how many it computed."""
     try:
         import ray
     except ImportError:
         raise SuperalignError("--executor ray needs Ray", "pip install 'superalign[ray]'") from None
-    cfg = exp.cfg
-    if not ray.is_initialized():
-        ray.init(address=cfg.address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    by_seed: dict[int, list[Cell]] = defaultdict(list)
-    for c in todo:
-        by_seed[c.seed].append(c)
-    cfg_d = {**dataclasses.asdict(cfg), "progress": False, "executor": "local",
-             "home": str(exp.store.home.resolve())}
-    remote = ray.remote(_ray_cells)
-    futures = {remote.remote(cfg_d, [dataclasses.asdict(c) for c in cs]): cs for cs in by_seed.values()}
-    for c in todo:
-        exp.store.start(cell_run_id(cfg, c), "w2s", cell_config(cfg, c), group_id)
-    pending = list(futures)
-    bar = tqdm(total=len(todo), desc="w2s runs (ray)", disable=not cfg.progress)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        for f in done:
-            for cell_d, (metrics, preds, compute) in ray.get(f):
-                record_result(exp.store, cell_run_id(cfg, Cell(**cell_d)), metrics, preds, compute)
-                bar.update(1)
-    bar.close()
+    cfg, store = exp.cfg, exp.store
+    todo = [c for c in free if store.claim(cell_run_id(cfg, c), "w2s", cell_config(cfg, c), group_id).claimed]
+    if not todo:
+        return 0
+    n_new = 0
+    try:
+        if not ray.is_initialized():
+            ray.init(address=cfg.address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        by_seed: dict[int, list[Cell]] = defaultdict(list)
+        for c in todo:
+            by_seed[c.seed].append(c)
+        cfg_d = {**dataclasses.asdict(cfg), "progress": False, "executor": "local",
+                 "home": str(store.home.resolve())}
+        remote = ray.remote(_ray_cells)
+        pending = [remote.remote(cfg_d, [dataclasses.asdict(c) for c in cs]) for cs in by_seed.values()]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for f in done:
+                for cell_d, (metrics, preds, compute) in ray.get(f):
+                    n_new += record_result(store, cell_run_id(cfg, Cell(**cell_d)), metrics, preds,
+                                           compute)["status"] == "done"
+    except BaseException as e:
+        for c in todo:  # fail writes nothing for the cells already recorded
+            store.fail(cell_run_id(cfg, c), f"{type(e).__name__}: {e}")
+        raise
+    return n_new
 
 
 def _ray_cells(cfg_d: dict, cell_ds: list[dict]) -> list:
