@@ -6,8 +6,7 @@ import re
 
 import pytest
 
-from superalign.runs import RunStore
-from superalign.runs import html, report
+from superalign.runs import RunStore, html, report
 from superalign.runs.report import write_report
 from superalign.w2s.report import plot_student_vs_weak
 
@@ -100,3 +99,22 @@ def test_formatting():
     assert html.fmt(NAN) == "n/a" and html.fmt(None) == "n/a" and html.fmt(0.5, pct=True) == "50.0"
     assert html.fmt(EVIL) == EVIL_ESC and html.esc('"') == "&quot;"
     assert plot_student_vs_weak([{**_row("t", "w", "l", NAN), "weak_acc": NAN}]) == ""
+
+
+def test_corrupt_artefact_breaks_only_its_section(store, tmp_path):
+    """A damaged transcript (not UTF-8) and a records file that is not JSON: the debate and interp sections say
+    which file is wrong (escaped); the w2s section, the other runs and the runs table still render."""
+    bad = tmp_path / "<img src=x onerror=alert(1)>.jsonl"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe binary")
+    store.start("debate-x", "debate", {"k": 4, "debater": "greedy"})
+    store.finish("debate-x", {"debate_acc": 0.8, "judge_alone_acc": 0.5}, {"transcript": str(bad)})
+    rec = tmp_path / "records.json"
+    rec.write_text("{not json")
+    store.start("interp-explain-x", "interp-explain", {"sae": "s"})
+    store.finish("interp-explain-x", {"explainer": "token-lookup"}, {"records": str(rec)})
+    text = write_report(store, tmp_path / "r.html").read_text()
+    assert "<h2>Scalable oversight: debate</h2>" in text and "<h2>Interpretability</h2>" in text
+    assert "is not UTF-8" in text and html.esc(str(bad)) in text and "<img src=x" not in text
+    assert "records.json is not valid JSON" in text
+    assert text.count("data:image/png;base64,") == 2  # the w2s sweep's plots
+    assert "debate_acc=0.800" in text and "judge_alone_acc=0.500" in text and text.rstrip().endswith("</html>")
