@@ -155,3 +155,8 @@ def test_split_fracs_may_sum_below_one():
     s = make_splits(y, 0, fractions=(0.2, 0.2, 0.1, 0.1))
     assert [len(v) for v in s.as_dict().values()] == [80, 80, 40, 40] and s.n_dropped_cap == 160
     w2s.W2SConfig(split_fracs=[0.2, 0.2, 0.1, 0.1])
+
+
+def test_numpy_numbers_become_plain():
+    cfg = w2s.W2SConfig(seed=list(np.arange(2)), epochs=np.int64(3), lr=np.float32(0.01), progress=False)
+    assert cfg.seed == [0, 1] and type(cfg.seed[0]) is int and type(cfg.epochs) is int and type(cfg.lr) is float

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..data.tasks import CONVERSIONS
 from ..errors import SuperalignError
 from ..train.losses import LOSSES
@@ -83,6 +85,13 @@ class W2SConfig:
             v = getattr(self, name)
             if isinstance(v, (str, int, float)):
                 setattr(self, name, [v])
+        # numpy scalars from scripts (np.arange seeds, np.float64 rates) become plain numbers: run ids are JSON
+        self.seed = [_plain(v) for v in self.seed]
+        for name in ("epochs", "ft_epochs", "batch_size", "n_boot", "max_length", "lora_rank", "n_train_layers",
+                     "max_examples", "lr", "ft_lr", "min_gap", "weight_decay", "product_beta", "aux_alpha",
+                     "aux_warmup"):
+            setattr(self, name, _plain(getattr(self, name)))
+        self.split_fracs = [_plain(v) for v in self.split_fracs]
         for loss in self.loss:
             if loss not in LOSSES:
                 raise SuperalignError(f"unknown loss {loss!r}", f"use one of {', '.join(LOSSES)}")
@@ -139,6 +148,17 @@ class W2SConfig:
             raise SuperalignError(f"--label-map must be a JSON object, got {self.label_map!r}",
                                   "pass e.g. --label-map '{\"neg\": 0, \"pos\": 1, \"neutral\": null}'")
         self.device = check_device(self.device)
+
+
+def _plain(v):
+    """A numpy integer → int, a numpy float → float; anything else as it is (validated after)."""
+    if isinstance(v, (bool, np.bool_)):
+        return v
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.floating):
+        return float(v)
+    return v
 
 
 def _default(name: str):
