@@ -235,6 +235,25 @@ def load_safetensors(path: str | os.PathLike, what: str = "checkpoint", fix: str
                               fix or "recreate it (rerun the command that wrote it)") from None
 
 
+def checkpoint_kind(folder: str | os.PathLike) -> str:
+    """What a superalign checkpoint folder holds, by its files, for messages like "X is an SAE checkpoint, not a
+    reward model" ('' for anything else)."""
+    p = Path(folder)
+    if not p.is_dir():
+        return ""
+    if (p / "sae.safetensors").exists():
+        return "an SAE checkpoint"
+    if (p / "reward_head.safetensors").exists():
+        return "a reward model"
+    if (p / "model.safetensors").exists() and (p / "cfg.json").exists() and not (p / "config.json").exists():
+        return "a debate judge"
+    if (p / "meta.json").exists() and any(p.glob("*.safetensors")):
+        return "an activation cache"
+    if (p / "explanations.jsonl").exists():
+        return "an explain run's folder"
+    return ""
+
+
 def document_cli_overrides(base: type | tuple[type, ...], overrides: dict[str, tuple[Any, Any, str]]):
     """Class decorator for a CLI job built on library configs (``base``: one dataclass or several, the first that
     has a field gives its library default): appends to the job's docstring (its ``--help`` description) each default

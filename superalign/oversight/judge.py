@@ -32,6 +32,7 @@ from ..validate import (
     check_positive,
     check_range,
     check_seed,
+    checkpoint_kind,
     help_field,
     load_safetensors,
     read_json_file,
@@ -317,7 +318,7 @@ def load_judge(folder: str | Path) -> tuple[Judge, dict]:
     folder = Path(folder)
     fix = "train one with `superalign debate train-judge` and pass the `judge` folder it prints"
     if not (folder / "cfg.json").is_file() or not (folder / "model.safetensors").is_file():
-        other = _checkpoint_kind(folder)
+        other = checkpoint_kind(folder)
         raise SuperalignError(f"no judge checkpoint in {folder} (needs cfg.json and model.safetensors"
                               f"{'; it is ' + other if other else ''})", fix)
     info = read_json_file(folder / "cfg.json", "judge config", fix)
@@ -341,16 +342,3 @@ def load_judge(folder: str | Path) -> tuple[Judge, dict]:
                               f"({str(e).splitlines()[-1].strip()[:120]})", fix) from None
     judge.eval()
     return judge, info
-
-
-def _checkpoint_kind(folder: Path) -> str:
-    """What another superalign checkpoint folder is, for error messages ('' when unknown)."""
-    if (folder / "sae.safetensors").exists():
-        return "an SAE checkpoint"
-    if (folder / "reward_head.safetensors").exists():
-        return "a reward model"
-    if (folder / "config.json").exists():
-        return "a Hugging Face model"
-    if (folder / "meta.json").exists():
-        return "an activation cache"
-    return ""
