@@ -81,6 +81,18 @@ class SAEJob(SAETrainConfig, JobBase):
     batch_size: int = _f(1024, "activation vectors per step")
     epochs: int = _f(8, "passes over the activations")
     lr: float | None = _f(1e-3, "Adam learning rate (None: Gao et al.'s scaling)")
+    topk: SAEConfig = dataclasses.field(default_factory=SAEConfig, metadata={
+        "help": "the rest of the TopK SAE's library config (superalign.interp.sae.SAEConfig); its d_in comes from the "
+                "cache and the flags above set the fields they name",
+        "skip": ("d_in", "n_latents", "k", "aux_coef", "dead_tokens", "multi_topk")})
+
+    def key(self) -> dict:
+        # Of the nested config only what no flag above sets identifies the run, and only when not at its default:
+        # runs from before --aux-k/--multi-topk-coef existed keep their ids.
+        d = super().key()
+        lib, default = d.pop("topk"), SAEConfig()
+        extra = {k: v for k, v in lib.items() if k in ("aux_k", "multi_topk_coef") and v != getattr(default, k)}
+        return d | ({"topk": extra} if extra else {})
 
     def __post_init__(self):
         super().__post_init__()
@@ -221,8 +233,10 @@ def run_sae(job: SAEJob) -> dict:
             sae = ReLUSAE(ReLUSAEConfig(d_in=acts.shape[1], n_latents=job.n_latents, l1_coef=job.l1_coef,
                                         dead_tokens=job.dead_tokens), seed=job.seed)
         else:
-            sae = TopKSAE(SAEConfig(d_in=acts.shape[1], n_latents=job.n_latents, k=job.k, aux_coef=job.aux_coef,
-                                    dead_tokens=job.dead_tokens, multi_topk=job.multi_topk), seed=job.seed)
+            # the nested library config (--aux-k, --multi-topk-coef) with the job's own fields and the cache's width
+            sae = TopKSAE(dataclasses.replace(job.topk, d_in=acts.shape[1], n_latents=job.n_latents, k=job.k,
+                                              aux_coef=job.aux_coef, dead_tokens=job.dead_tokens,
+                                              multi_topk=job.multi_topk), seed=job.seed)
         train_cfg = SAETrainConfig(**{f.name: getattr(job, f.name) for f in dataclasses.fields(SAETrainConfig)})
         fit = train_sae(sae, acts[perm[n_eval:]], train_cfg, progress=job.progress)
         metrics = evaluate_sae(sae, acts[perm[:n_eval]])
