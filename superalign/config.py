@@ -176,10 +176,12 @@ def _add_flag(parser, f: dataclasses.Field, hint: Any, docs: dict[str, str], des
                 kwargs["action"] = _OneAsList
             else:
                 kwargs["nargs"] = "+"
+        if choices or "." in dest:
+            # the choices are listed in the help, so the usage line names the value instead of repeating them all;
+            # a nested field is named by its flag, not by its dest (lib.width)
+            kwargs["metavar"] = f.name.upper()
         if choices:
             kwargs["choices"] = choices
-            # the choices are listed in the help; the usage line names the value instead of repeating them all
-            kwargs["metavar"] = f.name.upper()
     parser.add_argument(flag, **kwargs)
 
 

@@ -264,3 +264,35 @@ def test_permission_denied_and_full_disk_messages():
 def test_real_bugs_keep_their_traceback(reader, tmp_path):
     with pytest.raises(KeyError):
         main(["readtest", "read", "--how", "bug"])
+
+
+def test_interp_sae_sets_nested_topk_config_from_flags():
+    from superalign.cli import build_parser
+    from superalign.interp.jobs import SAEJob
+    from superalign.interp.sae import SAEConfig
+
+    ns = build_parser().parse_args(["interp", "sae", "--cache", "c", "--k", "16", "--aux-k", "64",
+                                    "--multi-topk-coef", "0.25"])
+    job = from_args(SAEJob, ns)
+    assert job.k == 16 and job.topk.aux_k == 64 and job.topk.multi_topk_coef == 0.25
+    assert job.key()["topk"] == {"aux_k": 64, "multi_topk_coef": 0.25}
+    # at the library defaults the nested config adds nothing to the run's identity (older run ids stay valid)
+    assert "topk" not in from_args(SAEJob, build_parser().parse_args(["interp", "sae", "--cache", "c"])).key()
+    assert SAEJob(cache="c").topk == SAEConfig()
+    assert main(["interp", "sae", "--cache", "c", "--aux-k", "0"]) == 2  # the library config's own validation
+
+
+def test_interp_sae_nested_flags_reach_the_checkpoint(tiny_bert, tmp_path, capsys):
+    from pathlib import Path
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(f'{{"text": "sentence number {i} about food and hotels"}}\n' for i in range(20)))
+    home = ["--home", str(tmp_path / "h"), "--progress", "false"]
+    assert main(["interp", "cache", *home, "--model", f"hf:{tiny_bert}", "--texts", str(corpus),
+                 "--hook", "layers.1"]) == 0
+    cache = capsys.readouterr().out.split("cache: ")[1].split()[0]
+    assert main(["interp", "sae", *home, "--cache", cache, "--n-latents", "32", "--k", "4", "--epochs", "1",
+                 "--batch-size", "64", "--multi-topk", "2", "--multi-topk-coef", "0.5", "--aux-k", "8"]) == 0
+    sae_dir = capsys.readouterr().out.split("sae: ")[1].split()[0]
+    cfg = json.loads((Path(sae_dir) / "cfg.json").read_text())
+    assert cfg["aux_k"] == 8 and cfg["multi_topk_coef"] == 0.5 and cfg["multi_topk"] == 2 and cfg["n_latents"] == 32
