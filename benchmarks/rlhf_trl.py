@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from superalign.rlhf.data import preferences_to_rankings  # noqa: E402
 from superalign.rlhf.dpo import DPOConfig, train_dpo  # noqa: E402
-from superalign.rlhf.lm import encode_prompts, load_lm  # noqa: E402
+from superalign.models.lm import encode_prompts, load_lm  # noqa: E402
 from superalign.rlhf.reward import RewardTrainConfig, encode_completion, load_reward_model, train_reward_model  # noqa: E402
 from superalign.rlhf.testbed import GoldReward, sample_sentence, split_sentence, testbed_lm_path  # noqa: E402
 

@@ -12,7 +12,7 @@ from superalign.cli import main
 from superalign.errors import SuperalignError
 from superalign.rlhf import data as rdata
 from superalign.rlhf.dpo import DPOConfig, train_dpo
-from superalign.rlhf.lm import (encode_prompts, left_pad, load_lm, response_mask, sample, token_logprobs)
+from superalign.models.lm import encode_prompts, left_pad, load_lm, response_mask, sample, token_logprobs
 from superalign.rlhf.ppo import PPOConfig, train_ppo
 from superalign.rlhf.reward import (RewardTrainConfig, load_reward_model, normalize_bias, pair_accuracy,
                                     score_texts, train_reward_model)
@@ -328,7 +328,7 @@ def test_smollm2_offline_when_installed():
 
 
 def test_mask_free_right_padded_forward_matches_masked(tiny_lm):
-    from superalign.rlhf.lm import model_inputs, positions
+    from superalign.models.lm import model_inputs, positions
 
     tok, model = load_lm(tiny_lm)
     ids = torch.tensor([[1, 5, 6, 7], [1, 8, 0, 0]])

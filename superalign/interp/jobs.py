@@ -186,15 +186,14 @@ def _held_out_texts(job: SAEJob, cache) -> tuple[torch.Tensor | None, list[str],
     """(doc ids, texts, why skipped) for loss recovered: ``loss_recovered_texts`` texts of a causal LM's cache,
     drawn with the job's seed (at most half the corpus). Encoders have no LM loss: nothing, silently."""
     from ..models import resolve_model
-    from ..models.registry import load_config
-    from .loss_recovered import is_causal_lm_config
+    from ..models.registry import is_causal_config, load_config
 
     name = cache.meta.get("model")
     if not job.loss_recovered_texts or not name:
         return None, [], ""
     try:
         spec = resolve_model(name)
-        causal = spec.is_transformer and is_causal_lm_config(load_config(spec, job.trust_remote_code))
+        causal = spec.is_transformer and is_causal_config(load_config(spec, job.trust_remote_code))
     except SuperalignError as e:
         raise SuperalignError(f"cannot load the cache's model for loss recovered: {e}",
                               "pass --loss-recovered-texts 0 to skip it") from None
@@ -243,10 +242,11 @@ def run_sae(job: SAEJob) -> dict:
         metrics |= {"train_fvu_last": fit.fvu[-1], "tokens_per_s": fit.tokens / fit.wall_s, "wall_s": fit.wall_s,
                     "n_train": len(pool) - n_eval, "n_eval": n_eval}
         if held_texts:
-            from .loss_recovered import load_causal_lm, loss_recovered
+            from ..models.lm import load_lm
+            from .loss_recovered import loss_recovered
 
-            tok, lm = load_causal_lm(cache.meta["model"], job.trust_remote_code)
-            lm.to("cuda" if torch.cuda.is_available() else "cpu")
+            tok, lm = load_lm(cache.meta["model"], trust_remote_code=job.trust_remote_code, require_eos=False,
+                              device="auto")
             metrics |= loss_recovered(lm, tok, sae, held_texts, cache.meta["hook"],
                                       max_length=cache.meta.get("max_length", 128), progress=job.progress).metrics()
         elif note:

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SuperalignError
+from ..models.registry import is_causal_lm
 from .activations import parse_hook
 
 # where the decoder blocks live, by architecture family (checked first; then a generic search)
@@ -68,21 +69,6 @@ class LossRecovered(NamedTuple):
         """Flat metrics for a run record (counts prefixed, so they do not clash with the SAE's own)."""
         return {k: v for k, v in self._asdict().items() if k not in ("tokens", "texts")} | \
             {"loss_recovered_tokens": self.tokens, "loss_recovered_texts": self.texts}
-
-
-def is_causal_lm(model) -> bool:
-    """A model with an LM head that predicts the next token (not an encoder, not a masked LM)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    return model.get_output_embeddings() is not None and \
-        type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-
-
-def is_causal_lm_config(cfg) -> bool:
-    """The same question from a checkpoint's config alone (cheap: no weights loaded)."""
-    archs = getattr(cfg, "architectures", None) or []
-    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) and \
-        not getattr(cfg, "is_encoder_decoder", False)
 
 
 def find_blocks(model) -> torch.nn.ModuleList:
@@ -252,33 +238,3 @@ def _check_site(hidden_states, layer: int, seen: torch.Tensor | None, mask: torc
         raise SuperalignError(f"the splice point for {hook} is not hidden_states[{layer}] in this model, so the "
                               "SAE would be spliced in at the wrong place",
                               "use a GPT-2, Llama-style or GPT-NeoX causal LM (or report FVU only)")
-
-
-def load_causal_lm(name: str, trust_remote_code: bool = False):
-    """(tokenizer, causal LM) for a registry name, truncated like ``load_hf`` (``hf:<id>@k`` keeps k blocks) so its
-    hidden states are those the activation cache stored."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from ..models import resolve_model
-    from ..models.registry import _hf_call, load_config
-
-    hf_logging.disable_progress_bar()  # our own progress bars say what is loading (as load_hf does)
-    spec = resolve_model(name)
-    if not spec.is_transformer:
-        raise SuperalignError(f"model {name!r} is not a transformer", "use hf:<id|path> of a causal LM")
-    cfg = load_config(spec, trust_remote_code)
-    if not is_causal_lm_config(cfg):
-        raise SuperalignError(f"model {name!r} ({', '.join(getattr(cfg, 'architectures', None) or ['?'])}) is not "
-                              "a causal LM, so it has no LM loss to recover",
-                              "report FVU for encoder SAEs, or cache a causal LM")
-    if spec.layer is not None:
-        for attr in ("num_hidden_layers", "n_layer", "num_layers"):
-            if hasattr(cfg, attr):
-                setattr(cfg, attr, spec.layer)
-    tok = _hf_call(spec, AutoTokenizer.from_pretrained, trust_remote_code)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
-    model = AutoModelForCausalLM.from_pretrained(spec.path, config=cfg, trust_remote_code=trust_remote_code,
-                                                 **spec.hf_kwargs())
-    return tok, model.eval()

@@ -22,7 +22,7 @@ from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import SuperalignError
-from .registry import ModelSpec, load_hf, model_params
+from .registry import ModelSpec, is_causal_config, load_config, load_hf, model_params
 
 
 @dataclass
@@ -130,7 +130,10 @@ def encode_texts(spec: ModelSpec, texts: list[str], cache_dir: str | Path | None
     digests = [text_digest(t) for t in texts]
     store = None
     if cache_dir is not None:
-        key = hashlib.sha256(json.dumps([spec.path, spec.fingerprint(), max_length, "v1"]).encode()).hexdigest()[:16]
+        # causal LMs are pooled at the last token (GPT-2 checkpoints were once mean-pooled: never reuse those)
+        last_token = is_causal_config(load_config(spec, trust_remote_code))
+        key = hashlib.sha256(json.dumps([spec.path, spec.fingerprint(), max_length, "v1"] + ["last-token"] * last_token)
+                             .encode()).hexdigest()[:16]
         store = FeatureStore(Path(cache_dir) / "features" / key)
     todo = sorted({d: t for d, t in zip(digests, texts) if store is None or d not in store.index}.items(),
                   key=lambda kv: len(kv[1]))

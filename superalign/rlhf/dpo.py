@@ -18,8 +18,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..models.lm import completion_batch, completion_logps
+from ..train.batches import epoch_batches
 from ..validate import check_int, check_positive, check_range, check_seed, help_field
-from .lm import completion_batch, completion_logps, encode_pairs, epoch_batches
+from .lm import encode_pairs
 
 
 def dpo_loss(pi_c: torch.Tensor, pi_r: torch.Tensor, ref_c: torch.Tensor, ref_r: torch.Tensor, beta: float,

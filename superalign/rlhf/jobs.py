@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from ..errors import SuperalignError
+from ..models.lm import encode_prompts, load_lm, save_lm
 from ..runs.jobs import JobBase, _f, run_job  # noqa: F401  (re-exported for the RLHF jobs)
 from ..validate import check_fraction, check_int, check_nonempty, check_positive, check_seed, document_cli_overrides
 from .dpo import DPOConfig, train_dpo
-from .lm import encode_prompts, load_lm, save_lm
 from .ppo import PPOConfig, evaluate_policy, rollout, score_rollout, train_ppo
 from .reward import RewardTrainConfig, load_reward_model, pair_accuracy, score_texts, train_reward_model
 from .sft import SFTConfig, train_sft
@@ -180,7 +180,8 @@ def check_models(*names: str | None, trust_remote_code: bool = False) -> None:
     """Fail before anything is written when a model name or path cannot be loaded (configs only: cheap)."""
     from transformers import AutoConfig
 
-    from .lm import _from_pretrained, resolve_lm_path
+    from ..models.lm import resolve_lm_path
+    from ..models.registry import from_pretrained as _from_pretrained
     from .reward import is_reward_model_dir
 
     for name in names:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import SuperalignError
+from ..models.lm import load_lm
 from .bon import FunctionalFit, bon_curve, fit_bon, fit_rl, predict_bon, predict_rl
 from .jobs import JobBase, PPOJob, _f, best_of_n_samples, resolve_policy, resolve_reward, run_job, run_ppo
-from .lm import load_lm
 from .reward import load_reward_model
 from .testbed import GoldReward, sample_prompts
 

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..errors import SuperalignError
+from ..models.lm import encode_prompts, fuse_activations, load_tokenizer, model_inputs, resolve_lm_path
+from ..models.registry import from_pretrained as _from_pretrained
+from ..train.batches import epoch_batches
 from ..validate import check_int, check_nonnegative, check_positive, check_seed, help_field
-from .lm import (_from_pretrained, encode_prompts, epoch_batches, fuse_activations, load_tokenizer, model_inputs,
-                 resolve_lm_path)
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,10 @@ from typing import NamedTuple
 
 import torch
 
+from ..models.lm import completion_batch, completion_logps
+from ..train.batches import epoch_batches
 from ..validate import check_int, check_positive, check_seed, help_field
-from .lm import completion_batch, completion_logps, encode_pairs, epoch_batches
+from .lm import encode_pairs
 
 
 @dataclass
