@@ -124,10 +124,10 @@ def main() -> None:
                      "explanations": {e: v for e, v in ex.items()},
                      "scores": rows_by})
     if not a.quick:
-        from superalign.runs.report import _figure
+        from superalign.runs.html import figure
         panels = [k for k in ("ev_correlation", "detection_bacc", "fuzzing_bacc", "embedding_auroc")
                   if any(k in x for rows in rows_by.values() for x in rows)]
-        fig, axes = _figure(3.4 * len(panels), 3, ncols=len(panels))
+        fig, axes = figure(3.4 * len(panels), 3, ncols=len(panels))
         for ax, k in zip(axes, panels):
             for label, rows in rows_by.items():
                 v = [x[k] for x in rows if isinstance(x.get(k), (int, float)) and math.isfinite(x[k])]

@@ -191,10 +191,10 @@ def print_table(out: dict) -> None:
 def plot(out: dict, png: Path) -> Path:
     """Debate accuracy (95% CI) against MCTS rollouts per move, one panel per k, with greedy debaters, the judge
     alone and the paper's numbers as horizontal lines."""
-    from superalign.runs.report import _figure
+    from superalign.runs.html import figure
 
     ks = list(out["k"])
-    fig, axes = _figure(4.2 * len(ks), 3.4, ncols=len(ks))
+    fig, axes = figure(4.2 * len(ks), 3.4, ncols=len(ks))
     for ax, k in zip(axes, ks):
         row, paper = out["k"][k], out["paper"].get(int(k)) or out["paper"].get(str(k)) or {}
         mcts = sorted(((r["rollouts"], r) for r in row["runs"].values() if r["debater"] == "mcts" and r["precommit"]),
