@@ -122,6 +122,8 @@ def test_read_only_store_can_be_read_not_written(tmp_path, monkeypatch, capsys):
     _check_read_only(tmp_path)  # works as root too: sqlite itself opens the file read-only (mode=ro)
     assert _cli("runs", "list", "--home", str(tmp_path)) == 0
     assert "r1" in capsys.readouterr().out
+    assert _cli("report", "--home", str(tmp_path), "--out", str(tmp_path / "report.html")) == 0
+    assert (tmp_path / "report.html").stat().st_size > 0
 
 
 def test_read_only_folder_chmod(tmp_path, capsys):

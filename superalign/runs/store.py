@@ -147,7 +147,7 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 def _hold(store: RunStore, rid: str) -> None:
     global _heartbeat_thread
     with _held_lock:
-        _held[(str(store.db_path), rid)] = store
+        _held[(store.key, rid)] = store
         if _heartbeat_thread is None or not _heartbeat_thread.is_alive():
             _heartbeat_thread = threading.Thread(target=_heartbeat_loop, name="superalign-heartbeat", daemon=True)
             _heartbeat_thread.start()
@@ -156,12 +156,12 @@ def _hold(store: RunStore, rid: str) -> None:
 
 def _release(store: RunStore, rid: str) -> None:
     with _held_lock:
-        _held.pop((str(store.db_path), rid), None)
+        _held.pop((store.key, rid), None)
 
 
 def _holds(store: RunStore, rid: str) -> bool:
     with _held_lock:
-        return (str(store.db_path), rid) in _held
+        return (store.key, rid) in _held
 
 
 def _heartbeat_loop() -> None:
@@ -207,6 +207,7 @@ class RunStore:
     def __init__(self, home: str | Path | None = None, create: bool = True):
         self.home = Path(home).expanduser() if home else default_home()
         self.db_path = self.home / "runs.db"
+        self.key = os.path.abspath(self.db_path)  # names this database in the process's table of held runs
         self.read_only = False
         self._uri: str | None = None  # read-only connections open this URI
         if self.home.exists() and not self.home.is_dir():

@@ -107,13 +107,16 @@ def _run_cells(exp: Experiment, grid: list[Cell], ids: list[str], group_id: str)
         while pending:
             status = store.statuses([rid for _, rid in pending])
             free = [(c, rid) for c, rid in pending if status[rid] not in ("done", "running") and rid not in attempted]
-            attempted.update(rid for _, rid in free)
             if cfg.executor == "ray" and free:
-                n_new += _run_ray(exp, [c for c, _ in free], group_id)
+                ran = _run_ray(exp, [c for c, _ in free], group_id)
+                attempted.update(ran)
+                n_new += sum(s == "done" for s in store.statuses(ran).values())
             else:
-                for c, _ in free:
+                for c, rid in free:
                     r = run_and_record(exp, c, group_id)
-                    n_new += r["status"] == "done" and not r["cached"]
+                    if not r["cached"]:  # claimed and computed here (else done or claimed by another process first)
+                        attempted.add(rid)
+                        n_new += r["status"] == "done"
             status = store.statuses([rid for _, rid in pending])
             bar.update(sum(s == "done" for s in status.values()))
             pending = [(c, rid) for c, rid in pending if status[rid] != "done"]
@@ -150,9 +153,9 @@ def run(cfg: W2SConfig | None = None, **kwargs) -> W2SResult:
     return sweep(cfg)
 
 
-def _run_ray(exp: Experiment, free: list[Cell], group_id: str) -> int:
+def _run_ray(exp: Experiment, free: list[Cell], group_id: str) -> list[str]:
     """One Ray task per seed (its cells share the weak, bootstrap and ceiling stages); the driver claims the cells
-    it sends and records their results, so only the driver writes the database. Returns how many it computed."""
+    it sends and records their results, so only the driver writes the database. Returns the run ids it claimed."""
     try:
         import ray
     except ImportError:
@@ -160,8 +163,7 @@ def _run_ray(exp: Experiment, free: list[Cell], group_id: str) -> int:
     cfg, store = exp.cfg, exp.store
     todo = [c for c in free if store.claim(cell_run_id(cfg, c), "w2s", cell_config(cfg, c), group_id).claimed]
     if not todo:
-        return 0
-    n_new = 0
+        return []
     try:
         if not ray.is_initialized():
             ray.init(address=cfg.address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
@@ -177,13 +179,12 @@ def _run_ray(exp: Experiment, free: list[Cell], group_id: str) -> int:
             done, pending = ray.wait(pending, num_returns=1)
             for f in done:
                 for cell_d, (metrics, preds, compute) in ray.get(f):
-                    n_new += record_result(store, cell_run_id(cfg, Cell(**cell_d)), metrics, preds,
-                                           compute)["status"] == "done"
+                    record_result(store, cell_run_id(cfg, Cell(**cell_d)), metrics, preds, compute)
     except BaseException as e:
         for c in todo:  # fail writes nothing for the cells already recorded
             store.fail(cell_run_id(cfg, c), f"{type(e).__name__}: {e}")
         raise
-    return n_new
+    return [cell_run_id(cfg, c) for c in todo]
 
 
 def _ray_cells(cfg_d: dict, cell_ds: list[dict]) -> list:
