@@ -63,6 +63,21 @@ def test_gpt2_lm_head_checkpoint_is_pooled_at_its_last_token(tiny_gpt2):
     assert len(set(lengths)) == 3  # the batch really was padded
 
 
+def test_embedding_scorer_pools_causal_lms_at_their_last_token(tiny_gpt2):
+    """The interp embedding scorer mean-pooled every model; a causal LM is pooled at its last real token."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from superalign.interp.scoring import TextEmbedder
+
+    texts = ["one two three four", "five"]
+    got = TextEmbedder(f"hf:{tiny_gpt2}")(texts)
+    tok, model = AutoTokenizer.from_pretrained(tiny_gpt2), AutoModel.from_pretrained(tiny_gpt2).eval()
+    with torch.no_grad():
+        want = [torch.nn.functional.normalize(model(**tok(t, return_tensors="pt")).last_hidden_state[0, -1], dim=-1)
+                for t in texts]
+    np.testing.assert_allclose(got, torch.stack(want).numpy(), atol=1e-5)
+
+
 def test_is_causal_config_one_rule_for_every_family():
     from transformers import BertConfig, GPT2Config, LlamaConfig, PretrainedConfig, T5Config
 

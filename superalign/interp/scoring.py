@@ -190,12 +190,14 @@ def score_fuzzing(llm, explanation: str, rec: UnitRecords, seed: int = 0) -> Cla
 
 
 class TextEmbedder:
-    """Mean-pooled, L2-normalised sentence embeddings from any registered encoder (default: offline MiniLM-L6)."""
+    """L2-normalised sentence embeddings from any registered model (default: offline MiniLM-L6), pooled as the model
+    layer pools: mean over tokens for encoders, the last real token for causal LMs."""
 
     def __init__(self, model: str = "minilm", batch_size: int = 64, trust_remote_code: bool = False):
         from ..models import load_hf, resolve_model
 
-        self.tok, self.model, _ = load_hf(resolve_model(model), trust_remote_code)
+        self.tok, self.model, self.causal = load_hf(resolve_model(model), trust_remote_code)
+        self.tok.padding_side = "right"  # pool() finds the last real token on either side; right is the scoring layout
         self.model.eval()
         self.batch_size, self.name = batch_size, model
 
@@ -210,7 +212,7 @@ class TextEmbedder:
                 enc = self.tok(texts[b:b + self.batch_size], return_tensors="pt", padding=True, truncation=True,
                                max_length=128)
                 h = self.model(**enc).last_hidden_state
-                e = pool(h, enc["attention_mask"], causal=False)
+                e = pool(h, enc["attention_mask"], causal=self.causal)
                 out.append(torch.nn.functional.normalize(e, dim=-1).numpy())
         return np.concatenate(out) if out else np.zeros((0, 0))
 
