@@ -1,6 +1,5 @@
-"""The `superalign` command line: one command per registered pillar (w2s, rlhf, interp, debate; see
-:mod:`superalign.pillars`), each job's flags generated from its config dataclass, plus `runs`, `report`, `tasks`
-and `models`."""
+"""The `superalign` command line: one command per research pillar (w2s, rlhf, interp, debate), each job's flags
+generated from its config dataclass, plus `runs`, `report`, `tasks` and `models`."""
 
 from __future__ import annotations
 
@@ -75,7 +74,7 @@ def _summary(r: dict) -> str:
     def show(v) -> str:
         if isinstance(v, float):
             return "n/a" if math.isnan(v) else f"{v:.4g}"
-        return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+        return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
     cfg = " ".join(f"{k}={show(v)}" for k, v in key_config(r, limit=6))
     met = " ".join(f"{k}={show(v)}" for k, v in headline_metrics(r, limit=6))
