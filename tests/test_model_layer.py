@@ -156,6 +156,16 @@ def test_rlhf_registers_testbed_without_importing_torch():
     assert "testbed" in {e.key for e in model_names()}
 
 
+def test_cli_lists_every_name_with_its_pillars(capsys):
+    from superalign.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()}
+    assert {"minilm-l<k>", "hf:<id|path>[@k]", "smollm2", "testbed", "bow", "human", "<folder>"} <= set(rows)
+    assert "causal LM; pillars: rlhf, interp;" in rows["testbed"] and "classical; pillars: w2s;" in rows["bow"]
+
+
 def _imported_modules(f: Path) -> list[str]:
     """Absolute names of every module ``f`` imports, at any depth (function-level imports too)."""
     package = ["superalign", *f.relative_to(PACKAGE).parent.parts]

@@ -13,4 +13,4 @@ def _resolve_testbed(name: str, home=None) -> ModelSpec:
 
 
 register_model_name("testbed", _resolve_testbed, "the RLHF testbed's tiny GPT-2, pretrained on the review language "
-                    "(built into the run store on first use), offline", ("rlhf", "interp", "w2s"), kind="causal LM")
+                    "(built into the run store on first use), offline", ("rlhf", "interp"), kind="causal LM")
