@@ -236,7 +236,7 @@ def resolve_model(name: str, home: str | Path | None = None, pillar: str | None 
         raise SuperalignError(f"model path {name} does not exist (or is not a folder)", "check the path")
     else:
         raise SuperalignError(f"unknown model {name!r}", f"use one of {', '.join(list_models())} "
-                              "(pillar names such as testbed are registered when the pillar is imported)")
+                              "(a pillar's own names exist once it is imported, e.g. testbed: import superalign.rlhf)")
     if pillar is not None and pillar not in pillars:
         raise SuperalignError(f"model {name!r} ({entry.kind if entry else 'a folder'}) is not accepted by {pillar}",
                               f"{pillar} accepts: {', '.join(e.shown for e in model_names() if pillar in e.pillars)}")
