@@ -90,7 +90,8 @@ class ScoreJob(JobBase):
     def __post_init__(self):
         self.scorers = list(self.scorers)
         if not self.explanations:
-            raise SuperalignError("no explanations given", "pass --explanations RUN_ID (from superalign interp explain)")
+            raise SuperalignError("no explanations given",
+                                  "pass --explanations RUN_ID (from superalign interp explain)")
         bad = [s for s in self.scorers if s not in SCORERS]
         if bad or not self.scorers:
             raise SuperalignError(f"unknown scorer(s) {bad}", f"use any of {', '.join(SCORERS)}")
@@ -156,11 +157,17 @@ def run_explain(job: ExplainJob) -> dict:
         explainer = LLMExplainer(llm, max_new_tokens=job.max_new_tokens)
     else:
         explainer = TokenLookupExplainer()
+    t0 = time.perf_counter()
+    acts = cache.acts.float()
+    n_units = sae.cfg.n_latents if sae is not None else acts.shape[1]
+    if job.unit_ids and max(job.unit_ids) >= n_units:
+        raise SuperalignError(f"--unit-ids {max(job.unit_ids)} is out of range: the "
+                              f"{'SAE has' if sae is not None else 'hook point has'} {n_units} units",
+                              f"pass ids in 0…{n_units - 1}")
+    # chosen before the run store is touched: a cache on which nothing fires is a bad input, not a failed run
+    units = sorted(set(job.unit_ids)) if job.unit_ids else choose_units(acts, sae, job.units, job.seed)
 
     def body(store, out: Path):
-        t0 = time.perf_counter()
-        acts = cache.acts.float()
-        units = sorted(set(job.unit_ids)) if job.unit_ids else choose_units(acts, sae, job.units, job.seed)
         ua = unit_activations(acts, units, sae)
         recs = build_records(ua, units, cache.tokens, cache.doc, cache.pos, tok, job.n_explain, job.n_score_top,
                              job.n_random, job.window, job.seed)

@@ -22,7 +22,6 @@ from .sae import SAEConfig, TopKSAE
 from .train_sae import SAETrainConfig, evaluate_sae, train_sae
 
 
-
 @dataclass
 class CacheJob(JobBase):
     """Cache a model's residual-stream activations at a hook point over a corpus."""
@@ -221,9 +220,16 @@ def run_sae(job: SAEJob) -> dict:
         return done
     cache = load_activations(job.cache)  # validates the folder before anything is written
     held_docs, held_texts, note = _held_out_texts(job, cache)  # so is the corpus, for loss recovered
+    acts = cache.acts.float()
+    if not torch.isfinite(acts).all():  # a bad input, found before a failed run is recorded
+        raise SuperalignError(f"the activation cache {job.cache} contains NaN or inf",
+                              "re-run superalign interp cache (the model produced non-finite activations)")
+    n_pool = len(acts) if held_docs is None else int((~torch.isin(cache.doc, held_docs)).sum())
+    if n_pool - max(1, int(job.eval_frac * n_pool)) < 1:
+        raise SuperalignError(f"the activation cache {job.cache} has {n_pool} usable tokens: none left to train on "
+                              f"after holding out --eval-frac {job.eval_frac}", "cache more texts")
 
     def body(store, out):
-        acts = cache.acts.float()
         # the loss-recovered texts' tokens are kept out of training and of the FVU split (none for encoders)
         pool = torch.arange(len(acts)) if held_docs is None else (~torch.isin(cache.doc, held_docs)).nonzero()[:, 0]
         perm = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(job.seed))]
