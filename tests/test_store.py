@@ -169,3 +169,17 @@ def test_corrupt_cache_entry_is_a_miss(tmp_path):
     p.write_bytes(b"garbage")
     with pytest.warns(RuntimeWarning, match="unreadable"):
         assert c.get("weak", {"k": 1}) is None
+
+
+def test_read_only_store_of_an_older_version_is_readable(tmp_path, monkeypatch):
+    with sqlite3.connect(tmp_path / "runs.db") as c:  # the schema before holders (pid, host, heartbeat) were kept
+        c.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, group_id TEXT, status TEXT NOT NULL, "
+                  "config TEXT NOT NULL, metrics TEXT, artefacts TEXT, compute TEXT, code_version TEXT, "
+                  "created_at REAL, finished_at REAL, error TEXT)")
+        c.execute("INSERT INTO runs (id, kind, status, config, created_at) VALUES ('a', 'job', 'running', '{}', 1), "
+                  "('b', 'job', 'done', '{}', 2)")
+    real = os.access
+    monkeypatch.setattr(store_mod.os, "access", lambda p, mode: False if mode & os.W_OK else real(p, mode))
+    s = RunStore(tmp_path)  # cannot migrate a read-only store: reads work without the new columns
+    assert s.read_only and s.statuses(["a", "b", "c"]) == {"a": "interrupted", "b": "done", "c": None}
+    assert [r["status"] for r in s.list()] == ["interrupted", "done"] and s.get("a")["pid"] is None

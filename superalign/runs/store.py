@@ -396,7 +396,7 @@ class RunStore:
         with self._db() as c:
             for i in range(0, len(rids), 500):
                 chunk = rids[i:i + 500]
-                q = f"SELECT id, status, pid, host, heartbeat_at FROM runs WHERE id IN ({','.join('?' * len(chunk))})"
+                q = f"SELECT * FROM runs WHERE id IN ({','.join('?' * len(chunk))})"  # * : an old store lacks pid
                 for row in c.execute(q, chunk).fetchall():
                     d = dict(row)
                     out[d["id"]] = "interrupted" if d["status"] == "running" and not self.holder_alive(d) \
@@ -474,9 +474,9 @@ class RunStore:
     def holds(self, rid: str) -> bool:
         """Whether this process holds run ``rid`` (claimed it, not finished, not taken over)."""
         with self._db() as c:
-            row = c.execute("SELECT status, pid, host FROM runs WHERE id=?", (rid,)).fetchone()
-        return bool(row and row["status"] == "running" and row["pid"] == os.getpid() and row["host"] == HOST
-                    and _holds(self, rid))
+            row = c.execute("SELECT * FROM runs WHERE id=?", (rid,)).fetchone()
+        return bool(row and row["status"] == "running" and dict(row).get("pid") == os.getpid()
+                    and dict(row).get("host") == HOST and _holds(self, rid))
 
     def _held_update(self, rid: str, sets: str, args: tuple) -> bool:
         """UPDATE a row only while this process holds it: status 'running' with our pid and host."""
