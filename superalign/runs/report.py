@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from ..errors import SuperalignError
 from ..pillars import MAX_GENERIC, headline_metrics, key_config, pillars, resolve
 from .html import CSS, NA, as_float, error_box, esc, finite, flops, fmt, short, table, val, when
 from .store import RunStore, code_version
@@ -104,6 +105,8 @@ def write_report(store: RunStore, out_path: str | Path, kinds: list[str] | None 
     if isinstance(kinds, str):  # a bare kind would otherwise match as a substring test
         kinds = [kinds]
     out = Path(out_path)
+    if out.is_dir():
+        raise SuperalignError(f"report output {out} is a folder", f"pass --out {out / 'superalign_report.html'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     text = render(store, kinds)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
