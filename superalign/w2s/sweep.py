@@ -68,8 +68,10 @@ def sweep(cfg: W2SConfig | None = None, **kwargs) -> W2SResult:
     exp = Experiment(cfg)  # loads and validates the task and models first
     store = exp.store
     grid = cells(cfg)
-    group_cfg = {k: v for k, v in dataclasses.asdict(cfg).items()
-                 if k not in ("home", "progress", "executor", "address")}
+    # The task's content fingerprint is part of the group's identity, as it is of every run's: an edited data
+    # file is a new sweep, not the old group row rewritten.
+    group_cfg = {**{k: v for k, v in dataclasses.asdict(cfg).items()
+                    if k not in ("home", "progress", "executor", "address")}, "task_fp": exp.task_fp}
     group_id = f"w2s-sweep-{content_hash(group_cfg)}"
     ids = [cell_run_id(cfg, c) for c in grid]
     # Claimed like a run, so `runs list` shows a sweep in progress; an identical sweep finished or running in
