@@ -182,11 +182,18 @@ def check_models(*names: str | None, trust_remote_code: bool = False) -> None:
 
     from ..models.lm import resolve_lm_path
     from ..models.registry import from_pretrained as _from_pretrained
-    from .reward import is_reward_model_dir
+    from ..validate import checkpoint_kind
+    from .reward import check_reward_model_dir, is_reward_model_dir
 
     for name in names:
-        if name is None or name in ("testbed", "smollm2") + TESTBED_NAMES or is_reward_model_dir(name):
+        if name is not None and is_reward_model_dir(name):
+            check_reward_model_dir(name)
             continue
+        if name is None or name in ("testbed", "smollm2") + TESTBED_NAMES:
+            continue
+        if (kind := checkpoint_kind(name)) and kind != "a reward model":
+            raise SuperalignError(f"{name} is {kind}, not a language model", "pass a policy or reward-model folder, "
+                                  "testbed, smollm2 or hf:<id|path>")
         path, kw = resolve_lm_path(name)
         if not kw:
             _from_pretrained(AutoConfig.from_pretrained, name, path, trust_remote_code=trust_remote_code)
@@ -264,6 +271,10 @@ def run_rm(job: RMJob) -> dict:
     if job.data != "testbed":
         pairs = load_preferences(job.data, job.data_dir, job.prompt_col, job.chosen_col, job.rejected_col,
                                  limit=job.limit)
+    n = len(pairs) if pairs is not None else min(job.n_prompts, job.limit or job.n_prompts)
+    if n - max(1, int(round(job.eval_frac * n))) < 1:  # checked again in the body; here before the store is touched
+        raise SuperalignError(f"only {n} comparisons: nothing left to train on after holding out --eval-frac "
+                              f"{job.eval_frac}", "pass more data (or a larger --limit / --n-prompts)")
 
     check_models(job.base, job.sampler if job.data == "testbed" else None, trust_remote_code=job.trust_remote_code)
 

@@ -19,12 +19,22 @@ import numpy as np
 
 from ..errors import SuperalignError
 from ..models.lm import load_lm
+from ..validate import document_cli_overrides
 from .bon import FunctionalFit, bon_curve, fit_bon, fit_rl, predict_bon, predict_rl
 from .jobs import JobBase, PPOJob, _f, best_of_n_samples, resolve_policy, resolve_reward, run_job, run_ppo
+from .ppo import PPOConfig
 from .reward import load_reward_model
 from .testbed import GoldReward, sample_prompts
 
+OVEROPT_CLI_OVERRIDES = {
+    "updates": (100, 80, "each β gets its own PPO run: 80 updates already over-optimize the testbed proxy at β 0.01"),
+    "eval_every": (0, 5, "the study is the gold/proxy trajectory along PPO: the policy is evaluated every 5 updates"),
+}
+"""Defaults of ``superalign rlhf overopt`` that differ from :class:`~superalign.rlhf.ppo.PPOConfig` (for its PPO
+runs; ``--ppo-lr`` is PPOConfig's ``lr``): ``{field: (library, cli, why)}``."""
 
+
+@document_cli_overrides(PPOConfig, OVEROPT_CLI_OVERRIDES)
 @dataclass
 class OveroptJob(JobBase):
     """The over-optimization study on the testbed: best-of-n and PPO against a proxy reward, gold vs sqrt(KL)."""

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..errors import SuperalignError
 from ..models.lm import encode_prompts, fuse_activations, load_tokenizer, model_inputs, resolve_lm_path
@@ -85,6 +85,32 @@ def is_reward_model_dir(path: str | Path) -> bool:
     return (Path(path) / "reward_head.safetensors").exists()
 
 
+def check_reward_model_dir(path: str | Path) -> dict:
+    """The ``reward.json`` of a saved reward-model folder, after cheap checks (no weights loaded) that it is whole:
+    a corrupt reward.json, a truncated head or a missing backbone is a one-line error naming the file."""
+    from safetensors import safe_open
+
+    from ..validate import read_json_file
+
+    path = Path(path)
+    fix = "retrain it with `superalign rlhf rm` (the folder is damaged)"
+    meta = read_json_file(path / "reward.json", "reward-model metadata", fix)
+    if not isinstance(meta, dict):
+        raise SuperalignError(f"{path / 'reward.json'} is not a reward-model metadata object", fix)
+    if not (path / "backbone" / "config.json").is_file():
+        raise SuperalignError(f"reward model {path} has no backbone/config.json", fix)
+    try:
+        with safe_open(str(path / "reward_head.safetensors"), "pt") as f:
+            keys = set(f.keys())
+    except Exception as e:  # safetensors raises its own error types for truncated or garbage headers
+        raise SuperalignError(f"reward head {path / 'reward_head.safetensors'} is truncated or corrupt "
+                              f"({type(e).__name__})", fix) from None
+    if keys != {"weight", "bias"}:
+        raise SuperalignError(f"{path / 'reward_head.safetensors'} is not a reward head (tensors: "
+                              f"{', '.join(sorted(keys)) or 'none'})", fix)
+    return meta
+
+
 def load_reward_model(name: str, home=None, trust_remote_code: bool = False):
     """(tokenizer, RewardModel). ``name`` is a saved reward-model folder, or a base model name for a fresh head."""
     from transformers import AutoModel
@@ -92,12 +118,20 @@ def load_reward_model(name: str, home=None, trust_remote_code: bool = False):
 
     hf_logging.disable_progress_bar()
     if is_reward_model_dir(name):
+        from ..validate import load_safetensors
+
         path = Path(name)
+        meta = check_reward_model_dir(path)
         tok = load_tokenizer(str(path / "backbone"), home, trust_remote_code)
         backbone = _from_pretrained(AutoModel.from_pretrained, name, str(path / "backbone"),
                                     trust_remote_code=trust_remote_code)
-        rm = RewardModel(backbone, json.loads((path / "reward.json").read_text()))
-        rm.head.load_state_dict(load_file(str(path / "reward_head.safetensors")))
+        rm = RewardModel(backbone, meta)
+        head = load_safetensors(path / "reward_head.safetensors", "reward head", "retrain it with `superalign rlhf rm`")
+        try:
+            rm.head.load_state_dict(head)
+        except RuntimeError as e:
+            raise SuperalignError(f"reward head in {path} does not fit its backbone ({str(e).splitlines()[-1][:100]})",
+                                  "retrain it with `superalign rlhf rm`") from None
     else:
         p, kw = resolve_lm_path(name, home)
         tok = load_tokenizer(name, home, trust_remote_code)
