@@ -78,6 +78,19 @@ def test_embedding_scorer_pools_causal_lms_at_their_last_token(tiny_gpt2):
     np.testing.assert_allclose(got, torch.stack(want).numpy(), atol=1e-5)
 
 
+def test_causal_student_logits_do_not_depend_on_the_batch(tiny_gpt2):
+    """A GPT-2 student was left-padded without position ids: its padded texts' positions shifted with the batch."""
+    from superalign.train.students import TextClassifier
+
+    torch.manual_seed(0)
+    clf = TextClassifier(resolve_model(f"hf:{tiny_gpt2}"), "full").eval()
+    assert clf.causal
+    with torch.no_grad():
+        batch = clf(["one two three four five six", "seven"])
+        alone = clf(["seven"])
+    torch.testing.assert_close(batch[1:], alone, atol=1e-5, rtol=1e-5)
+
+
 def test_is_causal_config_one_rule_for_every_family():
     from transformers import BertConfig, GPT2Config, LlamaConfig, PretrainedConfig, T5Config
 

@@ -46,7 +46,9 @@ class TextClassifier(nn.Module):
             raise SuperalignError(f"unknown finetuning mode {mode!r}", f"use one of {', '.join(MODES)}")
         tok, backbone, causal = load_hf(spec, trust_remote_code=trust_remote_code, for_training=True)
         if causal:
-            tok.padding_side = "left"  # the pooled (last) token is then the real last token
+            # right: real tokens keep positions 0..n-1 (left padding without position ids shifts them, so a text's
+            # logits depended on its batch); pool() reads the last real token on either side
+            tok.padding_side = "right"
         self.tok, self.causal, self.max_length, self.device = tok, causal, max_length, device
         if mode == "lora":
             from peft import LoraConfig, get_peft_model
