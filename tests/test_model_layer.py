@@ -232,6 +232,14 @@ def test_load_lm_device_dtype_truncation_and_errors(gpt2_with_eos, tiny_gpt2, ti
     assert tok.eos_token is None and len(lm.transformer.h) == 2
 
 
+def test_encoder_loader_takes_device_and_dtype(tiny_bert):
+    tok, model, causal = load_hf(resolve_model(f"hf:{tiny_bert}@1"), device="cpu", dtype="bf16")
+    assert not causal and model.config.num_hidden_layers == 1
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and model.device.type == "cpu"
+    with pytest.raises(SuperalignError, match="unknown dtype"):
+        load_hf(resolve_model(f"hf:{tiny_bert}"), dtype="int3")
+
+
 def test_loaders_keep_remote_code_off_and_save_safetensors(gpt2_with_eos, tmp_path, monkeypatch):
     import transformers
 
