@@ -104,6 +104,17 @@ def _list(ns: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad command lines (unknown flag, a value of the wrong type, a choice not offered) are one line
+    ``superalign: error: <command>: <problem>; see `<command> --help``` and exit status 2, like every other bad input
+    (argparse would print the whole usage first). Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        where = self.prog.removeprefix("superalign").strip()
+        line = " ".join(f"{where + ': ' if where else ''}{message}".split())
+        self.exit(2, f"superalign: error: {line}; see `{self.prog} --help`\n")
+
+
 def _help(text: str) -> str:
     """argparse %-formats help strings: a literal % must be doubled."""
     return text.replace("%", "%%")
@@ -130,7 +141,7 @@ def _add_pillar(sub, pillar) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .pillars import known_kinds, pillars
 
-    p = argparse.ArgumentParser(prog="superalign", description=__doc__)
+    p = OneLineErrorParser(prog="superalign", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     for pillar in pillars():
         _add_pillar(sub, pillar)
@@ -233,7 +244,11 @@ def storage_error(e: BaseException, ns: argparse.Namespace | None = None) -> str
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if extra:  # named against the subcommand that got them, not the top-level parser argparse would blame
+        cmd = " ".join(x for x in (ns.cmd, getattr(ns, f"{ns.cmd.replace('-', '_')}_cmd", None)) if x)
+        parser.exit(2, f"superalign: error: {cmd}: unrecognized arguments: {' '.join(extra)}; "
+                       f"see `superalign {cmd} --help`\n")
     try:
         return ns.fn(ns)
     except SuperalignError as e:

@@ -296,3 +296,18 @@ def test_interp_sae_nested_flags_reach_the_checkpoint(tiny_bert, tmp_path, capsy
     sae_dir = capsys.readouterr().out.split("sae: ")[1].split()[0]
     cfg = json.loads((Path(sae_dir) / "cfg.json").read_text())
     assert cfg["aux_k"] == 8 and cfg["multi_topk_coef"] == 0.5 and cfg["multi_topk"] == 2 and cfg["n_latents"] == 32
+
+
+def test_bad_command_lines_are_one_line(capsys):
+    cases = [(["rlhf", "sft", "--lr", "fast"], "rlhf sft: argument --lr: invalid float value: 'fast'",
+              "superalign rlhf sft --help"),
+             (["w2s", "run", "--weak", "bow", "minilm-l1"], "w2s run: unrecognized arguments: minilm-l1",
+              "superalign w2s run --help"),
+             (["debate"], "debate: the following arguments are required: COMMAND", "superalign debate --help"),
+             (["w2s", "run", "--mode", "bogus"], "invalid choice: 'bogus'", "superalign w2s run --help")]
+    for argv, problem, fix in cases:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and "\n" not in err and err.startswith("superalign: error: "), err
+        assert problem in err and err.endswith(f"; see `{fix}`"), err
