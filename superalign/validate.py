@@ -102,7 +102,10 @@ def check_int(name: str, value: Any, minimum: int = 1, example: Any = None, none
         return
     if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
         what = f"an integer ≥ {minimum}" + (f" and ≤ {maximum}" if maximum is not None else "")
-        _fail(name, what, value, example if example is not None else max(minimum, 1))
+        example = example if example is not None else max(minimum, 1)
+        if maximum is not None and isinstance(example, int):
+            example = max(minimum, min(example, maximum))
+        _fail(name, what, value, example)
 
 
 def check_seed(name: str, value: Any) -> None:

@@ -124,6 +124,20 @@ def files(tmp_path_factory) -> dict[str, str]:
     return f
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, tiny_bert) -> str:
+    """A real activation cache (tiny random BERT, width 32, 12 short texts) in a store of its own."""
+    from superalign.runs import RunStore
+
+    d = tmp_path_factory.mktemp("cache_home")
+    corpus = d / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"the food was good and the staff {i} was kind"}) + "\n"
+                              for i in range(12)))
+    assert main(["interp", "cache", "--home", str(d / "home"), "--model", f"hf:{tiny_bert}", "--texts", str(corpus),
+                 "--hook", "layers.1", "--max-length", "16", "--progress", "false"]) == 0
+    return RunStore(d / "home").list(kind="interp-cache")[0]["artefacts"]["cache"]
+
+
 # ----------------------------------------------------------------------------- the cases
 
 
@@ -165,6 +179,7 @@ CASES = [
     C("rm-k-1", ["rlhf", "rm", *H, *Q, "--k", "1"], r"--k"),
     C("rm-inf-label-beta", ["rlhf", "rm", *H, *Q, "--label-beta", "inf"], r"--label-beta"),
     C("rm-negative-weight-decay", ["rlhf", "rm", *H, *Q, "--weight-decay", "-1"], r"--weight-decay"),
+    C("rm-one-comparison", ["rlhf", "rm", *H, *Q, "--n-prompts", "1"], r"only 1 comparisons"),
     C("rm-broken-jsonl", ["rlhf", "rm", *H, *Q, "--data", "{broken_jsonl}"], r"line 2"),
     C("rm-wrong-columns", ["rlhf", "rm", *H, *Q, "--data", "{wrong_columns_jsonl}"], r"not found|column"),
     C("rm-data-is-folder", ["rlhf", "rm", *H, *Q, "--data", "{folder}"], r"folder"),
@@ -205,6 +220,16 @@ CASES = [
     C("explain-repeated-unit-ids", ["interp", "explain", *H, *Q, "--cache", "{folder}", "--unit-ids", "3", "3"],
       r"--unit-ids"),
     C("explain-negative-seed", ["interp", "explain", *H, *Q, "--cache", "{folder}", "--seed", "-5"], r"--seed"),
+    C("explain-unit-id-out-of-range", ["interp", "explain", *H, *Q, "--cache", "{cache}", "--unit-ids", "999"],
+      r"--unit-ids 999 is out of range"),
+    C("explain-judge-as-sae", ["interp", "explain", *H, *Q, "--cache", "{cache}", "--sae", "{judge}"],
+      r"not an SAE checkpoint"),
+    C("explain-truncated-sae", ["interp", "explain", *H, *Q, "--cache", "{cache}", "--sae", "{sae_truncated}"],
+      r"sae.safetensors.*(truncated|corrupt)"),
+    C("explain-corrupt-sae-cfg", ["interp", "explain", *H, *Q, "--cache", "{cache}", "--sae", "{sae_bad_cfg}"],
+      r"cfg.json.*UTF-8"),
+    C("sae-k-above-cache-latents", ["interp", "sae", *H, *Q, "--cache", "{cache}", "--n-latents", "8", "--k", "16"],
+      r"--k"),
     C("explain-missing-cache", ["interp", "explain", *H, *Q, "--cache", "{missing}"], r"does-not-exist"),
     C("score-unknown-scorer", ["interp", "score", *H, *Q, "--explanations", "x", "--scorers", "vibes"], r"scorer"),
     C("score-zero-concurrency", ["interp", "score", *H, *Q, "--explanations", "x", "--llm-concurrency", "0"],
@@ -301,6 +326,8 @@ def _run_subprocess(argv: list[str], cwd: Path) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("argv, expect, store, in_subprocess", CASES)
 def test_bad_input(argv, expect, store, in_subprocess, files, tmp_path, monkeypatch, capsys, request):
+    if any("{cache}" in a for a in argv):
+        files = {**files, "cache": request.getfixturevalue("cache")}
     cwd = tmp_path / "work"
     home = cwd / "home"
     cwd.mkdir()
@@ -315,6 +342,7 @@ def test_bad_input(argv, expect, store, in_subprocess, files, tmp_path, monkeypa
     argv = [a.format(**subs) for a in argv]
     monkeypatch.chdir(cwd)
     monkeypatch.delenv("SUPERALIGN_HOME", raising=False)
+    capsys.readouterr()  # whatever fixtures printed
     before = _snapshot(cwd)
 
     rc, err, tb = _run_subprocess(argv, cwd) if in_subprocess else _run_in_process(argv, capsys)
