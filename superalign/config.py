@@ -2,7 +2,9 @@
 
 Every job has one dataclass; each field carries its help text in ``metadata["help"]`` and validation lives in
 ``__post_init__`` (raising :class:`SuperalignError`). :func:`add_dataclass_args` turns such a dataclass into
-command-line flags, so the CLI and the Python API cannot drift apart.
+command-line flags, so the CLI and the Python API cannot drift apart: enum-like fields (``metadata["choices"]``,
+``Literal`` types) list and enforce their choices, a nested config dataclass (a job wrapping a library config) is
+flattened into flags and rebuilt by :func:`from_args`, and all help text is safe for argparse's %-formatting.
 """
 
 from __future__ import annotations
@@ -129,8 +131,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[s
             if clash and not inner_prefix:
                 raise TypeError(f"{cls.__name__}.{f.name}: nested fields {clash} clash with the outer fields; "
                                 "list them in metadata['skip'] or give a metadata['prefix']")
+            # a group's description is not %-formatted by argparse (unlike help strings): no escaping here
             group = parser.add_argument_group(f"{f.name} ({nested.__name__})",
-                                              _pct_safe(f.metadata.get("help") or docs.get(f.name, "")) or None)
+                                              f.metadata.get("help") or docs.get(f.name, "") or None)
             _add_nested(group, nested, dest, f, taken)
             continue
         _add_flag(parser, f, hints[f.name], docs, dest, "--" + f.name.replace("_", "-"), f.name in single, taken)

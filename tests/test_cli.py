@@ -120,6 +120,7 @@ def test_choices_listed_in_help_and_enforced():
     assert "tags (choices: x, y; default: x)" in text                        # list of a Literal
     assert "which kind (choices: a, b; default: a)" in text                  # Literal in a nested config
     assert "share in % of 100% (default 50%) (default: 0.5)" in text and "(default: 5%)" in text  # %-safe
+    assert "the library config (100%)" in text and "%%" not in text
     for bad in (["--mode", "medium"], ["--tags", "z"], ["--kind", "c"]):
         with pytest.raises(SystemExit):
             p.parse_args(bad)
