@@ -42,10 +42,6 @@ def _job(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
-
-
 def _runs(ns: argparse.Namespace) -> int:
     from .runs import RunStore
 
