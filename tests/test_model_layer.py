@@ -169,6 +169,16 @@ def test_rlhf_registers_testbed_without_importing_torch():
     assert "testbed" in {e.key for e in model_names()}
 
 
+def test_testbed_resolves_into_the_given_run_store(monkeypatch, tmp_path, tiny_gpt2):
+    import superalign.rlhf.testbed as tb
+
+    homes = []
+    monkeypatch.setattr(tb, "testbed_lm_path", lambda home: homes.append(Path(home)) or Path(tiny_gpt2))
+    spec = resolve_model("testbed", home=tmp_path, pillar="rlhf")
+    assert spec.kind == "hf" and spec.path == tiny_gpt2 and homes == [tmp_path]
+    assert resolve_lm_path("testbed", tmp_path) == (tiny_gpt2, {})
+
+
 def test_cli_lists_every_name_with_its_pillars(capsys):
     from superalign.cli import main
 
