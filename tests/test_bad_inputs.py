@@ -79,6 +79,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     w = (s2 / "sae.safetensors").read_bytes()
     (s2 / "sae.safetensors").write_bytes(w[:100])
     f["sae_truncated"] = str(s2)
+    f["sae_wide"] = str(TopKSAE(SAEConfig(d_in=64, n_latents=64, k=4)).save(d / "sae_wide"))
     s3 = TopKSAE(SAEConfig(d_in=32, n_latents=64, k=4)).save(d / "sae_bad_cfg")
     (s3 / "cfg.json").write_bytes(b"\xff\xfe not json")
     f["sae_bad_cfg"] = str(s3)
@@ -116,6 +117,8 @@ def files(tmp_path_factory) -> dict[str, str]:
     (d / "transcript_latin1.jsonl").write_bytes('{"judge": 1, "answer": 1, "probability": 0.9, "n": "\xe9"}\n'
                                                 .encode("latin-1"))
     f["transcript_non_utf8"] = str(d / "transcript_latin1.jsonl")
+    (d / "transcript_ok.jsonl").write_text('{"judge": 1, "answer": 1, "probability": 0.9}\n' * 3)
+    f["transcript_ok"] = str(d / "transcript_ok.jsonl")
     (d / "transcript_bad.jsonl").write_text('{"judge": 1, "answer": 1, "probability": 1.7}\n')
     f["transcript_bad_prob"] = str(d / "transcript_bad.jsonl")
 
@@ -180,6 +183,14 @@ CASES = [
     C("rm-inf-label-beta", ["rlhf", "rm", *H, *Q, "--label-beta", "inf"], r"--label-beta"),
     C("rm-negative-weight-decay", ["rlhf", "rm", *H, *Q, "--weight-decay", "-1"], r"--weight-decay"),
     C("rm-one-comparison", ["rlhf", "rm", *H, *Q, "--n-prompts", "1"], r"only 1 comparisons"),
+    C("sft-policy-missing-folder", ["rlhf", "sft", *H, *Q, "--policy", "{missing}"], r"does not exist"),
+    C("sft-policy-offline-hub", ["rlhf", "sft", *H, *Q, "--policy", "hf:nobody/nothing-here"], r"nobody/nothing"),
+    C("ppo-judge-as-value", ["rlhf", "ppo", *H, *Q, "--value", "{judge}"], r"judge.*not a language model"),
+    C("ppo-sae-as-ref", ["rlhf", "ppo", *H, *Q, "--ref", "{sae}"], r"SAE.*not a language model"),
+    C("ppo-non-utf8-prompts", ["rlhf", "ppo", *H, *Q, "--prompts", "{non_utf8_jsonl}"], r"latin1"),
+    C("dpo-hh-without-data-dir", ["rlhf", "dpo", *H, *Q, "--data", "anthropic_hh"], r"datasets folder"),
+    C("bon-prompts-wrong-column", ["rlhf", "bon", *H, *Q, "--prompts", "{wrong_columns_jsonl}"], r"prompt"),
+    C("overopt-zero-updates", ["rlhf", "overopt", *H, *Q, "--updates", "0"], r"--updates"),
     C("rm-broken-jsonl", ["rlhf", "rm", *H, *Q, "--data", "{broken_jsonl}"], r"line 2"),
     C("rm-wrong-columns", ["rlhf", "rm", *H, *Q, "--data", "{wrong_columns_jsonl}"], r"not found|column"),
     C("rm-data-is-folder", ["rlhf", "rm", *H, *Q, "--data", "{folder}"], r"folder"),
@@ -207,6 +218,12 @@ CASES = [
     C("cache-zero-limit", ["interp", "cache", *H, *Q, "--limit", "0"], r"--limit"),
     C("cache-missing-corpus", ["interp", "cache", *H, *Q, "--texts", "{missing}"], r"does-not-exist"),
     C("cache-non-utf8-corpus", ["interp", "cache", *H, *Q, "--texts", "{non_utf8_jsonl}"], r"latin1"),
+    C("cache-model-without-activations", ["interp", "cache", *H, *Q, "--model", "bow"], r"bow"),
+    C("cache-unknown-hook", ["interp", "cache", *H, *Q, "--hook", "layers.99"], r"layers.99"),
+    C("cache-empty-corpus", ["interp", "cache", *H, *Q, "--texts", "{empty_jsonl}"], r"no rows|empty"),
+    C("sae-multi-topk-too-large", ["interp", "sae", *H, *Q, "--cache", "{folder}", "--n-latents", "16", "--k", "8",
+                                   "--multi-topk", "4"], r"--multi-topk"),
+    C("sae-sae-as-cache", ["interp", "sae", *H, *Q, "--cache", "{sae}"], r"not an activation cache"),
     C("sae-missing-cache", ["interp", "sae", *H, *Q, "--cache", "{missing}"], r"does-not-exist"),
     C("sae-corrupt-cache-meta", ["interp", "sae", *H, *Q, "--cache", "{cache_bad_meta}"], r"meta.json"),
     C("sae-judge-as-cache", ["interp", "sae", *H, *Q, "--cache", "{judge}"], r"cache"),
@@ -230,6 +247,13 @@ CASES = [
       r"cfg.json.*UTF-8"),
     C("sae-k-above-cache-latents", ["interp", "sae", *H, *Q, "--cache", "{cache}", "--n-latents", "8", "--k", "16"],
       r"--k"),
+    C("explain-unknown-llm", ["interp", "explain", *H, *Q, "--cache", "{cache}", "--explainer", "bogus"],
+      r"unknown LLM"),
+    C("explain-zero-window", ["interp", "explain", *H, *Q, "--cache", "{folder}", "--window", "0"], r"--window"),
+    C("explain-nothing-to-score", ["interp", "explain", *H, *Q, "--cache", "{folder}", "--n-score-top", "0",
+                                   "--n-random", "0"], r"nothing to score"),
+    C("explain-sae-of-another-width", ["interp", "explain", *H, *Q, "--cache", "{cache}", "--sae", "{sae_wide}"],
+      r"width 64"),
     C("explain-missing-cache", ["interp", "explain", *H, *Q, "--cache", "{missing}"], r"does-not-exist"),
     C("score-unknown-scorer", ["interp", "score", *H, *Q, "--explanations", "x", "--scorers", "vibes"], r"scorer"),
     C("score-zero-concurrency", ["interp", "score", *H, *Q, "--explanations", "x", "--llm-concurrency", "0"],
@@ -258,6 +282,15 @@ CASES = [
     C("debate-zero-rollouts", ["debate", "run", *H, *Q, "--judge", "{judge}", "--rollouts", "0"], r"rollouts"),
     C("debate-negative-c-puct", ["debate", "run", *H, *Q, "--judge", "{judge}", "--c-puct", "-1"], r"c_puct|--c-puct"),
     C("debate-missing-gpu", ["debate", "run", *H, *Q, "--judge", "{judge}", "--device", "cuda:99"], r"--device"),
+    C("debate-zero-images", ["debate", "run", *H, *Q, "--judge", "{judge}", "--n-images", "0"], r"--n-images"),
+    C("debate-zero-workers", ["debate", "run", *H, *Q, "--judge", "{judge}", "--workers", "0"], r"--workers"),
+    C("debate-unknown-first", ["debate", "run", *H, *Q, "--judge", "{judge}", "--first", "nobody"], r"--first"),
+    C("debate-unknown-prior", ["debate", "run", *H, *Q, "--judge", "{judge}", "--prior", "x"], r"--prior"),
+    C("debate-garbage-test-images", ["debate", "run", *H, *Q, "--judge", "{judge}", "--data", "{garbage_npz}"],
+      r"npz"),
+    C("train-judge-negative-max-train", ["debate", "train-judge", *H, *Q, "--max-train", "-1"], r"--max-train"),
+    C("debate-report-zero-bootstrap", ["debate", "report", "{transcript_ok}", "--n-boot", "0"], r"--n-boot"),
+    C("debate-report-zero-bins", ["debate", "report", "{transcript_ok}", "--n-bins", "0"], r"--n-bins"),
     C("debate-report-non-utf8", ["debate", "report", "{transcript_non_utf8}"], r"UTF-8"),
     C("debate-report-folder", ["debate", "report", "{folder}"], r"folder"),
     C("debate-report-bad-probability", ["debate", "report", "{transcript_bad_prob}"], r"probability"),
@@ -266,6 +299,8 @@ CASES = [
     C("runs-show-unknown-empty-store", ["runs", "show", "nosuchrun", *H], r"nosuchrun", store="empty"),
     C("runs-list-garbage-store", ["runs", "list", *H], r"runs.db", store="garbage"),
     C("runs-list-bad-status", ["runs", "list", *H, "--status", "sleeping"], r"status"),
+    C("runs-list-home-is-a-file", ["runs", "list", "--home", "{non_utf8_jsonl}"], r"is a file"),
+    C("sft-home-is-a-file", ["rlhf", "sft", "--home", "{non_utf8_jsonl}", *Q, "--lr", "-1"], r"--lr"),
     C("report-out-is-folder", ["report", *H, "--out", "{cwd}"], r"folder", store="empty"),
     C("report-garbage-store", ["report", *H, "--out", "{cwd}/r.html"], r"runs.db", store="garbage"),
     # a few through a real process: what a user's terminal shows

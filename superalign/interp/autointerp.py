@@ -55,11 +55,14 @@ class ExplainJob(JobBase):
         if not self.cache:
             raise SuperalignError("no activation cache given", "pass --cache DIR (from superalign interp cache)")
         if self.units < 1 and not self.unit_ids:
-            raise SuperalignError("units must be ≥ 1", "pass --units 50 or --unit-ids 3 17 …")
-        if min(self.n_explain, self.window) < 1 or min(self.n_score_top, self.n_random) < 0 \
-                or self.n_score_top + self.n_random < 1:
-            raise SuperalignError("record counts and window must be positive", "e.g. --n-explain 10 --n-score-top 5 "
-                                  "--n-random 5 --window 24")
+            raise SuperalignError(f"--units must be ≥ 1, got {self.units}", "pass --units 50 or --unit-ids 3 17 …")
+        check_int("n_explain", self.n_explain, example=10)
+        check_int("window", self.window, example=24)
+        check_int("n_score_top", self.n_score_top, minimum=0, example=5)
+        check_int("n_random", self.n_random, minimum=0, example=5)
+        if self.n_score_top + self.n_random < 1:
+            raise SuperalignError("--n-score-top and --n-random are both 0: nothing to score the explanations on",
+                                  "pass e.g. --n-score-top 5 --n-random 5")
         check_int("units", self.units, minimum=0 if self.unit_ids else 1, example=50)
         for unit in self.unit_ids or ():
             check_int("unit_ids", unit, minimum=0, example=3)

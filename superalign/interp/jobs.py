@@ -122,6 +122,8 @@ def _texts(job: CacheJob) -> list[str]:
         texts = list(load_task(job.texts).texts)
     else:
         df = read_table(job.texts[5:] if job.texts.startswith("file:") else job.texts)
+        if df.empty:
+            raise SuperalignError(f"the corpus {job.texts!r} has no rows", "pass a file with at least one text")
         if job.text_col not in df.columns:
             raise SuperalignError(f"{job.texts}: column {job.text_col!r} not found (columns: "
                                   f"{', '.join(map(str, df.columns))})", "pass --text-col naming the text column")

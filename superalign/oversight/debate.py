@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from ..errors import SuperalignError
-from ..validate import check_finite, check_int, check_nonnegative, check_positive, check_seed, help_field
+from ..validate import check_choice, check_int, check_nonnegative, check_positive, check_seed, help_field
 from .incremental import IncrementalJudgeOracle
 from .judge import Judge
 from .oracle import JudgeOracle, Oracle  # noqa: F401  (JudgeOracle re-exported: its public home was this module)
@@ -98,20 +98,13 @@ class DebateConfig:
     def __post_init__(self):
         if self.k < 1:
             raise SuperalignError(f"k must be ≥ 1, got {self.k}", "pass e.g. --k 6")
-        if self.first not in ("honest", "liar"):
-            raise SuperalignError(f"first must be honest or liar, got {self.first!r}", "pass --first honest")
+        check_choice("first", self.first, ("honest", "liar"))
         if self.debater not in DEBATERS:
             raise SuperalignError(f"unknown debater {self.debater!r}", f"pass --debater one of {', '.join(DEBATERS)}")
         if self.rollouts < 1:
             raise SuperalignError(f"rollouts must be ≥ 1, got {self.rollouts}", "pass e.g. --rollouts 100")
-        if self.prior not in ("root", "margin", "uniform") or self.leaf not in ("margin", "random", "greedy"):
-            raise SuperalignError(f"bad prior {self.prior!r} or leaf {self.leaf!r}",
-                                  "pass --prior root|margin|uniform and --leaf margin|random|greedy")
-        if self.batch < 1:
-            raise SuperalignError(f"batch must be ≥ 1, got {self.batch}", "pass e.g. --batch 16")
-        if not (self.c_puct >= 0 and self.temperature > 0):
-            raise SuperalignError("c_puct must be ≥ 0 and temperature > 0", "pass e.g. --c-puct 1 --temperature 1")
-        check_finite("c_puct", self.c_puct, example=1.0)
+        check_choice("prior", self.prior, ("root", "margin", "uniform"))
+        check_choice("leaf", self.leaf, ("margin", "random", "greedy"))
         check_nonnegative("c_puct", self.c_puct, example=1.0)
         check_positive("temperature", self.temperature, example=1.0)
         check_int("k", self.k, example=6)

@@ -12,9 +12,9 @@ import torch
 
 from ..errors import SuperalignError
 from ..runs.jobs import JobBase, _f, run_job, write_text_atomic
-from ..validate import check_device, check_int, check_nonempty
+from ..validate import check_device, check_int
 from .debate import DebateConfig, check_images, run_debates
-from .judge import Images, JudgeConfig, judge_accuracy, resolve_device, load_images, load_judge, save_judge, train_judge
+from .judge import Images, JudgeConfig, judge_accuracy, load_images, load_judge, resolve_device, save_judge, train_judge
 
 
 @dataclass
@@ -51,9 +51,6 @@ class DebateJob(DebateConfig, JobBase):
         super().__post_init__()
         if not self.judge:
             raise SuperalignError("no judge given", "pass --judge DIR (from superalign debate train-judge)")
-        if self.n_images < 1 or self.workers < 1:
-            raise SuperalignError("n_images and workers must be ≥ 1", "pass e.g. --n-images 100 --workers 1")
-        check_nonempty("judge", self.judge, "DIR")
         check_int("n_images", self.n_images, example=100)
         check_int("workers", self.workers, example=1)
         check_int("threads", self.threads, minimum=0, example=1)

@@ -73,8 +73,6 @@ class JudgeConfig:
             raise SuperalignError(f"lr must be > 0, got {self.lr}", "pass e.g. --lr 1e-4")
         if not 0 <= self.dropout < 1:
             raise SuperalignError(f"dropout must be in [0, 1), got {self.dropout}", "pass e.g. --dropout 0.4")
-        if self.max_train < 0 or self.max_test < 0:
-            raise SuperalignError("max_train and max_test must be ≥ 0", "pass 0 for all images")
         if not (self.device in ("cpu", "auto") or self.device.startswith("cuda")):
             raise SuperalignError(f"unknown device {self.device!r}", "pass --device cpu, cuda or auto")
         check_int("k", self.k, example=6)

@@ -112,6 +112,11 @@ class TranscriptMetrics(NamedTuple):
 
 
 def transcript_metrics(path: str | Path, n_bins: int = 10, n_boot: int = 1000, seed: int = 0) -> TranscriptMetrics:
+    from ..validate import check_int, check_seed
+
+    check_int("n_bins", n_bins, example=10)
+    check_int("n_boot", n_boot, example=1000)
+    check_seed("seed", seed)
     correct, conf = read_transcript(path)
     return TranscriptMetrics(accuracy_ci(correct, n_boot, seed), ece(conf, correct, n_bins),
                              reliability(conf, correct, n_bins))
