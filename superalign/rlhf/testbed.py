@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import SuperalignError
 from ..runs.cache import content_hash
+from ..validate import check_int, check_positive, check_seed, help_field
 
 SUBJECTS = ["the movie", "the film", "the plot", "the acting", "the food", "the service", "the hotel", "the room",
             "the staff", "the music", "the book", "the ending", "the price", "the view", "the game", "the show"]
@@ -130,24 +132,25 @@ def label_pairs(gold_a: np.ndarray, gold_b: np.ndarray, beta: float, rng: np.ran
 class TestbedLMConfig:
     """The tiny GPT-2 that the project pretrains on the review language (cached by this config's hash)."""
 
-    n_layer: int = 4
-    """transformer blocks"""
-    n_embd: int = 128
-    """hidden size"""
-    n_head: int = 4
-    """attention heads"""
-    n_positions: int = 64
-    """context length in tokens"""
-    n_sentences: int = 16000
-    """pretraining sentences sampled from the grammar"""
-    epochs: int = 1
-    """passes over the pretraining sentences (the grammar is learnt in ~200 steps)"""
-    batch_size: int = 64
-    """sentences per step"""
-    lr: float = 2e-3
-    """AdamW peak learning rate (cosine decay)"""
-    seed: int = 0
-    """seed for the corpus, initialisation and batch order"""
+    n_layer: int = help_field(4, "transformer blocks")
+    n_embd: int = help_field(128, "hidden size")
+    n_head: int = help_field(4, "attention heads")
+    n_positions: int = help_field(64, "context length in tokens")
+    n_sentences: int = help_field(16000, "pretraining sentences sampled from the grammar")
+    epochs: int = help_field(1, "passes over the pretraining sentences (the grammar is learnt in ~200 steps)")
+    batch_size: int = help_field(64, "sentences per step")
+    lr: float = help_field(2e-3, "AdamW peak learning rate (cosine decay)")
+    seed: int = help_field(0, "seed for the corpus, initialisation and batch order")
+
+    def __post_init__(self):
+        for name in ("n_layer", "n_embd", "n_head", "n_sentences", "epochs", "batch_size"):
+            check_int(name, getattr(self, name))
+        check_int("n_positions", self.n_positions, minimum=8, example=64)
+        if self.n_embd % self.n_head:
+            raise SuperalignError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}",
+                                  "pick sizes that divide, e.g. n_embd 128 and n_head 4")
+        check_positive("lr", self.lr, example=2e-3)
+        check_seed("seed", self.seed)
 
 
 def build_tokenizer():
