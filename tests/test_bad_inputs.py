@@ -406,3 +406,77 @@ def test_tally():
     for k, t in TALLY.items():
         if not t["one_line"] or t["traceback"] or t["wrote"]:
             print(f"  {k}: {json.dumps(t)}")
+
+
+# ----------------------------------------------------------------------------- the same errors from the Python API
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: __import__("superalign.rlhf.sft", fromlist=["x"]).SFTConfig(lr=float("nan")), r"--lr must be a finite"),
+    (lambda: __import__("superalign.rlhf.reward", fromlist=["x"]).RewardTrainConfig(seed=2 ** 32), r"--seed"),
+    (lambda: __import__("superalign.rlhf.ppo", fromlist=["x"]).PPOConfig(batch_size=8, minibatch_size=16),
+     r"--minibatch-size \(16\) must be ≤ --batch-size \(8\)"),
+    (lambda: __import__("superalign.rlhf.ppo", fromlist=["x"]).PPOConfig(lam=1.5), r"--lam"),
+    (lambda: __import__("superalign.rlhf.dpo", fromlist=["x"]).DPOConfig(lr=float("inf")), r"--lr"),
+    (lambda: __import__("superalign.rlhf.testbed", fromlist=["x"]).TestbedLMConfig(n_embd=30, n_head=4),
+     r"multiple of n_head"),
+    (lambda: __import__("superalign.interp.train_sae", fromlist=["x"]).SAETrainConfig(lr=-1.0), r"--lr"),
+    (lambda: __import__("superalign.interp.sae", fromlist=["x"]).SAEConfig(dead_tokens=0), r"--dead-tokens"),
+    (lambda: __import__("superalign.interp.relu_sae", fromlist=["x"]).ReLUSAEConfig(l1_coef=float("inf")),
+     r"--l1-coef"),
+    (lambda: __import__("superalign.oversight.judge", fromlist=["x"]).JudgeConfig(device="cuda:99"), r"--device"),
+    (lambda: __import__("superalign.oversight.debate", fromlist=["x"]).DebateConfig(temperature=0.0),
+     r"--temperature"),
+])
+def test_library_configs_reject_bad_values(make, match):
+    from superalign.errors import SuperalignError
+
+    with pytest.raises(SuperalignError, match=match) as e:
+        make()
+    assert "\n" not in str(e.value) and "; " in str(e.value)
+
+
+def test_loaders_name_the_damaged_file(files):
+    from superalign.errors import SuperalignError
+    from superalign.interp.sae import load_sae
+    from superalign.oversight.judge import load_images, load_judge
+    from superalign.rlhf.reward import check_reward_model_dir
+
+    cases = [(lambda: load_judge(files["judge_truncated"]), r"model.safetensors is truncated or corrupt"),
+             (lambda: load_judge(files["judge_bad_cfg"]), r"cfg.json is corrupt \(invalid JSON"),
+             (lambda: load_judge(files["sae"]), r"no judge checkpoint .*an SAE checkpoint"),
+             (lambda: load_sae(files["judge"]), r"not an SAE checkpoint"),
+             (lambda: load_sae(files["sae_truncated"]), r"sae.safetensors is truncated or corrupt"),
+             (lambda: load_sae(files["sae_bad_cfg"]), r"cfg.json is not UTF-8"),
+             (lambda: load_images("mnist", files["garbage_npz"]), r"not a readable npz archive"),
+             (lambda: load_images("mnist", files["bad_labels_npz"]), r"labels outside 0–9"),
+             (lambda: check_reward_model_dir(files["rm_truncated"]), r"reward_head.safetensors is truncated"),
+             (lambda: check_reward_model_dir(files["rm_bad_json"]), r"reward.json is corrupt")]
+    for load, match in cases:
+        with pytest.raises(SuperalignError, match=match) as e:
+            load()
+        assert "\n" not in str(e.value) and "; " in str(e.value)
+
+
+def test_judges_record_their_kind(files):
+    assert json.loads((Path(files["judge"]) / "cfg.json").read_text())["kind"] == "debate-judge"
+
+
+def test_validate_helpers():
+    from superalign.errors import SuperalignError
+    from superalign.validate import check_device, check_int, check_seeds, help_field
+
+    check_seeds("seed", [0, 1, 2 ** 32 - 1])
+    for bad in ([], [0, 0], [-1], [True]):
+        with pytest.raises(SuperalignError, match="--seed"):
+            check_seeds("seed", bad)
+    check_device("device", "cpu")
+    check_device("device", "auto")
+    for bad in ("tpu", "cuda:x", "cuda:99", "", "mps:0"):
+        with pytest.raises(SuperalignError, match="--device"):
+            check_device("device", bad)
+    with pytest.raises(SuperalignError, match=r"pass e.g. --k 8"):
+        check_int("k", 16, example=32, maximum=8)
+    check_int("limit", None, none_ok=True)
+    a, b = (help_field([1], "x").default_factory() for _ in range(2))  # a fresh list each time
+    assert a == b == [1] and a is not b
