@@ -248,7 +248,9 @@ def checkpoint_kind(folder: str | os.PathLike) -> str:
         return "an SAE checkpoint"
     if (p / "reward_head.safetensors").exists():
         return "a reward model"
-    if (p / "model.safetensors").exists() and (p / "cfg.json").exists() and not (p / "config.json").exists():
+    if (p / "config.json").exists():  # a Hugging Face model folder (a policy): whatever else it holds
+        return ""
+    if (p / "model.safetensors").exists() and (p / "cfg.json").exists():
         return "a debate judge"
     if (p / "meta.json").exists() and any(p.glob("*.safetensors")):
         return "an activation cache"
