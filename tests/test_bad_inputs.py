@@ -211,6 +211,7 @@ CASES = [
     C("bon-corrupt-reward-json", ["rlhf", "bon", *H, *Q, "--reward", "{rm_bad_json}"], r"reward.json.*corrupt"),
     C("overopt-n-max-3", ["rlhf", "overopt", *H, *Q, "--n-max", "3"], r"n_max|--n-max"),
     C("overopt-negative-kl-coefs", ["rlhf", "overopt", *H, *Q, "--kl-coefs", "-1"], r"--kl-coefs"),
+    C("overopt-repeated-kl-coefs", ["rlhf", "overopt", *H, *Q, "--kl-coefs", "0.01", "0.01"], r"--kl-coefs repeats"),
     C("overopt-zero-ppo-lr", ["rlhf", "overopt", *H, *Q, "--ppo-lr", "0"], r"--ppo-lr"),
     # interpretability
     C("cache-zero-batch", ["interp", "cache", *H, *Q, "--batch-size", "0"], r"--batch-size"),

@@ -62,6 +62,8 @@ class OveroptJob(JobBase):
             check_nonempty(name, getattr(self, name), example)
         for beta in self.kl_coefs:
             check_nonnegative("kl_coefs", beta, example=0.01)
+        if len(set(self.kl_coefs)) != len(self.kl_coefs):
+            raise SuperalignError(f"--kl-coefs repeats a value: {self.kl_coefs}", "pass each β once")
         check_int("n_prompts", self.n_prompts, example=64)
         check_int("updates", self.updates, example=80)
         check_int("eval_every", self.eval_every, example=5)
