@@ -81,7 +81,7 @@ class ScoreJob(JobBase):
     simulator: str = _f("all-at-once", "all-at-once (echo logprobs), per-token (next-token logprobs), generate "
                                        "(logprob-free) or token-lookup (no LLM)", choices=SIMULATORS)
     llm: str = _f("smollm2", "simulator / judge LLM: smollm2, hf:<id|path>, openai:<model>, http://host:port/v1#<model>")
-    scorers: list[str] = _f(("simulation",), "any of simulation, detection, fuzzing, embedding")
+    scorers: list[str] = _f(("simulation",), "scorers to run (any of them)", choices=SCORERS)
     embedder: str = _f("minilm", "sentence encoder of the embedding scorer (minilm or hf:<encoder>)")
     llm_concurrency: int = _f(4, "HTTP LLMs: simultaneous requests")
     allow_insecure_http: bool = _f(False, "HTTP LLMs: allow sending the API key over plain http:// to a remote host")

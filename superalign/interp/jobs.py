@@ -19,6 +19,7 @@ from ..validate import (
 )
 from .relu_sae import ReLUSAE, ReLUSAEConfig
 from .sae import SAEConfig, TopKSAE
+from .sae_base import architecture_names
 from .train_sae import SAETrainConfig, evaluate_sae, train_sae
 
 
@@ -68,7 +69,8 @@ class SAEJob(SAETrainConfig, JobBase):
     LM's cache also measure CE/KL loss recovered with the SAE spliced into the model."""
 
     cache: str = _f("", "activation cache folder (printed by superalign interp cache)")
-    architecture: str = _f("topk", "topk (Gao et al. 2024) or relu (ReLU + decoder-norm-weighted L1)")
+    architecture: str = _f("topk", "topk (Gao et al. 2024) or relu (ReLU + decoder-norm-weighted L1)",
+                           choices=architecture_names)
     n_latents: int = _f(2048, "number of latents")
     k: int = _f(32, "topk: active latents per token")
     l1_coef: float = _f(5.0, "relu: L1 weight relative to FVU, on the scale of Anthropic's λ (higher: sparser)")

@@ -71,20 +71,21 @@ class DebateConfig:
     """How the debate game is played and evaluated."""
 
     k: int = help_field(6, "total pixels revealed in a game (the paper: 6 or 4), alternating between the debaters")
-    first: str = help_field("honest", "who reveals first: honest or liar")
+    first: str = help_field("honest", "who reveals first: honest or liar", choices=("honest", "liar"))
     precommit: bool = help_field(True, "the liar commits to a wrong label; an image is a liar win if any of the 9 lies "
                                        "wins (else one game where the liar wins if the judge's top label over all 10 "
                                        "is wrong)")
     debater: str = help_field("greedy", "greedy (best one-step judge margin) or mcts (PUCT search); both debaters use "
-                                        "the same kind")
+                                        "the same kind", choices=("greedy", "mcts"))
     rollouts: int = help_field(100, "mcts: simulations per move")
     c_puct: float = help_field(1.0, "mcts: exploration constant of PUCT")
     prior: str = help_field("root", "mcts: move prior, softmax of the mover's one-step judge margins / temperature, "
                                     "measured from the search root (root: one judge batch per move, reused at every "
                                     "node below it), at every node (margin: a judge batch per new node, ~|legal moves| "
-                                    "times dearer), or uniform")
+                                    "times dearer), or uniform", choices=("root", "margin", "uniform"))
     leaf: str = help_field("margin", "mcts: value of a non-final leaf: margin (tanh of the judge margin), random or "
-                                     "greedy (the verdict after a random or greedy playout to k reveals)")
+                                     "greedy (the verdict after a random or greedy playout to k reveals)",
+                     choices=("margin", "random", "greedy"))
     temperature: float = help_field(1.0, "mcts: scale of judge margins in the prior softmax and the leaf tanh")
     batch: int = help_field(16, "mcts: leaves per judge call; the rollouts of one batch descend with a virtual loss (1 "
                                 "= plain sequential MCTS; larger batches are cheaper per leaf and a little less sharp)")

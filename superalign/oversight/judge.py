@@ -48,7 +48,8 @@ class JudgeConfig:
     k: int = help_field(6, "pixels revealed to the judge per training example (the paper: 6 or 4), chosen among the "
                            "nonzero pixels")
     dataset: str = help_field("auto", "mnist (needs the npz file), digits (scikit-learn's 8×8 digits, offline) or auto "
-                                      "(mnist if found, else digits)")
+                                      "(mnist if found, else digits)",
+                        choices=("auto", "mnist", "digits"))
     data: str = help_field("", "path of mnist.npz (else $SUPERALIGN_DATA/mnist/mnist.npz)")
     epochs: int = help_field(30, "passes over the training images (a fresh random pixel subset per example in every "
                                  "pass)")

@@ -164,7 +164,8 @@ class PPOConfig:
                                        "and penalised")
     temperature: float = help_field(1.0, "sampling temperature, used for the log-probs too")
     kl_coef: float = help_field(0.05, "β of the per-token KL penalty (InstructGPT 0.02, Stiennon et al. 0.05)")
-    kl_estimator: str = help_field("k1", "per-token KL estimator in the reward: k1 (log-ratio) or k3")
+    kl_estimator: str = help_field("k1", "per-token KL estimator in the reward: k1 (log-ratio) or k3",
+                                    choices=("k1", "k3"))
     target_kl: float | None = help_field(None, "target sequence KL for the adaptive β controller; None keeps β fixed")
     kl_horizon: int = help_field(10000, "horizon (in samples) of the adaptive controller")
     gamma: float = help_field(1.0, "discount (1: the reward is at the end of the sequence)")

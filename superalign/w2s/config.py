@@ -24,7 +24,7 @@ class W2SConfig:
     weak: list[str] = field(default_factory=lambda: ["bow"], metadata={"help": "weak supervisor model(s)"})
     strong: list[str] = field(default_factory=lambda: ["minilm-l6"], metadata={"help": "strong student model(s)"})
     loss: list[str] = field(default_factory=lambda: ["xent", "aux_conf", "product"],
-                            metadata={"help": f"student loss(es): {', '.join(LOSSES)}"})
+                            metadata={"help": "student loss(es)", "choices": tuple(LOSSES)})
     seed: list[int] = field(default_factory=lambda: [0, 1, 2],
                             metadata={"help": "seed(s) in [0, 2**32), each once; each seed re-splits the data"})
     data: str | None = field(default=None, metadata={"help": "shared datasets folder (else $SUPERALIGN_DATA)"})
