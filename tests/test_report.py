@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from superalign.errors import SuperalignError
 from superalign.runs import RunStore, html, report
 from superalign.runs.report import write_report
 from superalign.w2s.report import plot_student_vs_weak
@@ -75,8 +76,11 @@ def test_report_combines_several_sweeps_and_filters_kinds(store, tmp_path):
     assert "All 2 sweeps combined" in text
     only = write_report(store, tmp_path / "rm.html", kinds=["monitor-probe"]).read_text()
     assert "pair_acc=0.660" in only and "data:image/png" not in only and "w2s-bad" not in only
-    none = write_report(store, tmp_path / "none.html", kinds=["nope"]).read_text()
-    assert "No runs of kind nope yet" in none
+    none = write_report(store, tmp_path / "none.html", kinds=["rlhf-ppo"]).read_text()  # declared, none stored
+    assert "No runs of kind rlhf-ppo yet" in none
+    with pytest.raises(SuperalignError, match="unknown run kind.*nope"):  # a misspelt kind is not an empty report
+        write_report(store, tmp_path / "nope.html", kinds=["nope"])
+    assert not (tmp_path / "nope.html").exists()
 
 
 def test_report_empty_store(tmp_path):

@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..errors import SuperalignError
-from ..pillars import MAX_GENERIC, headline_metrics, key_config, pillars, resolve
+from ..pillars import MAX_GENERIC, headline_metrics, key_config, known_kinds, pillars, resolve
 from .html import CSS, NA, as_float, error_box, esc, finite, flops, fmt, short, table, val, when
 from .store import RunStore, code_version
 
@@ -104,6 +104,13 @@ def write_report(store: RunStore, out_path: str | Path, kinds: list[str] | None 
     sees a half-written report and an earlier one survives a failure."""
     if isinstance(kinds, str):  # a bare kind would otherwise match as a substring test
         kinds = [kinds]
+    if kinds:
+        # a misspelt --kind would otherwise give an empty report and exit 0
+        valid = set(known_kinds()) | {r["kind"] for r in store.list()}
+        unknown = [k for k in kinds if k not in valid]
+        if unknown:
+            raise SuperalignError(f"unknown run kind(s) {', '.join(unknown)}",
+                                  f"use any of {', '.join(sorted(valid))}")
     out = Path(out_path)
     if out.is_dir():
         raise SuperalignError(f"report output {out} is a folder", f"pass --out {out / 'superalign_report.html'}")
