@@ -30,10 +30,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import machine, write_json  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _util import machine, write_json  # noqa: E402
 
 from superalign.interp.autointerp import ExplainJob, ScoreJob, run_explain, run_score  # noqa: E402
 from superalign.interp.jobs import CacheJob, SAEJob, run_cache, run_sae  # noqa: E402
@@ -79,7 +78,8 @@ def main() -> None:
                          batch_size=1024, lr=1e-3))
     walls["sae"] = sae["compute"].get("wall_s")
     print(f"cache: {cache['metrics']['tokens']} tokens of {cache['metrics']['texts']} texts; SAE held-out FVU "
-          f"{sae['metrics']['fvu']:.3f}, L0 {sae['metrics']['l0']:.1f}, dead {sae['metrics']['dead_fraction_eval']:.3f}")
+          f"{sae['metrics']['fvu']:.3f}, L0 {sae['metrics']['l0']:.1f}, "
+          f"dead {sae['metrics']['dead_fraction_eval']:.3f}")
     explain = {}
     for explainer in ("token-lookup", a.llm):
         r = run_explain(ExplainJob(**common, cache=cache["artefacts"]["cache"], sae=sae["artefacts"]["sae"],
@@ -87,7 +87,8 @@ def main() -> None:
         explain[explainer] = r
         walls[f"explain {explainer}"] = r["compute"].get("wall_s")
     results, rows_by = [], {}
-    plan = [(e, "all-at-once", a.scorers) for e in explain] + [("token-lookup", "token-lookup", ["simulation", "embedding"])]
+    plan = [(e, "all-at-once", a.scorers) for e in explain] + \
+        [("token-lookup", "token-lookup", ["simulation", "embedding"])]
     for explainer, simulator, scorers in plan:
         r = run_score(ScoreJob(**common, explanations=explain[explainer]["id"], simulator=simulator, llm=a.llm,
                                scorers=scorers))
@@ -113,7 +114,8 @@ def main() -> None:
           for e, r in explain.items()}
     for e, r in explain.items():
         if r["metrics"].get("copied_example_frac"):
-            print(f"{e}: {100 * r['metrics']['copied_example_frac']:.0f}% of explanations repeat the prompt's worked example")
+            print(f"{e}: {100 * r['metrics']['copied_example_frac']:.0f}% of explanations repeat the prompt's "
+                  "worked example")
     print("\nexample explanations (unit: token-lookup | LLM):")
     for x, y in list(zip(*ex.values()))[:12]:
         print(f"  {x['unit']:>5}: {x['explanation'][:60]:<62} | {y['explanation'][:80]}")

@@ -36,8 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._util import machine, write_json  # noqa: E402
 from superalign.oversight.consultancy import run_consultancy  # noqa: E402
 from superalign.oversight.debate import DebateConfig, run_debates  # noqa: E402
-from superalign.oversight.judge import (Images, JudgeConfig, judge_accuracy, load_images, load_judge,  # noqa: E402
-                                        resolve_device, save_judge, train_judge)
+from superalign.oversight.judge import (  # noqa: E402
+    Images,
+    JudgeConfig,
+    judge_accuracy,
+    load_images,
+    load_judge,
+    resolve_device,
+    save_judge,
+    train_judge,
+)
 from superalign.oversight.metrics import accuracy_ci  # noqa: E402
 
 PAPER = {6: {"judge_alone": 0.594, "debate_precommit": 0.889}, 4: {"judge_alone": 0.482, "debate_precommit": 0.852}}
@@ -143,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = DebateConfig(k=k, first=a.first, precommit=precommit, debater=debater, rollouts=rollouts,
                                c_puct=a.c_puct, prior=a.prior, leaf=a.leaf, temperature=a.temperature,
                                batch=a.batch, seed=a.seed)
-            def progress(i, m, what=f"k={k} {key}", step=max(1, n // 10), t0=time.perf_counter()):
+            step, t0 = max(1, n // 10), time.perf_counter()
+
+            def progress(i, m, what=f"k={k} {key}", step=step, t0=t0):
                 if i % step == 0:
                     print(f"  {what}: {i}/{m} images, {time.perf_counter() - t0:.0f} s", flush=True)
             r = run_debates(judge, split.test.x[:n], split.test.y[:n], cfg, workers=a.workers, progress=progress)

@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import machine, write_json  # noqa: E402
-
 import torch  # noqa: E402
+from _util import machine, write_json  # noqa: E402
 
 from superalign.rlhf.overopt import OveroptJob, run_overopt  # noqa: E402
 
@@ -49,8 +48,9 @@ def main() -> None:
         reward = rm["artefacts"]["model"]
         print(f"proxy RM on {a.rm_prompts} comparisons: held-out accuracy {rm['metrics']['eval_acc']:.3f}, "
               f"agreement with gold {rm['metrics']['eval_gold_agreement']:.3f}")
-    r = run_overopt(OveroptJob(home=str(home), reward=reward, kl_coefs=a.kl_coefs, updates=a.updates, n_prompts=a.n_prompts,
-                               n_max=a.n_max, eval_every=max(1, a.updates // 16), progress=False))
+    r = run_overopt(OveroptJob(home=str(home), reward=reward, kl_coefs=a.kl_coefs, updates=a.updates,
+                               n_prompts=a.n_prompts, n_max=a.n_max, eval_every=max(1, a.updates // 16),
+                               progress=False))
     wall = time.perf_counter() - t
     m = r["metrics"]
     print(f"SFT policy: gold {m['sft_gold']:.3f}, proxy {m['sft_proxy']:.3f}\n")

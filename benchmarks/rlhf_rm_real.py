@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import machine, write_json  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _util import machine, write_json  # noqa: E402
 
 from superalign.errors import SuperalignError  # noqa: E402
 from superalign.models import resolve_model  # noqa: E402
@@ -69,7 +68,8 @@ def evaluate(fc: np.ndarray, fr: np.ndarray, len_c: np.ndarray, len_r: np.ndarra
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.environ.get("SUPERALIGN_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data")))
+    ap.add_argument("--data", default=os.environ.get("SUPERALIGN_DATA",
+                                                     str(Path(__file__).resolve().parents[2] / "shared" / "data")))
     ap.add_argument("--home", default=os.environ.get("SUPERALIGN_HOME", "superalign_runs"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--model", default="minilm")
@@ -90,8 +90,8 @@ def main() -> None:
         c, r = sides(name, pairs)
         feats = encode_texts(spec, c + r, cache_dir=Path(a.home) / "cache", max_length=256, progress=False)[-1]
         fc, fr = feats[: len(c)], feats[len(c):]
-        res = evaluate(fc, fr, np.array([len(p["chosen"]) for p in pairs]), np.array([len(p["rejected"]) for p in pairs]),
-                       a.seeds)
+        res = evaluate(fc, fr, np.array([len(p["chosen"]) for p in pairs]),
+                       np.array([len(p["rejected"]) for p in pairs]), a.seeds)
         res["wall_s"] = time.perf_counter() - t
         results[name] = res
         print(f"{name:<14}{a.model:<10}{res['n_pairs']:>7}  {100 * res['acc']:5.1f} [{100 * res['acc_ci'][0]:.1f}, "

@@ -27,14 +27,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import machine, write_json  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _util import machine, write_json  # noqa: E402
 
+from superalign.models.lm import encode_prompts, load_lm  # noqa: E402
 from superalign.rlhf.data import preferences_to_rankings  # noqa: E402
 from superalign.rlhf.dpo import DPOConfig, train_dpo  # noqa: E402
-from superalign.models.lm import encode_prompts, load_lm  # noqa: E402
 from superalign.rlhf.reward import RewardTrainConfig, encode_completion, load_reward_model, train_reward_model  # noqa: E402
 from superalign.rlhf.testbed import GoldReward, sample_sentence, split_sentence, testbed_lm_path  # noqa: E402
 
@@ -80,7 +79,8 @@ def main() -> None:
     ap.add_argument("--lr-rm", type=float, default=3e-4)
     ap.add_argument("--lr-dpo", type=float, default=1e-4)
     ap.add_argument("--beta", type=float, default=0.1)
-    ap.add_argument("--home", default=os.environ.get("SUPERALIGN_HOME", str(Path(tempfile.gettempdir()) / "superalign_bench")))
+    ap.add_argument("--home", default=os.environ.get("SUPERALIGN_HOME",
+                                                     str(Path(tempfile.gettempdir()) / "superalign_bench")))
     ap.add_argument("--quick", action="store_true", help="256 pairs")
     ap.add_argument("--out", default="benchmarks/results/rlhf_vs_trl.json")
     a = ap.parse_args()

@@ -79,7 +79,6 @@ import torch  # noqa: E402
 from superalign.interp.sae import SAEConfig, TopKSAE, lr_default  # noqa: E402
 from superalign.interp.train_sae import SAETrainConfig, train_sae  # noqa: E402
 
-
 # ---------------------------------------------------------------------------------------------------- data
 
 def load_cache(a) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -238,10 +237,10 @@ def run_lockstep(a, Xtr: torch.Tensor, Xev: torch.Tensor, names: list[str]) -> d
         s, fv = sp[m], torch.stack(curves[m]).tolist()
         extra = {}
         if m == "sparsify_signum":  # the Trainer saves ScheduleFree's averaged weights (optimizer.eval()); both shown
-            extra["fvu_last_iterate"] = evaluate(lambda x: s["sae"].encode(x)[:2], s["sae"].decode, Xev,
+            extra["fvu_last_iterate"] = evaluate(lambda x, s=s: s["sae"].encode(x)[:2], s["sae"].decode, Xev,
                                                  a.n_latents)["fvu"]
             s["opt"].eval()
-        out[m] = {**evaluate(lambda x: s["sae"].encode(x)[:2], s["sae"].decode, Xev, a.n_latents),
+        out[m] = {**evaluate(lambda x, s=s: s["sae"].encode(x)[:2], s["sae"].decode, Xev, a.n_latents),
                   "dead_frac_own": float((s["state"]["since"] > a.dead_tokens).float().mean()),
                   "train_fvu_last20": sum(fv[-20:]) / len(fv[-20:]), "lr": s["lr"], "warmup_steps": s["warmup"],
                   **extra,
@@ -299,8 +298,9 @@ def main() -> None:
         a.texts, a.n_latents, a.epochs = 2000, 1024, 1
     torch.set_num_threads(a.threads)
     try:
-        import sparsify
         from importlib.metadata import version
+
+        import sparsify
         sparsify_version = version("eai-sparsify")
     except ImportError:
         sys.exit("this benchmark needs sparsify: pip install -e '.[bench]'")

@@ -50,7 +50,8 @@ def tiny_gpt2(tmp_path_factory) -> str:
     d = tmp_path_factory.mktemp("tiny_gpt2")
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(minilm_path())
-    GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=128)).save_pretrained(d)
+    cfg = GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=128)
+    GPT2LMHeadModel(cfg).save_pretrained(d)
     tok.save_pretrained(d)
     return str(d)
 

@@ -33,13 +33,14 @@ def test_cli_generated_from_dataclass():
 
 
 def test_cli_run_list_show_report(home, tmp_path, capsys):
-    args = ["--home", str(home), "--task", "textblob-polarity", "--weak", "bow", "--strong", "minilm-l2", "--loss", "xent",
-            "--seed", "0", "--max-examples", "600", "--epochs", "5", "--n-boot", "100", "--progress", "false"]
+    args = ["--home", str(home), "--task", "textblob-polarity", "--weak", "bow", "--strong", "minilm-l2",
+            "--loss", "xent", "--seed", "0", "--max-examples", "600", "--epochs", "5", "--n-boot", "100",
+            "--progress", "false"]
     assert main(["w2s", "run", *args]) == 0
     out = capsys.readouterr().out
     assert "PGR acc" in out and "stored:" in out and "weak-wrong" in out
     assert main(["runs", "list", "--home", str(home), "--kind", "w2s"]) == 0
-    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("w2s-")][0]
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("w2s-")][0]
     rid = line.split()[0]
     assert main(["runs", "show", rid[:10], "--home", str(home)]) in (0, 2)
     capsys.readouterr()

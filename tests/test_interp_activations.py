@@ -17,8 +17,8 @@ def test_cache_matches_hidden_states(fixture, request, tmp_path):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     model = AutoModel.from_pretrained(path).eval()
-    out = cache_activations(model, tok, TEXTS, "layers.1", tmp_path / "c", model_name=path, shard_tokens=5, batch_size=2,
-                            progress=False)
+    out = cache_activations(model, tok, TEXTS, "layers.1", tmp_path / "c", model_name=path, shard_tokens=5,
+                            batch_size=2, progress=False)
     c = load_activations(out)
     assert len(c.meta["shards"]) > 1  # streamed in shards
     n_tokens = sum(len(tok(t)["input_ids"]) for t in TEXTS)

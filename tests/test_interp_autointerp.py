@@ -10,16 +10,44 @@ import pytest
 import torch
 
 from superalign.errors import SuperalignError
-from superalign.interp.explain import (LLMExplainer, TokenLookupExplainer, explanation_messages, format_records,
-                                       lookup_tokens, parse_explanation)
-from superalign.interp.records import ActivationRecord, UnitRecords, build_records, discretize, records_from_json, \
-    records_to_json
-from superalign.interp.scoring import (auroc, balanced_accuracy, correlation_score, fuzz_examples, join_tokens, mark,
-                                       rsquared_score, score_detection, score_embedding, score_fuzzing,
-                                       score_simulation)
-from superalign.interp.simulate import (AllAtOnceSimulator, GenerationSimulator, PerTokenSimulator,
-                                        TokenLookupSimulator, expected_value, make_simulator, parse_levels)
-
+from superalign.interp.explain import (
+    LLMExplainer,
+    TokenLookupExplainer,
+    explanation_messages,
+    format_records,
+    lookup_tokens,
+    parse_explanation,
+)
+from superalign.interp.records import (
+    ActivationRecord,
+    UnitRecords,
+    build_records,
+    discretize,
+    records_from_json,
+    records_to_json,
+)
+from superalign.interp.scoring import (
+    auroc,
+    balanced_accuracy,
+    correlation_score,
+    fuzz_examples,
+    join_tokens,
+    mark,
+    rsquared_score,
+    score_detection,
+    score_embedding,
+    score_fuzzing,
+    score_simulation,
+)
+from superalign.interp.simulate import (
+    AllAtOnceSimulator,
+    GenerationSimulator,
+    PerTokenSimulator,
+    TokenLookupSimulator,
+    expected_value,
+    make_simulator,
+    parse_levels,
+)
 
 # ------------------------------------------------------------------------------------------------ golden formulas
 
@@ -94,8 +122,9 @@ def _cache(docs: list[list[int]]):
 def test_build_records_by_hand():
     docs = [[0, 1, 4, 5, 2], [0, 1, 7, 5, 3], [0, 6, 2, 2], [0, 1, 4, 5, 6, 2]]
     tokens, doc, pos = _cache(docs)
-    act = torch.where(tokens == 2, 1.0, 0.0) * torch.where(doc == 2, 2.0, 1.0)   # fires on "good", twice as hard in doc 2
-    act = act + torch.where(tokens == 0, 100.0, 0.0)                              # [CLS] outlier must be ignored
+    # fires on "good", twice as hard in doc 2
+    act = torch.where(tokens == 2, 1.0, 0.0) * torch.where(doc == 2, 2.0, 1.0)
+    act = act + torch.where(tokens == 0, 100.0, 0.0)  # [CLS] outlier must be ignored
     recs = build_records(act[:, None], [7], tokens, doc, pos, WordTok(), n_explain=2, n_score_top=1, n_random=2,
                          window=3, seed=0)
     r = recs[0]
@@ -233,8 +262,9 @@ class KeywordLLM:
             if "Replace every" in last:
                 keys = self._keywords(last)
                 listing = last.split("<start>\n")[-1].split("<end>")[0]
-                outs.append("".join(f"{ln.split(chr(9))[0]}\t{10 if ln.split(chr(9))[0].strip().lower() in keys else 0}\n"
-                                    for ln in listing.splitlines()))
+                outs.append("".join(
+                    f"{ln.split(chr(9))[0]}\t{10 if ln.split(chr(9))[0].strip().lower() in keys else 0}\n"
+                    for ln in listing.splitlines()))
             else:  # explanation: the most frequent non-zero token of the first record
                 nz = last.split("zeros filtered out:\n<start>\n")[1].split("<end>")[0].split("\t")[0].strip()
                 outs.append(f" the word {nz}. Extra text")

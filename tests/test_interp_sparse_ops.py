@@ -2,7 +2,6 @@
 comparison with autograd on the dense graph), the TopK SAE's forward/backward equals its dense definition, and the
 fallbacks (other dtypes, repeated indices, unsorted indices)."""
 
-import pytest
 import torch
 import torch.nn.functional as F
 

@@ -7,24 +7,23 @@ import pytest
 import torch
 
 from superalign.errors import SuperalignError
-from superalign.train.losses import (aux_conf_loss, get_loss, hardened_predictions, product_loss, warmup_coef,
-                                     xent_loss)
+from superalign.train.losses import aux_conf_loss, get_loss, hardened_predictions, product_loss, warmup_coef, xent_loss
 
 LOGITS = torch.tensor([[0.0, 2.0], [1.0, 0.0], [0.0, 0.5], [3.0, 1.0]])
 WEAK = torch.tensor([0.9, 0.2, 0.6, 0.3])
 
 
-def softmax1(l):
-    return math.exp(l[1]) / (math.exp(l[0]) + math.exp(l[1]))
+def softmax1(logits):
+    return math.exp(logits[1]) / (math.exp(logits[0]) + math.exp(logits[1]))
 
 
-def ce(l, q1):
-    p1 = softmax1(l)
+def ce(logits, q1):
+    p1 = softmax1(logits)
     return -(q1 * math.log(p1) + (1 - q1) * math.log(1 - p1))
 
 
 def test_xent_matches_hand_computation():
-    want = np.mean([ce(l.tolist(), q) for l, q in zip(LOGITS, WEAK.tolist())])
+    want = np.mean([ce(row.tolist(), q) for row, q in zip(LOGITS, WEAK.tolist())])
     assert xent_loss(LOGITS, WEAK).item() == pytest.approx(want, rel=1e-6)
 
 
@@ -52,7 +51,8 @@ def test_aux_conf_golden():
     step_frac, alpha, warm = 0.1, 0.75, 0.2
     a = alpha * step_frac / warm  # 0.375
     hard = [1, 0, 1, 0]
-    want = np.mean([(1 - a) * ce(l.tolist(), q) + a * ce(l.tolist(), h) for l, q, h in zip(LOGITS, WEAK.tolist(), hard)])
+    want = np.mean([(1 - a) * ce(row.tolist(), q) + a * ce(row.tolist(), h)
+                    for row, q, h in zip(LOGITS, WEAK.tolist(), hard)])
     got = aux_conf_loss(LOGITS, WEAK, step_frac, alpha=alpha, warmup_frac=warm).item()
     assert got == pytest.approx(want, rel=1e-6)
     # at step 0 it is plain cross-entropy on the weak labels
@@ -71,11 +71,11 @@ def test_aux_conf_gradient_does_not_flow_through_targets():
 def test_product_loss_golden():
     beta = 1.0
     want = []
-    for l, q in zip(LOGITS.tolist(), WEAK.tolist()):
-        p1 = softmax1(l)
+    for row, q in zip(LOGITS.tolist(), WEAK.tolist()):
+        p1 = softmax1(row)
         t1 = p1 ** beta * q
         t0 = (1 - p1) ** beta * (1 - q)
-        want.append(ce(l, t1 / (t0 + t1)))
+        want.append(ce(row, t1 / (t0 + t1)))
     assert product_loss(LOGITS, WEAK, 0.5, beta=beta, warmup_frac=0.2).item() == pytest.approx(np.mean(want), rel=1e-6)
     assert product_loss(LOGITS, WEAK, 0.0).item() == pytest.approx(xent_loss(LOGITS, WEAK).item(), rel=1e-6)
 

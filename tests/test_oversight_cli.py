@@ -19,14 +19,14 @@ def test_debate_cli_train_run_report(tmp_path, capsys):
     assert main(["debate", "train-judge", "--home", home, "--dataset", "digits", "--epochs", "1", "--lr", "1e-3",
                  "--k", "4", "--threads", "1", "--progress", "false"]) == 0
     out = capsys.readouterr().out
-    judge = [l.split(": ", 1)[1] for l in out.splitlines() if l.startswith("judge: ")][0]
+    judge = [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("judge: ")][0]
     assert (Path(judge) / "model.safetensors").exists() and "judge_acc" in out
     assert main(["debate", "run", "--home", home, "--judge", judge, "--k", "4", "--n-images", "3",
                  "--progress", "false"]) == 0
     out = capsys.readouterr().out
     assert "debate_acc" in out and "judge_alone_acc" in out and "consultancy_acc" in out
-    tr = [l.split(": ", 1)[1] for l in out.splitlines() if l.startswith("transcript: ")][0]
-    rows = [json.loads(l) for l in Path(tr).read_text().splitlines()]
+    tr = [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("transcript: ")][0]
+    rows = [json.loads(line) for line in Path(tr).read_text().splitlines()]
     assert len(rows) == 3 and all(len(r["moves"]) == 4 for r in rows)
     assert all(r["shape"] == [8, 8] for r in rows)
     assert main(["debate", "report", tr]) == 0

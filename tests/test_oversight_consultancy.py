@@ -5,7 +5,6 @@ import torch
 from superalign.oversight.consultancy import consult, run_consultancy
 from superalign.oversight.judge import Judge
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -3,10 +3,19 @@ import pytest
 import torch
 
 from superalign.errors import SuperalignError
-from superalign.oversight.debate import (DebateConfig, Game, GreedyDebater, JudgeOracle, MCTSDebater, debate_image,
-                                         nonzero_pixels, play, run_debates, transcript_record)
+from superalign.oversight.debate import (
+    DebateConfig,
+    Game,
+    GreedyDebater,
+    JudgeOracle,
+    MCTSDebater,
+    debate_image,
+    nonzero_pixels,
+    play,
+    run_debates,
+    transcript_record,
+)
 from superalign.oversight.judge import Judge
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,9 +3,17 @@ import pytest
 import torch
 
 from superalign.errors import SuperalignError
-from superalign.oversight.judge import (Judge, JudgeConfig, encode, judge_logits, load_images,
-                                        load_judge, random_reveals, save_judge, train_judge)
-
+from superalign.oversight.judge import (
+    Judge,
+    JudgeConfig,
+    encode,
+    judge_logits,
+    load_images,
+    load_judge,
+    random_reveals,
+    save_judge,
+    train_judge,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

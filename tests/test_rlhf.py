@@ -10,14 +10,20 @@ import torch
 
 from superalign.cli import main
 from superalign.errors import SuperalignError
-from superalign.rlhf import data as rdata
-from superalign.rlhf.dpo import DPOConfig, train_dpo
 from superalign.models.lm import encode_prompts, left_pad, load_lm, response_mask, sample, token_logprobs
-from superalign.rlhf.ppo import PPOConfig, train_ppo
-from superalign.rlhf.reward import (RewardTrainConfig, load_reward_model, normalize_bias, pair_accuracy,
-                                    score_texts, train_reward_model)
-from superalign.rlhf.sft import SFTConfig, train_sft
+from superalign.rlhf import data as rdata
 from superalign.rlhf import testbed as tb
+from superalign.rlhf.dpo import DPOConfig, train_dpo
+from superalign.rlhf.ppo import PPOConfig, train_ppo
+from superalign.rlhf.reward import (
+    RewardTrainConfig,
+    load_reward_model,
+    normalize_bias,
+    pair_accuracy,
+    score_texts,
+    train_reward_model,
+)
+from superalign.rlhf.sft import SFTConfig, train_sft
 from superalign.rlhf.testbed import GoldReward, pretrain_testbed_lm, sample_prompts, sample_sentence, split_sentence
 
 TINY = tb.TestbedLMConfig(n_layer=1, n_embd=32, n_head=2, n_sentences=3000, batch_size=64, lr=5e-3)
@@ -260,7 +266,8 @@ def test_shared_anthropic_hh_and_tldr(shared_data):
 def test_cli_chain_on_tiny_model(tiny_lm, tmp_path, capsys):
     home = str(tmp_path / "home")
     sft = tmp_path / "sft.jsonl"
-    sft.write_text("".join(json.dumps({"prompt": "the food was", "completion": "very good ."}) + "\n" for _ in range(8)))
+    row = json.dumps({"prompt": "the food was", "completion": "very good ."})
+    sft.write_text("".join(row + "\n" for _ in range(8)))
     base = ["--home", home, "--progress", "false"]
     assert main(["rlhf", "sft", *base, "--policy", tiny_lm, "--data", str(sft), "--batch-size", "4"]) == 0
     sft_dir = capsys.readouterr().out.split("model: ")[1].split()[0]

@@ -9,8 +9,18 @@ import torch
 
 from superalign.rlhf.bon import bon_expected, bon_weights, fit_bon, fit_rl, kl_bon
 from superalign.rlhf.dpo import dpo_loss
-from superalign.rlhf.ppo import (AdaptiveKL, ema_update, gae, kl_k1, kl_k3, masked_mean, per_token_rewards,
-                                 policy_loss, value_loss, whiten)
+from superalign.rlhf.ppo import (
+    AdaptiveKL,
+    ema_update,
+    gae,
+    kl_k1,
+    kl_k3,
+    masked_mean,
+    per_token_rewards,
+    policy_loss,
+    value_loss,
+    whiten,
+)
 from superalign.rlhf.reward import last_token_index, ranking_loss
 from superalign.rlhf.testbed import GoldReward, label_pairs
 
@@ -41,7 +51,8 @@ def test_whiten_by_hand():
     assert whiten(x, m).tolist()[0] == pytest.approx([(v - 2.5) / sd for v in (1, 2, 3, 4)], abs=1e-6)
     x, m = T([[1.0, 2.0, 100.0]]), T([[1.0, 1.0, 0.0]])
     assert whiten(x, m).tolist()[0] == pytest.approx([-math.sqrt(0.5), math.sqrt(0.5), 0.0], abs=1e-6)
-    assert whiten(x, m, shift_mean=False).tolist()[0][:2] == pytest.approx([1.5 - math.sqrt(.5), 1.5 + math.sqrt(.5)], abs=1e-6)
+    assert whiten(x, m, shift_mean=False).tolist()[0][:2] == pytest.approx([1.5 - math.sqrt(.5), 1.5 + math.sqrt(.5)],
+                                                                         abs=1e-6)
 
 
 def test_gae_by_hand():

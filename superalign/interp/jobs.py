@@ -165,7 +165,7 @@ def run_cache(job: CacheJob) -> dict:
     if not spec.is_transformer:
         raise SuperalignError(f"model {job.model!r} has no activations", "use minilm or hf:<id|path>")
     cfg = load_config(spec, job.trust_remote_code)
-    parse_hook(job.hook, getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))  # fail before writing
+    parse_hook(job.hook, getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)  # fail before writing
 
     def body(store, out):
         tok, model, _ = load_hf(spec, job.trust_remote_code)

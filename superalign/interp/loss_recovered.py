@@ -31,7 +31,8 @@ show how much of the loss comes from that one position.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -198,7 +199,7 @@ def loss_recovered(model, tok, sae, texts: list[str], hook: str, max_length: int
             targets = ids[:, 1:][scored]
             n_tok += int(scored.sum())
 
-            def logprobs(fn, check: bool = False) -> torch.Tensor:
+            def logprobs(fn, check: bool = False, *, ids=ids, att=att, mask=mask, scored=scored) -> torch.Tensor:
                 splice.fn = fn
                 out = model(input_ids=ids, attention_mask=att, output_hidden_states=check)
                 if check:

@@ -73,7 +73,8 @@ def unit_activations(acts: torch.Tensor, units: list[int], sae=None, batch_size:
     idx = torch.as_tensor(units, dtype=torch.long)
     if sae is None:
         if len(units) and (idx.min() < 0 or idx.max() >= acts.shape[1]):
-            raise SuperalignError(f"neuron index out of range 0..{acts.shape[1] - 1}", "pick neurons of this hook point")
+            raise SuperalignError(f"neuron index out of range 0..{acts.shape[1] - 1}",
+                                  "pick neurons of this hook point")
         return acts[:, idx].float()
     n = sae.cfg.n_latents
     if len(units) and (idx.min() < 0 or idx.max() >= n):

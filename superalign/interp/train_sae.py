@@ -104,5 +104,6 @@ def evaluate_sae(sae: TopKSAE, acts: torch.Tensor, batch_size: int = 8192) -> di
         counts.index_add_(0, enc.top_indices[enc.top_acts > 0], torch.ones(int((enc.top_acts > 0).sum())))
     x, xh = torch.cat(x_all), torch.cat(xh_all)
     density = counts / len(x)
-    return {"fvu": float(fvu(x, xh)), "l0": sum(l0s) / len(x), "dead_fraction_eval": float((density == 0).float().mean()),
+    return {"fvu": float(fvu(x, xh)), "l0": sum(l0s) / len(x),
+            "dead_fraction_eval": float((density == 0).float().mean()),
             "dense_fraction": float((density > 0.1).float().mean()), "dead_fraction_train": sae.dead_fraction()}

@@ -20,7 +20,7 @@ Needs the paper's architecture (:class:`~superalign.oversight.judge.Judge`: 5×5
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

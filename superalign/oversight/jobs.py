@@ -99,8 +99,8 @@ def run_debate(job: DebateJob) -> dict:
 
     def body(store, out):
         cfg = DebateConfig(**{k: getattr(job, k) for k in DebateConfig.__dataclass_fields__})
-        r = run_debates(judge, x, y, cfg, workers=job.workers,
-                        progress=(lambda i, n: print(f"\rdebate {i}/{n}", end="", flush=True)) if job.progress else None)
+        progress = (lambda i, n: print(f"\rdebate {i}/{n}", end="", flush=True)) if job.progress else None
+        r = run_debates(judge, x, y, cfg, workers=job.workers, progress=progress)
         if job.progress:
             print()
         write_text_atomic(out / "debate.jsonl", "".join(json.dumps(rec) + "\n" for rec in r.records))

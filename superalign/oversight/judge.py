@@ -298,7 +298,8 @@ def save_judge(judge: Judge, folder: str | Path, cfg: JudgeConfig | None = None,
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in judge.state_dict().items()}, str(folder / "model.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in judge.state_dict().items()},
+              str(folder / "model.safetensors"))
     info = {"kind": JUDGE_KIND, "height": judge.height, "width": judge.width, "n_classes": judge.n_classes,
             "dropout": float(judge.head[2].p), "train": asdict(cfg) if cfg else None, **(meta or {})}
     tmp = folder / ".cfg.json.tmp"

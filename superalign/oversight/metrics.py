@@ -12,8 +12,9 @@ ECE = Σ_b (n_b / N) · |accuracy_b − mean confidence_b| (Guo et al. 2017).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 

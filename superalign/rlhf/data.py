@@ -120,12 +120,14 @@ def load_preferences(source: str, data: str | None = None, prompt_col: str = "pr
                      rejected_col: str = "rejected", split: str = "train", limit: int | None = None) -> list[dict]:
     """Preference pairs from a named source (see the module docstring), validated."""
     if source == "anthropic_hh":
-        df = read_table(resolve_data_dir(data, "anthropic_hh", "--data-dir") / "anthropic_hh" / "harmless_base_test.jsonl")
+        df = read_table(resolve_data_dir(data, "anthropic_hh", "--data-dir") / "anthropic_hh"
+                        / "harmless_base_test.jsonl")
         cols = {"prompt": "prompt", "chosen": "chosen_response", "rejected": "rejected_response"}
         _columns(df, cols, source)
         rows = [{k: r[v] for k, v in cols.items()} for r in df[list(cols.values())].to_dict("records")]
     elif source == "tldr":
-        df = read_table(resolve_data_dir(data, "tldr", "--data-dir") / "summarize_from_feedback" / "comparisons_tldr.jsonl")
+        df = read_table(resolve_data_dir(data, "tldr", "--data-dir") / "summarize_from_feedback"
+                        / "comparisons_tldr.jsonl")
         _columns(df, {k: k for k in ("subreddit", "title", "post", "summary_a", "summary_b", "choice")}, source)
         rows = _tldr_rows(df)
     elif source.startswith("hf:"):
@@ -158,7 +160,8 @@ def _hf_preferences(ref: str, split: str, prompt_col: str, chosen_col: str, reje
     name, _, config = ref.partition(":")
     try:
         import datasets
-        ds = datasets.load_dataset(name, config or ("comparisons" if name == "openai/summarize_from_feedback" else None),
+        ds = datasets.load_dataset(name,
+                                   config or ("comparisons" if name == "openai/summarize_from_feedback" else None),
                                    split=split)
     except Exception as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"

@@ -234,7 +234,8 @@ def run_sft(job: SFTJob) -> dict:
     return run_job("rlhf-sft", job, body)
 
 
-def _testbed_comparisons(job, sampler: str, n_prompts: int, k: int, label_beta: float, seed: int) -> tuple[list[dict], dict]:
+def _testbed_comparisons(job, sampler: str, n_prompts: int, k: int, label_beta: float,
+                         seed: int) -> tuple[list[dict], dict]:
     """Rankings of K samples per prompt from ``sampler``, ordered by simulated labellers (Plackett–Luce with
     scores label_beta·gold, the K-wise form of Bradley–Terry noise), plus the gold rewards for diagnostics."""
     gold = GoldReward()
@@ -347,7 +348,8 @@ def run_ppo(job: PPOJob, eval_prompts: list[str] | None = None) -> dict:
                                              seed=job.seed + 7))
         res = train_ppo(policy, ref, rm, tok, prompts, job, value_model=value, gold=gold, ptx_rows=ptx,
                         eval_hook=hook, progress=job.progress)
-        save_lm(res.ema if res.ema is not None else policy, tok, out / "model", {"kind": "rlhf-ppo", "config": job.key()})
+        save_lm(res.ema if res.ema is not None else policy, tok, out / "model",
+                {"kind": "rlhf-ppo", "config": job.key()})
         final = evaluate_policy(res.ema if res.ema is not None else policy, ref, rm, tok, evp, job.response_len,
                                 job.temperature, gold, seed=job.seed + 7)
         initial = evaluate_policy(ref, ref, rm, tok, evp, job.response_len, job.temperature, gold, seed=job.seed + 7)
@@ -425,7 +427,8 @@ def run_bon(job: BoNJob) -> dict:
         texts, proxy, ended = best_of_n_samples(policy, rm, tok, prompts, job.n, job.response_len, job.temperature,
                                                 job.seed)
         best = proxy.argmax(1)
-        rows = [{"prompt": p, "best": t[b], "score": float(s[b]), "n": job.n} for p, t, s, b in zip(prompts, texts, proxy, best)]
+        rows = [{"prompt": p, "best": t[b], "score": float(s[b]), "n": job.n}
+                for p, t, s, b in zip(prompts, texts, proxy, best)]
         metrics = {"proxy_best": float(proxy.max(1).mean()), "proxy_mean": float(proxy.mean()),
                    "kl_bon": float(math.log(job.n) - (job.n - 1) / job.n)}
         if job.prompts == "testbed":

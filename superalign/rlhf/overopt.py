@@ -75,7 +75,6 @@ class OveroptJob(JobBase):
 def run_overopt(job: OveroptJob) -> dict:
     def body(store, out):
         gold_fn = GoldReward()
-        gold = lambda p, c, e: gold_fn.batch(p, c, e)  # noqa: E731
         pol = resolve_policy(job.policy, job.home, job.progress)
         rm_path = resolve_reward(job.reward, job.home, job.progress)
         tok, policy = load_lm(pol, job.home)
@@ -113,7 +112,7 @@ def run_overopt(job: OveroptJob) -> dict:
         plot = out / "overopt.png"
         _plot(bon, rl, fits, plot)
         peak_bon = int(np.argmax(bon["gold"]))
-        rl_best = max((max(r["gold"]) for r in rl))
+        rl_best = max(max(r["gold"]) for r in rl)
         metrics = {"sft_gold": g0, "sft_proxy": p0,
                    "bon_gold_max": float(max(bon["gold"])), "bon_gold_argmax_n": bon["n"][peak_bon],
                    "bon_gold_at_nmax": bon["gold"][-1], "bon_proxy_at_nmax": bon["proxy"][-1],
@@ -151,7 +150,8 @@ def _plot(bon: dict, rl: list[dict], fits: dict, path) -> None:
         dmax = max(max(r["d"]) for r in rl)
         xs = np.linspace(1e-3, dmax * 1.05, 100)
         f = fits[f"rl_{what}"]
-        ax.plot(xs, predict_rl(FunctionalFit(**f), xs), "-", label=f"d(α−β log d): α={f['alpha']:.2f}, β={f['beta']:.2f}")
+        ax.plot(xs, predict_rl(FunctionalFit(**f), xs), "-",
+                label=f"d(α−β log d): α={f['alpha']:.2f}, β={f['beta']:.2f}")
         ax.set_title(f"PPO: {what} reward gain")
         ax.legend(fontsize=8)
     for ax in axes[1]:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -261,7 +262,8 @@ class PPOResult(NamedTuple):
 
 
 def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOConfig,
-              value_model: RewardModel | None = None, gold: Callable[[list[str], list[str], list[bool]], np.ndarray] | None = None,
+              value_model: RewardModel | None = None,
+              gold: Callable[[list[str], list[str], list[bool]], np.ndarray] | None = None,
               ptx_rows: list[dict] | None = None, eval_hook: Callable[[int, torch.nn.Module], dict] | None = None,
               progress: bool = True) -> PPOResult:
     """Optimise ``policy`` in place against ``rm`` with a KL penalty to ``ref``.

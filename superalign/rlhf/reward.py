@@ -163,7 +163,8 @@ def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def ranking_loss(scores: torch.Tensor, group_sizes: list[int], margins: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def ranking_loss(scores: torch.Tensor, group_sizes: list[int],
+                 margins: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Bradley–Terry loss over rankings. ``scores`` holds each group's K scores in rank order (best first).
 
     Returns (loss = mean over groups of the mean over its C(K,2) pairs of −log σ(r_i − r_j − margin), pair accuracy)."""

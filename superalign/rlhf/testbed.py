@@ -168,8 +168,8 @@ def build_tokenizer():
 
 def pretrain_testbed_lm(cfg: TestbedLMConfig, out_dir: str | Path, progress: bool = True) -> Path:
     """Pretrain the tiny GPT-2 on grammar sentences (each followed by EOS) and save it with its tokenizer."""
-    from transformers import GPT2Config, GPT2LMHeadModel
     from tqdm.auto import tqdm
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(cfg.seed)
     tok = build_tokenizer()
@@ -250,4 +250,5 @@ def testbed_data(n_sft: int = 2000, n_prompts: int = 512, n_eval: int = 128, dem
         p, c = split_sentence(sample_sentence(rng))
         if gold(p, c) > demo_threshold:
             sft.append({"prompt": p, "completion": c})
-    return TestbedData(sft=sft, prompts=sample_prompts(n_prompts, seed + 2), eval_prompts=sample_prompts(n_eval, seed + 3))
+    return TestbedData(sft=sft, prompts=sample_prompts(n_prompts, seed + 2),
+                       eval_prompts=sample_prompts(n_eval, seed + 3))

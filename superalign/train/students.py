@@ -103,7 +103,8 @@ class TextClassifier(nn.Module):
             return
         was = self.backbone.training
         self.backbone.eval()
-        b = self.tok(todo, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
+        b = self.tok(todo, padding=True, truncation=True, max_length=self.max_length,
+                     return_tensors="pt").to(self.device)
         hs = self.backbone(**b, output_hidden_states=True).hidden_states[self.prefix_layers]
         self.prefix_flops += 2.0 * self.n_params * int(b["attention_mask"].numel())
         for i, t in enumerate(todo):
