@@ -51,9 +51,11 @@ def _runs(ns: argparse.Namespace) -> int:
         if not rows:
             print(f"no runs in {store.db_path}")
             return 0
-        print(f"{'id':<34} {'kind':<10} {'status':<8} {'created':<19} summary")
+        wid, wkind, wstat = (max(len(h), *(len(r[k]) for r in rows)) for h, k in
+                             (("id", "id"), ("kind", "kind"), ("status", "status")))
+        print(f"{'id':<{wid}} {'kind':<{wkind}} {'status':<{wstat}} {'created':<19} summary")
         for r in rows:
-            print(f"{r['id']:<34} {r['kind']:<10} {r['status']:<8} "
+            print(f"{r['id']:<{wid}} {r['kind']:<{wkind}} {r['status']:<{wstat}} "
                   f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['created_at'] or 0))} {_summary(r)}")
         return 0
     r = store.get(ns.id) or store.find(ns.id)

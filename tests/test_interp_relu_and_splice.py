@@ -299,5 +299,8 @@ def test_cli_relu_sae_with_loss_recovered(lm, tmp_path, capsys):
         assert f"\n{key} " in out
     sae_dir = out.split("sae: ")[1].split()[0]
     assert isinstance(load_sae(sae_dir), ReLUSAE)
-    assert main(["interp", "sae", *home, "--cache", cache, "--architecture", "gated"]) == 2
-    assert "--architecture topk or relu" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # argparse enforces the choices listed in --help
+        main(["interp", "sae", *home, "--cache", cache, "--architecture", "gated"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid choice: 'gated'" in err and "topk" in err and "relu" in err

@@ -67,7 +67,7 @@ def format_table(rows: list[dict]) -> str:
             "weak AUROC", "student AUROC", "ceiling AUROC", "PGR AUROC [95% CI]"]
     if mc:
         head += ["weak MC acc", "student MC acc", "ceiling MC acc"]
-    head += ["n wt/wl/val/test", "dropped"]
+    head += ["n wt/wl/val/test", "dropped by balancing"]
     body = []
     for r in rows:
         lo, hi = r["pgr_acc_ci"]
