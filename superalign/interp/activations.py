@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import SuperalignError
+from ..runs.files import pid_alive, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def cache_activations(model, tok, texts: list[str], hook: str, out_dir: str | Pa
             shards.append(name)
             done["shards"].append({"name": name, "end_batch": end_batch, "tokens": n_buf})
             done["d"] = d
-            _write_json_atomic(work / PROGRESS, done)
+            write_json_atomic(work / PROGRESS, done, indent=2)
             for v in buf.values():
                 v.clear()
             n_buf = 0
@@ -131,7 +132,7 @@ def cache_activations(model, tok, texts: list[str], hook: str, out_dir: str | Pa
         flush(len(batches))
         meta = {"model": model_name, "hook": hook, "d": d, "tokens": total, "texts": len(texts), "shards": shards,
                 "max_length": max_length, "dtype": str(dtype).replace("torch.", "")}
-        _write_json_atomic(work / "meta.json", meta)
+        write_json_atomic(work / "meta.json", meta, indent=2)
         (work / PROGRESS).unlink()
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -163,15 +164,6 @@ def _texts_digest(texts: list[str]) -> str:
     import hashlib
 
     return hashlib.sha256(json.dumps(texts).encode()).hexdigest()
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _resume(work: Path, fingerprint: dict) -> dict:
@@ -280,21 +272,6 @@ def remove_stale_temporaries(out_dir: Path) -> None:
         if pid.isdigit() and not pid_alive(int(pid)):
             log.warning("removing %s, left by an interrupted run (process %s is gone)", p, pid)
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (signal 0 checks without sending anything)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, owned by someone else
-    except OSError:
-        return False
-    return True
 
 
 def load_activations(folder: str | Path) -> ActivationCache:

@@ -34,6 +34,7 @@ import torch
 from ..errors import SuperalignError
 from ..models.lm import left_pad, load_lm, model_inputs
 from ..models.placement import resolve_device
+from ..runs.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -624,17 +625,6 @@ def _first_choice(resp: dict, name: str) -> dict:
     except (KeyError, IndexError, TypeError):
         raise SuperalignError(f"{name} returned no choices: {str(resp)[:200]}",
                               "check that base_url points at an OpenAI-compatible /v1 API") from None
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON so that a reader sees the whole file or none (temporary name unique per process and thread)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _one_line(text: str, limit: int = 300) -> str:

@@ -7,7 +7,6 @@ returns the stored result and artefacts at once, and chains of jobs resume where
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import SuperalignError
+from .files import write_text_atomic  # noqa: F401  (re-exported: pillars' jobs write artefacts with it)
 from .store import RunStore, run_id
 
 
@@ -75,10 +75,3 @@ def run_job(kind: str, job: JobBase, body: Callable[[RunStore, Path], tuple[dict
                               "rerun the same command: it returns the other process's result when it is done")
     r["cached"] = False
     return r
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a file so that a reader sees the old content or the new one, never half of it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

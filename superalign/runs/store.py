@@ -33,6 +33,7 @@ from urllib.parse import quote
 
 from ..errors import SuperalignError
 from .cache import content_hash
+from .files import pid_alive
 
 HOME_ENV = "SUPERALIGN_HOME"
 
@@ -176,22 +177,6 @@ def _heartbeat_loop() -> None:
                     _release(store, rid)  # taken over or finished elsewhere: stop beating for it
             except Exception as e:  # a locked or vanished store must not kill the thread; the next beat retries
                 log.debug("heartbeat for %s failed: %s", rid, e)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    except OSError:
-        return False
-    try:  # a zombie (exited, not yet reaped) is dead
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 # ---------------------------------------------------------------- the store
@@ -356,7 +341,7 @@ class RunStore:
         if host == HOST:
             if pid == os.getpid():
                 return _holds(self, row["id"])  # else a previous process that had this pid
-            return _pid_alive(pid) and silent < PID_REUSE_TIMEOUT_S
+            return pid_alive(pid) and silent < PID_REUSE_TIMEOUT_S
         return silent < HEARTBEAT_TIMEOUT_S
 
     def _decode(self, row: sqlite3.Row) -> dict:
