@@ -285,3 +285,27 @@ def test_hf_local_llm_loads_through_the_model_layer(gpt2_with_eos):
     assert next(llm.model.parameters()).dtype == torch.bfloat16 and llm.device.type == "cpu"
     with pytest.raises(SuperalignError, match="unknown dtype"):
         HFLocalLLM(gpt2_with_eos, dtype="float8")
+
+
+def test_local_model_fingerprint_is_its_content(tmp_path):
+    """Weights rewritten in place with the same size within the same second (a retrained checkpoint saved over
+    the old one) are a new model: the old size+whole-second-mtime key called them the same and reused stale
+    features."""
+    import os
+
+    from superalign.models import resolve_model
+
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text('{"model_type": "bert"}')
+    w = d / "model.safetensors"
+    w.write_bytes(b"a" * 64)
+    st = w.stat()
+    os.utime(w, ns=(st.st_atime_ns, int(st.st_mtime) * 10**9 + 1000))
+    before = resolve_model(f"hf:{d}").fingerprint()
+    with open(w, "r+b") as f:  # same inode, same size
+        f.write(b"b" * 64)
+    os.utime(w, ns=(st.st_atime_ns, int(st.st_mtime) * 10**9 + 2000))  # same whole second
+    assert resolve_model(f"hf:{d}").fingerprint() != before
+    (d / "vocab.txt").write_text("[PAD]\nhello\n")  # a tokenizer file is part of the model too
+    assert resolve_model(f"hf:{d}").fingerprint() != before

@@ -57,16 +57,19 @@ class ModelSpec:
         return self.kind == "hf"
 
     def fingerprint(self) -> str:
-        """Content identity for caching: local weights by size+mtime, hub ids by id (+ revision env)."""
+        """Content identity for caching: a local model by the sha256 of its weights, config and tokenizer files
+        (remembered by size, mtime and inode, so an unchanged folder is not re-read), a hub id by id (+ revision
+        env). Retrained weights written over the same folder are a new model, never a stale cache hit."""
         if self.kind != "hf":
             return self.kind
         p = Path(self.path)
         if p.is_dir():
+            from ..data.fingerprint import file_fingerprint
+
             parts = []
             for f in sorted(p.iterdir()):
-                if f.is_file() and (f.suffix in (".safetensors", ".bin", ".json", ".gguf")):
-                    st = f.stat()
-                    parts.append(f"{f.name}:{st.st_size}:{int(st.st_mtime)}")
+                if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".gguf", ".txt", ".model"):
+                    parts.append(f"{f.name}:{file_fingerprint(f)}")
             key = "|".join(parts)
         else:
             key = self.path + os.environ.get("HF_REVISION", "")
