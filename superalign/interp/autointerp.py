@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import SuperalignError
+from ..models.lm import load_tokenizer
 from ..runs.jobs import JobBase, _f, run_job, stored_result, write_text_atomic
 from ..validate import check_int, check_seed
 from .records import build_records, records_from_json, records_to_json, unit_activations
@@ -113,16 +114,6 @@ def _without_permissions(key: dict) -> dict:
     return key
 
 
-def load_tokenizer(model_name: str, trust_remote_code: bool = False):
-    """The tokenizer of a cached model (by its registry name), without loading the weights."""
-    from transformers import AutoTokenizer
-
-    from ..models import resolve_model
-    from ..models.registry import _hf_call
-
-    return _hf_call(resolve_model(model_name), AutoTokenizer.from_pretrained, trust_remote_code)
-
-
 def choose_units(acts: torch.Tensor, sae, n: int, seed: int, batch_size: int = 8192) -> list[int]:
     """``n`` random live units (active on at least one cached token), sorted."""
     if sae is None:
@@ -152,7 +143,8 @@ def run_explain(job: ExplainJob) -> dict:
     if job.sae:
         from .sae import load_sae
         sae = load_sae(job.sae, expect_d_in=cache.acts.shape[1])
-    tok = load_tokenizer(cache.meta.get("model", ""), job.trust_remote_code)
+    # the cached model's tokenizer (records decode its token ids); an encoder's may have no EOS
+    tok = load_tokenizer(cache.meta.get("model", ""), job.home, job.trust_remote_code, require_eos=False)
     if job.explainer != "token-lookup":
         from .llm import http_llm_options, make_llm
         llm = make_llm(job.explainer, **http_llm_options(job.explainer, job.home, job.llm_concurrency,
