@@ -265,11 +265,3 @@ def run_sae(job: SAEJob) -> dict:
                                     "cache": str(Path(job.cache))})
         return metrics, {"sae": str(out / "sae")}
     return run_job("interp-sae", job, body)
-
-
-def _autointerp_jobs() -> dict:
-    from .autointerp import ExplainJob, ScoreJob, run_explain, run_score
-    return {"explain": (ExplainJob, run_explain), "score": (ScoreJob, run_score)}
-
-
-JOBS = {"cache": (CacheJob, run_cache), "sae": (SAEJob, run_sae), **_autointerp_jobs()}

@@ -140,6 +140,3 @@ def add_report_arguments(rp: argparse.ArgumentParser) -> None:
     rp.add_argument("--n-bins", type=int, default=10, help="confidence bins (default: 10)")
     rp.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: 1000)")
     rp.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-
-
-JOBS = {"train-judge": (TrainJudgeJob, run_train_judge), "run": (DebateJob, run_debate)}

@@ -445,9 +445,5 @@ def run_bon(job: BoNJob) -> dict:
     return run_job("rlhf-bon", job, body)
 
 
-JOBS = {"sft": (SFTJob, run_sft), "rm": (RMJob, run_rm), "ppo": (PPOJob, run_ppo), "dpo": (DPOJob, run_dpo),
-        "bon": (BoNJob, run_bon)}
-
-
 def job_fields(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
