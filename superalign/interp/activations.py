@@ -204,23 +204,29 @@ def _resume(work: Path, fingerprint: dict) -> dict:
 def shard_problem(path: Path, expect_rows: int | None = None) -> str | None:
     """Why the shard at ``path`` cannot be used (missing, truncated, not safetensors, columns missing or of unequal
     length), or None when it is whole. Reads only the header: safetensors checks it against the file's size."""
+    rows, problem = _shard_rows(path)
+    if problem is None and expect_rows is not None and rows != expect_rows:
+        return f"{rows} rows, expected {expect_rows}"
+    return problem
+
+
+def _shard_rows(path: Path) -> tuple[int, str | None]:
+    """(rows, None) for a whole shard, (0, why not) otherwise; see :func:`shard_problem`."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = set(f.keys())
             if not {"acts", "tokens", "doc", "pos"} <= keys:
-                return f"columns {sorted(keys)}, expected acts, tokens, doc, pos"
+                return 0, f"columns {sorted(keys)}, expected acts, tokens, doc, pos"
             rows = {k: f.get_slice(k).get_shape()[0] for k in ("acts", "tokens", "doc", "pos")}
     except FileNotFoundError:
-        return "missing"
+        return 0, "missing"
     except Exception as e:  # safetensors raises its own error types for a torn or foreign file
-        return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+        return 0, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
     if len(set(rows.values())) != 1:
-        return f"columns of unequal length {rows}"
-    if expect_rows is not None and next(iter(rows.values())) != expect_rows:
-        return f"{next(iter(rows.values()))} rows, expected {expect_rows}"
-    return None
+        return 0, f"columns of unequal length {rows}"
+    return rows["acts"], None
 
 
 def cache_problem(folder: str | Path) -> str | None:
@@ -238,13 +244,10 @@ def cache_problem(folder: str | Path) -> str | None:
         return f"meta.json is unreadable ({type(e).__name__})"
     rows = 0
     for s in shards:
-        problem = shard_problem(folder / str(s))
+        n, problem = _shard_rows(folder / str(s))
         if problem:
             return f"shard {s}: {problem}"
-        from safetensors import safe_open
-
-        with safe_open(str(folder / str(s)), framework="pt") as f:
-            rows += f.get_slice("acts").get_shape()[0]
+        rows += n
     if rows != tokens:
         return f"the shards hold {rows} tokens, meta.json says {tokens}"
     return None
