@@ -454,8 +454,8 @@ class OpenAICompatLLM(LLM):
         resp = self._send(url, path, json.dumps(body).encode())
         choice = _first_choice(resp, self.name)
         if entry is not None:
-            key = os.environ.get(self.api_key_env)
-            write_json_atomic(entry, scrub_key({"url": url, "request": body, "response": resp}, key))
+            key = os.environ.get(self.api_key_env)  # resp is scrubbed already (by _send)
+            write_json_atomic(entry, {**scrub_key({"url": url, "request": body}, key), "response": resp})
         return choice
 
     def _read_cache(self, entry: Path) -> dict | None:
