@@ -228,14 +228,13 @@ def run_sae(job: SAEJob) -> dict:
     if not torch.isfinite(acts).all():  # a bad input, found before a failed run is recorded
         raise SuperalignError(f"the activation cache {job.cache} contains NaN or inf",
                               "re-run superalign interp cache (the model produced non-finite activations)")
-    n_pool = len(acts) if held_docs is None else int((~torch.isin(cache.doc, held_docs)).sum())
-    if n_pool - max(1, int(job.eval_frac * n_pool)) < 1:
-        raise SuperalignError(f"the activation cache {job.cache} has {n_pool} usable tokens: none left to train on "
-                              f"after holding out --eval-frac {job.eval_frac}", "cache more texts")
+    # the loss-recovered texts' tokens are kept out of training and of the FVU split (none for encoders)
+    pool = torch.arange(len(acts)) if held_docs is None else (~torch.isin(cache.doc, held_docs)).nonzero()[:, 0]
+    if len(pool) - max(1, int(job.eval_frac * len(pool))) < 1:
+        raise SuperalignError(f"the activation cache {job.cache} has {len(pool)} usable tokens: none left to train "
+                              f"on after holding out --eval-frac {job.eval_frac}", "cache more texts")
 
     def body(store, out):
-        # the loss-recovered texts' tokens are kept out of training and of the FVU split (none for encoders)
-        pool = torch.arange(len(acts)) if held_docs is None else (~torch.isin(cache.doc, held_docs)).nonzero()[:, 0]
         perm = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(job.seed))]
         n_eval = max(1, int(job.eval_frac * len(pool)))
         if job.architecture == "relu":
