@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import torch
+from fake_http import send_json
 
 from superalign.errors import SuperalignError
 from superalign.interp.llm import LLM, HFLocalLLM, LogprobsUnavailable, OpenAICompatLLM, cut_at_stop, make_llm
@@ -243,15 +244,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, {"choices": [{"text": " 3", "logprobs": {"top_logprobs": top}}]})
         return self._send(200, {"choices": [{"text": " completion of " + body["prompt"]}]})
 
-    def _send(self, code, obj, headers=None):
-        data = json.dumps(obj).encode()
-        self.send_response(code)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    _send = send_json
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from fake_http import send_json
 
 from superalign.errors import SuperalignError
 from superalign.interp.llm import OpenAICompatLLM, http_llm_options, is_loopback, make_llm, scrub_key
@@ -53,14 +54,7 @@ class Handler(BaseHTTPRequestHandler):
                                                         "text": content}],
                                            "debug": {"authorization": auth, auth: "as a key too"}}).encode())
 
-    def _send(self, code, data, headers=None):
-        self.send_response(code)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    _send = send_json
 
 
 @pytest.fixture
