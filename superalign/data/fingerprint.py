@@ -36,16 +36,27 @@ def _side_file() -> Path:
     return Path(base) / "superalign" / "fingerprints.sqlite"
 
 
+_local = threading.local()  # this thread's side-file connection: (pid, path, connection or None)
+
+
 def _db() -> sqlite3.Connection | None:
+    """This thread's connection to the side file, opened (folder and table created) once per path and process."""
+    p = _side_file()
+    held = getattr(_local, "db", None)
+    if held is not None and held[:2] == (os.getpid(), p):
+        return held[2]
+    con = None
     try:
-        p = _side_file()
         p.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(str(p), timeout=5.0)
         con.execute("CREATE TABLE IF NOT EXISTS fp (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
                     "inode INTEGER, sha256 TEXT)")
-        return con
     except (OSError, sqlite3.Error):  # read-only home, full disk: the in-process memo still works
-        return None
+        if con is not None:
+            con.close()
+        con = None
+    _local.db = (os.getpid(), p, con)
+    return con
 
 
 def _sha256(p: Path) -> str:
@@ -66,32 +77,28 @@ def file_fingerprint(path: str | os.PathLike) -> str:
             return _memo[sig]
     racy = time.time() - st.st_mtime_ns / 1e9 < RACY_S
     con = None if racy else _db()
-    try:
-        if con is not None:
-            try:
-                row = con.execute("SELECT sha256 FROM fp WHERE path=? AND size=? AND mtime_ns=? AND inode=?",
-                                  sig).fetchone()
-            except sqlite3.Error:
-                row = None
-            if row:
-                with _lock:
-                    _memo[sig] = row[0]
-                return row[0]
-        digest = _sha256(p)
-        if racy:
-            return digest
-        with _lock:
-            _memo[sig] = digest
-        if con is not None:
-            try:
-                with con:
-                    con.execute("INSERT OR REPLACE INTO fp VALUES (?, ?, ?, ?, ?)", (*sig, digest))
-            except sqlite3.Error:
-                pass
+    if con is not None:
+        try:
+            row = con.execute("SELECT sha256 FROM fp WHERE path=? AND size=? AND mtime_ns=? AND inode=?",
+                              sig).fetchone()
+        except sqlite3.Error:
+            row = None
+        if row:
+            with _lock:
+                _memo[sig] = row[0]
+            return row[0]
+    digest = _sha256(p)
+    if racy:
         return digest
-    finally:
-        if con is not None:
-            con.close()
+    with _lock:
+        _memo[sig] = digest
+    if con is not None:
+        try:
+            with con:
+                con.execute("INSERT OR REPLACE INTO fp VALUES (?, ?, ?, ?, ?)", (*sig, digest))
+        except sqlite3.Error:
+            pass
+    return digest
 
 
 def path_fingerprint(path: str | os.PathLike) -> str:
