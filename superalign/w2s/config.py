@@ -11,6 +11,7 @@ from ..data.tasks import CONVERSIONS
 from ..errors import SuperalignError
 from ..train.losses import LOSSES
 from ..train.students import MODES
+from ..validate import check_device, check_int, check_nonnegative, check_positive, check_range
 
 CONVERSION_NAMES = tuple(CONVERSIONS)
 
@@ -109,35 +110,19 @@ class W2SConfig:
         if len(set(self.seed)) != len(self.seed):
             raise SuperalignError(f"--seed {self.seed} repeats a seed", "list each seed once")
         for name in ("lr", "ft_lr"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise SuperalignError(f"--{name.replace('_', '-')} {v!r} must be a finite positive number",
-                                      "pass e.g. --lr 1e-3 / --ft-lr 5e-5")
+            check_positive(name, getattr(self, name), _default(name))
         for name in ("epochs", "ft_epochs", "batch_size", "n_boot", "max_length", "lora_rank", "n_train_layers"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise SuperalignError(f"--{name.replace('_', '-')} {v!r} must be an integer ≥ 1",
-                                      f"pass e.g. --{name.replace('_', '-')} {_default(name)}")
-        if isinstance(self.max_examples, bool) or not isinstance(self.max_examples, int) or self.max_examples < 40:
-            raise SuperalignError(f"--max-examples {self.max_examples!r} must be an integer ≥ 40",
-                                  "a weak-to-strong run needs at least 40 examples; pass e.g. --max-examples 6000")
+            check_int(name, getattr(self, name), example=_default(name))
+        check_int("max_examples", self.max_examples, minimum=40, example=6000)
         fr = self.split_fracs
         if len(fr) != 4 or not all(isinstance(f, (int, float)) and math.isfinite(f) and 0 < f <= 1 for f in fr) \
                 or sum(fr) > 1 + 1e-6:
             raise SuperalignError(f"--split-fracs {list(fr)} must be 4 numbers in (0, 1] summing to at most 1",
                                   "pass e.g. --split-fracs 0.3 0.4 0.1 0.2 (weak-train, weak-label, val, test)")
-        if not (isinstance(self.min_gap, (int, float)) and math.isfinite(self.min_gap) and self.min_gap >= 0):
-            raise SuperalignError(f"--min-gap {self.min_gap!r} must be a finite number ≥ 0", "pass e.g. --min-gap 0.02")
-        for name in ("weight_decay", "product_beta"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise SuperalignError(f"--{name.replace('_', '-')} {v!r} must be a finite number ≥ 0",
-                                      f"pass e.g. --{name.replace('_', '-')} {_default(name)}")
+        for name in ("min_gap", "weight_decay", "product_beta"):
+            check_nonnegative(name, getattr(self, name), _default(name))
         for name in ("aux_alpha", "aux_warmup"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0 <= v <= 1):
-                raise SuperalignError(f"--{name.replace('_', '-')} {v!r} must be in [0, 1]",
-                                      f"pass e.g. --{name.replace('_', '-')} {_default(name)}")
+            check_range(name, getattr(self, name), 0.0, 1.0, example=_default(name))
         if self.executor not in ("local", "ray"):
             raise SuperalignError(f"unknown executor {self.executor!r}", "use local or ray")
         if self.convert is not None and self.convert not in CONVERSION_NAMES:
@@ -147,7 +132,11 @@ class W2SConfig:
         if self.label_map is not None and not isinstance(self.label_map, dict):
             raise SuperalignError(f"--label-map must be a JSON object, got {self.label_map!r}",
                                   "pass e.g. --label-map '{\"neg\": 0, \"pos\": 1, \"neutral\": null}'")
-        self.device = check_device(self.device)
+        check_device("device", self.device)
+        if self.device == "auto":
+            import torch
+
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _plain(v):
@@ -163,27 +152,3 @@ def _plain(v):
 
 def _default(name: str):
     return W2SConfig.__dataclass_fields__[name].default
-
-
-def check_device(device: str) -> str:
-    """``auto`` → cuda when available else cpu; otherwise the name must exist on this machine."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return device
-    kind, _, idx = str(device).partition(":")
-    if kind == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if idx and not idx.isdigit():
-            raise SuperalignError(f"--device {device!r} is not a device name", "use cpu, cuda, cuda:N or auto")
-        if n == 0 or (idx and int(idx) >= n):
-            raise SuperalignError(f"--device {device!r} does not exist here ({n} CUDA device(s))",
-                                  "use cpu, auto" + (f", or cuda:0..cuda:{n - 1}" if n else ""))
-        return device
-    if kind == "mps" and not idx:
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise SuperalignError("--device mps is not available here", "use cpu or auto")
-        return device
-    raise SuperalignError(f"unknown --device {device!r}", "use cpu, cuda, cuda:N, mps or auto")
