@@ -407,8 +407,9 @@ def run_and_record(exp: Experiment, cell: Cell, group_id: str | None = None) -> 
     run either: its row comes back with status 'running' and the caller waits for it. The row's ``cached`` is
     False only when this call computed it."""
     store = exp.store
-    rid = cell_run_id(exp.cfg, cell)
-    if not store.claim(rid, "w2s", cell_config(exp.cfg, cell), group_id).claimed:
+    conf = cell_config(exp.cfg, cell)  # once: it stats the task's input files
+    rid = run_id("w2s", conf)
+    if not store.claim(rid, "w2s", conf, group_id).claimed:
         return {**store.get(rid), "cached": True}  # type: ignore[dict-item]
     try:
         metrics, preds, compute = exp.run_cell(cell)

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from ..errors import SuperalignError
 from ..runs import store as store_mod
 from ..runs.cache import content_hash
-from ..runs.store import RunStore
+from ..runs.store import RunStore, run_id
 from .config import W2SConfig
 from .pgr import PGREstimate
 from .pipeline import Cell, Experiment, cell_config, cell_run_id, cells, record_result, run_and_record
@@ -163,7 +163,9 @@ def _run_ray(exp: Experiment, free: list[Cell], group_id: str) -> list[str]:
     except ImportError:
         raise SuperalignError("--executor ray needs Ray", "pip install 'superalign[ray]'") from None
     cfg, store = exp.cfg, exp.store
-    todo = [c for c in free if store.claim(cell_run_id(cfg, c), "w2s", cell_config(cfg, c), group_id).claimed]
+    confs = {c: cell_config(cfg, c) for c in free}  # once per cell: it stats the task's input files
+    ids = {c: run_id("w2s", conf) for c, conf in confs.items()}
+    todo = [c for c in free if store.claim(ids[c], "w2s", confs[c], group_id).claimed]
     if not todo:
         return []
     try:
@@ -181,12 +183,12 @@ def _run_ray(exp: Experiment, free: list[Cell], group_id: str) -> list[str]:
             done, pending = ray.wait(pending, num_returns=1)
             for f in done:
                 for cell_d, (metrics, preds, compute) in ray.get(f):
-                    record_result(store, cell_run_id(cfg, Cell(**cell_d)), metrics, preds, compute)
+                    record_result(store, ids[Cell(**cell_d)], metrics, preds, compute)
     except BaseException as e:
         for c in todo:  # fail writes nothing for the cells already recorded
-            store.fail(cell_run_id(cfg, c), f"{type(e).__name__}: {e}")
+            store.fail(ids[c], f"{type(e).__name__}: {e}")
         raise
-    return [cell_run_id(cfg, c) for c in todo]
+    return [ids[c] for c in todo]
 
 
 def _ray_cells(cfg_d: dict, cell_ds: list[dict]) -> list:
