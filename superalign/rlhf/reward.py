@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from ..errors import SuperalignError
-from ..models.lm import encode_prompts, fuse_activations, load_tokenizer, model_inputs, resolve_lm_path
+from ..models.lm import encode_prompts, fuse_activations, load_tokenizer, model_inputs, resolve_lm_path, right_pad
 from ..models.registry import from_pretrained as _from_pretrained
 from ..train.batches import epoch_batches
 from ..validate import check_int, check_nonnegative, check_positive, check_seed, help_field
@@ -151,16 +151,6 @@ def encode_completion(tok, prompt_ids: list[int], completion: str, max_len: int)
         raise SuperalignError(f"prompt of {len(prompt_ids)} tokens leaves no room in the context of {max_len} "
                               "tokens", "raise --max-len or drop long prompts")
     return prompt_ids + comp[:room] + [tok.eos_token_id]
-
-
-def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    L = max(map(len, seqs))
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
-    return ids, mask
 
 
 def ranking_loss(scores: torch.Tensor, group_sizes: list[int],
