@@ -152,10 +152,13 @@ def encode_texts(spec: ModelSpec, texts: list[str], cache_dir: str | Path | None
         with torch.inference_mode():
             for i in range(0, len(todo), batch_size):
                 chunk = [t for _, t in todo[i:i + batch_size]]
-                n_trunc += int((token_lengths(tok, chunk) > max_length).sum())
                 b = tok(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
                 o = model(**b, output_hidden_states=True)
                 mask = b["attention_mask"]
+                # only a text that fills max_length may have been cut: re-tokenise just those, uncut, to know
+                at_cap = (mask.sum(1) >= max_length).nonzero().flatten().tolist()
+                if at_cap:
+                    n_trunc += int((token_lengths(tok, [chunk[j] for j in at_cap]) > max_length).sum())
                 out.append(torch.stack([pool(h, mask, causal).float() for h in o.hidden_states]).cpu().numpy())
                 stats.tokens += int(mask.numel())
                 stats.flops += 2.0 * n_params * int(mask.numel())
