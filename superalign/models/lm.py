@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import SuperalignError
 from .placement import resolve_device, resolve_dtype
-from .registry import ModelSpec, from_pretrained, is_causal_config, load_config, resolve_model, truncate_config
+from .registry import ModelSpec, _hf_call, is_causal_config, load_config, resolve_model, truncate_config
 
 
 def _spec(name: str | ModelSpec, home) -> ModelSpec:
@@ -46,8 +46,7 @@ def load_tokenizer(name: str | ModelSpec, home=None, trust_remote_code: bool = F
     from transformers import AutoTokenizer
 
     spec = _spec(name, home)
-    tok = from_pretrained(AutoTokenizer.from_pretrained, spec.name, spec.path, trust_remote_code=trust_remote_code,
-                          **spec.hf_kwargs())
+    tok = _hf_call(spec, AutoTokenizer.from_pretrained, trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     if require_eos and tok.eos_token is None:
@@ -74,8 +73,7 @@ def load_lm(name: str | ModelSpec, home=None, trust_remote_code: bool = False, d
                               "use a causal LM: smollm2, testbed or hf:<id|path> of a GPT-2/Llama-style model")
     truncate_config(spec, cfg)
     tok = load_tokenizer(spec, home, trust_remote_code, require_eos=require_eos)
-    model = from_pretrained(AutoModelForCausalLM.from_pretrained, spec.name, spec.path, config=cfg,
-                            trust_remote_code=trust_remote_code, dtype=dt, **spec.hf_kwargs())
+    model = _hf_call(spec, AutoModelForCausalLM.from_pretrained, trust_remote_code, config=cfg, dtype=dt)
     model.eval()  # eval() = dropout off; we still take gradients
     return tok, fuse_activations(model).to(dev)
 
