@@ -32,3 +32,18 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""what ``--dtype`` accepts: ``auto`` = bf16 on a CUDA GPU (autocast, fp32 master weights), fp32 elsewhere"""
+
+
+def resolve_precision(dtype: str | torch.dtype | None, device: torch.device | str | None) -> str:
+    """The canonical precision name ('fp32' | 'bf16' | 'fp16') of ``dtype`` on ``device``; ``auto``/None means bf16
+    on CUDA (when the GPU supports it, else fp16) and fp32 on CPU and MPS, so the CPU default never changes."""
+    dev = resolve_device(device)
+    if dtype is None or dtype == "auto":
+        if dev.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolve_dtype(dtype)]
