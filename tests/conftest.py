@@ -65,3 +65,52 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_two(args: list[str], cwd=None, env=None, timeout: int = 300, module: bool = True):
+    """Run ``superalign <args>`` (or a script, ``module=False``) as 2 data-parallel CPU processes (gloo) under
+    ``accelerate launch``. Accelerate 1.x's ``--cpu`` flag starts one process unless MPI is set up, so the
+    2-process CPU group is launched as ``--multi_gpu`` with no GPU visible: torchrun starts both processes and
+    Accelerate falls back to gloo on the CPU. Returns the CompletedProcess (stdout+stderr merged)."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    cmd = [exe, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    cmd += (["-m", "superalign"] if module else []) + list(args)
+    e = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, env=e, capture_output=False, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def accelerate_two():
+    """:func:`launch_two`: a 2-process CPU data-parallel launch of the CLI (skips when Accelerate is missing)."""
+    pytest.importorskip("accelerate")
+    return launch_two
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run the same assertions on a CUDA GPU; without one they skip."""
+    import importlib.util
+
+    has_cuda = False
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "cuda" in item.keywords:
+                item.add_marker(skip)
