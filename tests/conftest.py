@@ -5,6 +5,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the CPU peak FLOP/s that MFU divides by is measured once per machine: tests keep it out of ~/.cache
+os.environ.setdefault("SUPERALIGN_CACHE", str(Path(__import__("tempfile").mkdtemp(prefix="superalign-cache-"))))
 
 SHARED = Path(os.environ.get("SUPERALIGN_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
