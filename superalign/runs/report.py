@@ -38,14 +38,26 @@ def _metrics_cell(r: dict) -> str:
 
 
 def runs_table(runs: list[dict]) -> str:
-    """Every run, newest first: id, kind, status, created, key config, headline metrics, wall seconds, FLOPs."""
+    """Every run, newest first: id, kind, status, created, key config, headline metrics, wall seconds, FLOPs, and
+    where it ran (device × processes, dtype) with its MFU from the compute ledger."""
     body = []
     for r in sorted(runs, key=lambda r: as_float(r.get("created_at")) if finite(r.get("created_at")) else 0.0,
                     reverse=True):
         c = r.get("compute") or {}
         body.append([f"<code>{esc(r['id'])}</code>", esc(r["kind"]), esc(r["status"]), when(r.get("created_at")),
-                     _config_cell(r), _metrics_cell(r), fmt(as_float(c.get("wall_s")), digits=1), flops(c)])
-    return table(["id", "kind", "status", "created", "config", "metrics", "wall s", "FLOPs"], body, numeric={6, 7})
+                     _config_cell(r), _metrics_cell(r), fmt(as_float(c.get("wall_s")), digits=1), flops(c),
+                     _where(c), fmt(100 * as_float(c["mfu"]), digits=1) if finite(c.get("mfu")) else NA])
+    return table(["id", "kind", "status", "created", "config", "metrics", "wall s", "FLOPs", "device", "MFU %"],
+                 body, numeric={6, 7, 9})
+
+
+def _where(c: dict) -> str:
+    """'cuda:0 × 2 · bf16 (NVIDIA H200)' from a compute record; n/a for runs recorded before the ledger."""
+    if not c.get("device"):
+        return NA
+    n = c.get("world_size") or 1
+    name = f" ({c['device_name']})" if c.get("device_name") and str(c["device"]).startswith("cuda") else ""
+    return esc(f"{c['device']}{f' × {n}' if n > 1 else ''} · {c.get('dtype', '?')}{name}")
 
 
 def pillar_sections(runs: list[dict]) -> list[str]:

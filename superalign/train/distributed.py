@@ -115,6 +115,12 @@ class Runtime:
         """The plain model inside a DDP/FSDP wrapper (for saving, generation and evaluation)."""
         return self.accelerator.unwrap_model(model) if self.accelerator is not None else model
 
+    def full_state_dict(self, model: torch.nn.Module) -> dict:
+        """The whole model's weights on this process (gathered from FSDP shards when sharded), for saving."""
+        if self.accelerator is None:
+            return model.state_dict()
+        return self.accelerator.get_state_dict(model)
+
     def shard(self, idx) -> Shard:
         """This process's rows of a global batch: every ``world_size``-th row from ``rank``."""
         idx = np.asarray(idx)
