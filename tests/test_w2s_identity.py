@@ -158,6 +158,8 @@ CASES = {
     "hard_weak_labels": (True, {"run"}, {}),
     "max_length": (64, {"run", "weak", "boot", "ceiling"}, {}),
     "device": ("cuda:0", set(), {}),
+    # features are encoded and transformers finetuned in the dtype: every stage with a transformer (not the split)
+    "dtype": ("bf16", {"run", "weak", "boot", "ceiling"}, {}),
     "n_boot": (7, set(), {}),
     "min_gap": (0.3, set(), {}),
     "home": ("OTHER_HOME", set(), {}),

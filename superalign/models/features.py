@@ -33,6 +33,7 @@ class EncodeStats:
     flops: float = 0.0
     wall_s: float = 0.0
     device_s: float = 0.0
+    cpu_s: float = 0.0
     n_truncated: int = 0
     """Newly encoded texts longer than max_length tokens (cut to max_length)."""
 
@@ -118,22 +119,29 @@ class FeatureStore:
 
 def encode_texts(spec: ModelSpec, texts: list[str], cache_dir: str | Path | None = None, max_length: int = 128,
                  batch_size: int = 64, device: str = "cpu", trust_remote_code: bool = False,
-                 progress: bool = True, stats: EncodeStats | None = None) -> np.ndarray:
+                 progress: bool = True, stats: EncodeStats | None = None, dtype: str = "fp32") -> np.ndarray:
     """Features of every layer: array [n_layers + 1, len(texts), d] (index 0 = embeddings), float32.
 
+    The model runs on ``device`` with its weights in ``dtype`` ('auto' | 'fp32' | 'bf16' | 'fp16'; inference only,
+    so no fp32 master copy is needed); features are pooled and kept in float32 either way, and cached per dtype.
     ``spec.layer`` is ignored here: callers slice the layer they need, so the whole ladder shares one pass."""
     if not spec.is_transformer:
         raise SuperalignError(f"model {spec.name!r} has no features", "use a transformer model")
     if not texts:
         raise SuperalignError("no texts to encode", "check the task")
+    from .placement import resolve_device, resolve_precision
+
+    device = resolve_device(device)
+    precision = resolve_precision(dtype, device)
     stats = stats if stats is not None else EncodeStats()
     digests = [text_digest(t) for t in texts]
     store = None
     if cache_dir is not None:
         # causal LMs are pooled at the last token (GPT-2 checkpoints were once mean-pooled: never reuse those)
         last_token = is_causal_config(load_config(spec, trust_remote_code))
-        key = hashlib.sha256(json.dumps([spec.path, spec.fingerprint(), max_length, "v1"] + ["last-token"] * last_token)
-                             .encode()).hexdigest()[:16]
+        # fp32 features keep their old key (a cache from before dtypes existed stays valid)
+        key = hashlib.sha256(json.dumps([spec.path, spec.fingerprint(), max_length, "v1"] + ["last-token"] * last_token
+                                        + ([precision] if precision != "fp32" else [])).encode()).hexdigest()[:16]
         store = FeatureStore(Path(cache_dir) / "features" / key)
     todo = sorted({d: t for d, t in zip(digests, texts) if store is None or d not in store.index}.items(),
                   key=lambda kv: len(kv[1]))
@@ -141,8 +149,8 @@ def encode_texts(spec: ModelSpec, texts: list[str], cache_dir: str | Path | None
     if todo:
         full = ModelSpec(spec.name, spec.kind, spec.path, None)
         t0, c0 = time.perf_counter(), time.process_time()
-        tok, model, causal = load_hf(full, trust_remote_code=trust_remote_code)
-        model.eval().to(device)
+        tok, model, causal = load_hf(full, trust_remote_code=trust_remote_code, device=device, dtype=precision)
+        model.eval()
         n_params = model_params(model)
         out = []
         n_trunc = 0
@@ -159,7 +167,8 @@ def encode_texts(spec: ModelSpec, texts: list[str], cache_dir: str | Path | None
                 at_cap = (mask.sum(1) >= max_length).nonzero().flatten().tolist()
                 if at_cap:
                     n_trunc += int((token_lengths(tok, [chunk[j] for j in at_cap]) > max_length).sum())
-                out.append(torch.stack([pool(h, mask, causal).float() for h in o.hidden_states]).cpu().numpy())
+                # pooled in float32 whatever the model's dtype: a bf16 mean over 128 tokens would lose digits
+                out.append(torch.stack([pool(h.float(), mask, causal) for h in o.hidden_states]).cpu().numpy())
                 stats.tokens += int(mask.numel())
                 stats.flops += 2.0 * n_params * int(mask.numel())
                 bar.update(len(chunk))
@@ -168,7 +177,8 @@ def encode_texts(spec: ModelSpec, texts: list[str], cache_dir: str | Path | None
         warn_truncated(spec.name, n_trunc, len(todo), max_length, "encode")
         new = np.concatenate(out, axis=1)
         stats.wall_s += time.perf_counter() - t0
-        stats.device_s += time.process_time() - c0 if device == "cpu" else time.perf_counter() - t0
+        stats.device_s += time.perf_counter() - t0  # the ledger's definition: wall time × devices (one here)
+        stats.cpu_s += time.process_time() - c0
         stats.n_new += len(todo)
         new_d = [d for d, _ in todo]
         if store is not None:

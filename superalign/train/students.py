@@ -3,6 +3,8 @@ finetunes the last n blocks, the whole model, or LoRA adapters (peft). Both map 
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import nn
@@ -40,7 +42,7 @@ class TextClassifier(nn.Module):
     stops there); 'full': everything; 'lora': LoRA adapters on every linear layer of the blocks + the head."""
 
     def __init__(self, spec: ModelSpec, mode: str, n_train_layers: int = 1, max_length: int = 128,
-                 device: str = "cpu", trust_remote_code: bool = False, lora_rank: int = 8):
+                 device: str = "cpu", trust_remote_code: bool = False, lora_rank: int = 8, precision: str = "fp32"):
         super().__init__()
         if mode not in MODES[1:]:
             raise SuperalignError(f"unknown finetuning mode {mode!r}", f"use one of {', '.join(MODES)}")
@@ -65,6 +67,12 @@ class TextClassifier(nn.Module):
                 for b in blocks[-n_train_layers:]:
                     for p in b.parameters():
                         p.requires_grad_(True)
+        # BERT's pooler never feeds the output (the head reads pooled hidden states): frozen, so that data-parallel
+        # training (DDP) does not wait for gradients it never gets. Unused parameters got no gradient before either,
+        # so AdamW skipped them: the numbers do not change.
+        for name, p in backbone.named_parameters():
+            if ".pooler." in f".{name}":
+                p.requires_grad_(False)
         self.backbone = backbone
         # CPU fast path for 'last-n' on BERT-family encoders: the frozen lower blocks are a fixed function of the
         # text, so their output is computed once per text (eval mode, no grad) and shared by every model built on
@@ -73,7 +81,7 @@ class TextClassifier(nn.Module):
         if mode == "last-n" and type(backbone).__name__ == "BertModel":
             self.prefix_layers = len(_blocks(backbone)) - n_train_layers
             self._prefix = _PREFIX_CACHE.setdefault((spec.path, spec.fingerprint(), spec.layer, self.prefix_layers,
-                                                     max_length), {})
+                                                     max_length, str(device), precision), {})
             while len(_PREFIX_CACHE) > 2:  # bound memory: keep the two most recent checkpoints' prefixes
                 _PREFIX_CACHE.pop(next(iter(_PREFIX_CACHE)))
         hidden = backbone.config.hidden_size
@@ -154,9 +162,13 @@ def take(inputs, idx: np.ndarray):
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, inputs, batch_size: int = 256) -> np.ndarray:
-    """P(class 1) for every row of ``inputs``, in eval mode (dropout off)."""
+def predict_proba(model: nn.Module, inputs, batch_size: int = 256, autocast=None) -> np.ndarray:
+    """P(class 1) for every row of ``inputs``, in eval mode (dropout off), on the model's device; ``autocast`` (a
+    context factory such as :meth:`Runtime.autocast`) sets the precision of the forward passes."""
     was = model.training
+    p = next(iter(model.parameters()), None)
+    if isinstance(inputs, torch.Tensor) and p is not None:
+        inputs = inputs.to(p.device)
     model.eval()
     n = len(inputs)
     # texts go in length order (less padding); results are put back in input order
@@ -165,7 +177,8 @@ def predict_proba(model: nn.Module, inputs, batch_size: int = 256) -> np.ndarray
     out = np.zeros(n)
     for i in range(0, n, bs):
         idx = order[i:i + bs]
-        logits = model(take(inputs, idx))
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            logits = model(take(inputs, idx))
         out[idx] = torch.softmax(logits.float(), -1)[:, 1].cpu().numpy()
     model.train(was)
     return out

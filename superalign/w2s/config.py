@@ -9,9 +9,10 @@ import numpy as np
 
 from ..data.tasks import CONVERSIONS
 from ..errors import SuperalignError
+from ..models.placement import PRECISIONS, resolve_precision
 from ..train.losses import LOSSES
 from ..train.students import MODES
-from ..validate import check_device, check_int, check_nonnegative, check_positive, check_range
+from ..validate import check_choice, check_device, check_int, check_nonnegative, check_positive, check_range
 
 CONVERSION_NAMES = tuple(CONVERSIONS)
 
@@ -70,7 +71,11 @@ class W2SConfig:
     max_length: int = field(default=128, metadata={
         "help": "max tokens per text; longer texts are truncated, with a warning and their count in the metrics"})
     device: str = field(default="auto",
-                        metadata={"help": "cpu, cuda, cuda:N, mps, or auto (a device this machine has)"})
+                        metadata={"help": "cpu, cuda, cuda:N, mps, or auto (a device this machine has); under "
+                                          "`accelerate launch`, each process's own device"})
+    dtype: str = field(default="auto", metadata={
+        "help": "precision of the transformers' training and feature encoding: auto (bf16 autocast on CUDA with fp32 "
+                "master weights and optimizer state; fp32 on CPU), fp32, bf16 or fp16", "choices": PRECISIONS})
     n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples for CIs"})
     min_gap: float = field(default=0.02, metadata={"help": "PGR is undefined when |ceiling − weak| is below this"})
     home: str | None = field(default=None,
@@ -133,10 +138,13 @@ class W2SConfig:
             raise SuperalignError(f"--label-map must be a JSON object, got {self.label_map!r}",
                                   "pass e.g. --label-map '{\"neg\": 0, \"pos\": 1, \"neutral\": null}'")
         check_device("device", self.device)
+        check_choice("dtype", self.dtype, PRECISIONS)
         if self.device == "auto":
             import torch
 
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # resolved here, like the device: 'auto' and the precision it stands for are one configuration
+        self.dtype = resolve_precision(self.dtype, self.device)
 
 
 def _plain(v):

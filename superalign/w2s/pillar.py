@@ -12,7 +12,12 @@ def _pct(x) -> str:
 
 
 def show_result(res) -> None:
-    """Print a :class:`~superalign.w2s.W2SResult`: the PGR table, agreement per pair, where it is stored."""
+    """Print a :class:`~superalign.w2s.W2SResult`: the PGR table, agreement per pair, where it is stored (once:
+    under `accelerate launch` only rank 0 prints)."""
+    from ..train.distributed import is_main_process
+
+    if not is_main_process():
+        return
     print(res.table())
     print()
     for r in res.rows:

@@ -33,7 +33,9 @@ from ..errors import SuperalignError
 from ..models.features import EncodeStats, count_truncated, encode_texts, warn_truncated
 from ..models.registry import ModelSpec, load_config, resolve_model
 from ..runs.cache import StageCache
+from ..runs.ledger import open_ledger
 from ..runs.store import RunStore, run_id
+from ..train.distributed import Runtime
 from ..train.loop import TrainConfig, fit, load_state
 from ..train.losses import get_loss, xent_loss
 from ..train.metrics import accuracy, auroc
@@ -45,7 +47,9 @@ from .pgr import agreement, multiple_choice_accuracy, pgr_checked
 # inputs whose effect the task fingerprint already carries (``data``: the folder the files come from; their content
 # is in the fingerprint). weak/strong/loss/seed are per-cell and enter the run id through the cell.
 NON_SEMANTIC = ("home", "executor", "address", "progress", "n_boot", "min_gap", "device", "trust_remote_code", "data",
-                "weak", "strong", "loss", "seed")
+                "weak", "strong", "loss", "seed", "dtype")
+# ``dtype`` is semantic but enters identities only when it is not fp32 (see base_config and model_args): the CPU
+# default keeps the run ids and stage keys it had before precisions existed, so stored runs and caches stay valid.
 # Stage-key version: bump when a stage's computation changes without its arguments changing.
 KEY_VERSION = 2
 
@@ -72,7 +76,10 @@ def task_spec(cfg: W2SConfig) -> TaskSpec:
 def base_config(cfg: W2SConfig) -> dict:
     """The semantic config of a grid plus the task's content fingerprint (reloaded only when an input changed)."""
     d = dataclasses.asdict(cfg)
-    return {**{k: v for k, v in d.items() if k not in NON_SEMANTIC}, "task_fp": task_fingerprint(task_spec(cfg))}
+    out = {**{k: v for k, v in d.items() if k not in NON_SEMANTIC}, "task_fp": task_fingerprint(task_spec(cfg))}
+    if cfg.dtype != "fp32":
+        out["dtype"] = cfg.dtype
+    return out
 
 
 def cell_config(cfg: W2SConfig, cell: Cell) -> dict:
@@ -103,10 +110,21 @@ class Experiment:
         self.task_fp = self.task.fingerprint()
         self.store = store or RunStore(cfg.home)
         self.cache = StageCache(self.store.cache_dir)
+        self._rt: Runtime | None = None
+        self.tokens = 0  # tokens (probes: examples) this process trained and predicted on, for the ledger
         self._splits: dict[int, object] = {}
         self._feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._truncated: dict[str, np.ndarray] = {}  # model path → bool per task row (-1: not counted yet)
         self.encode_stats = EncodeStats()
+
+    @property
+    def rt(self) -> Runtime:
+        """Where the models train and in what precision; under `accelerate launch`, this process's place in the
+        data-parallel group (every process runs the same stages; only rank 0 writes the store and the caches).
+        Made on first use: computing identities needs no device."""
+        if self._rt is None:
+            self._rt = Runtime.create(self.cfg.device, self.cfg.dtype)
+        return self._rt
 
     # ------------------------------------------------------------------ data
     def splits(self, seed: int):
@@ -132,13 +150,21 @@ class Experiment:
             return
         seeds = seeds if seeds is not None else self.cfg.seed
         union = np.unique(np.concatenate([np.concatenate(list(self.splits(s).as_dict().values())) for s in seeds]))
-        for path, spec in by_path.items():  # one pass per checkpoint: the whole depth ladder shares it
-            if path in self._feats and np.isin(union, self._feats[path][1]).all():
-                continue
+        todo = {path: spec for path, spec in by_path.items()
+                if not (path in self._feats and np.isin(union, self._feats[path][1]).all())}
+        if not todo:
+            return
+        rt = self.rt
+        if not rt.is_main:
+            rt.barrier()  # data-parallel: rank 0 encodes and caches first; the others then read its cache
+        for path, spec in todo.items():  # one pass per checkpoint: the whole depth ladder shares it
             arr = encode_texts(spec, [self.task.texts[i] for i in union], self.store.cache_dir, self.cfg.max_length,
-                               device=self.cfg.device, trust_remote_code=self.cfg.trust_remote_code,
-                               progress=self.cfg.progress, stats=self.encode_stats)
+                               device=rt.device, trust_remote_code=self.cfg.trust_remote_code,
+                               progress=self.cfg.progress and rt.is_main, stats=self.encode_stats,
+                               dtype=self.cfg.dtype)
             self._feats[path] = (arr, union)
+        if rt.is_main and rt.world_size > 1:
+            rt.barrier()
 
     def features(self, model: str, idx: np.ndarray) -> torch.Tensor:
         spec = self.specs[model]
@@ -182,6 +208,8 @@ class Experiment:
             d["n_train_layers"] = c.n_train_layers
         if mode == "lora":
             d["lora_rank"] = c.lora_rank
+        if c.dtype != "fp32":  # features are encoded, and finetuning runs, in this precision
+            d["dtype"] = c.dtype
         return d
 
     def loss_args(self, loss: str) -> dict:
@@ -212,7 +240,7 @@ class Experiment:
         if mode == "probe":
             return LinearProbe(train_inputs)
         return TextClassifier(self.specs[model], mode, self.cfg.n_train_layers, self.cfg.max_length,
-                              self.cfg.device, self.cfg.trust_remote_code, self.cfg.lora_rank)
+                              str(self.rt.device), self.cfg.trust_remote_code, self.cfg.lora_rank, self.rt.precision)
 
     def train_and_predict(self, model: str, mode: str, seed: int, train_idx, targets, val_idx, val_targets,
                           predict: dict[str, np.ndarray], loss_fn=xent_loss, diag_val_labels=None, desc="train"):
@@ -222,17 +250,21 @@ class Experiment:
             self.n_truncated(model, seed)  # finetuning tokenizes raw texts: warn about what --max-length cuts
         x_tr = self._inputs(model, mode, train_idx)
         net = self._new_model(model, mode, x_tr, seed)
+        rt = self.rt
         res = fit(net, x_tr, targets, loss_fn, self._train_cfg(mode), seed, self._inputs(model, mode, val_idx),
-                  val_targets, diag_val_labels, desc=desc, progress=self.cfg.progress and mode != "probe")
+                  val_targets, diag_val_labels, desc=desc, progress=self.cfg.progress and mode != "probe", rt=rt)
         load_state(net, res.best_state)
-        preds = {k: predict_proba(net, self._inputs(model, mode, v)) for k, v in predict.items()}
+        preds = {k: predict_proba(net, self._inputs(model, mode, v), autocast=rt.autocast) for k, v in predict.items()}
         diag = {}
         if res.diag_state is not None:
             load_state(net, res.diag_state)
-            diag = {k: predict_proba(net, self._inputs(model, mode, v)) for k, v in predict.items()}
+            diag = {k: predict_proba(net, self._inputs(model, mode, v), autocast=rt.autocast)
+                    for k, v in predict.items()}
+        # FLOPs and tokens this process did (under data parallelism its shard of training; run_cell sums them)
         if mode == "probe":
             n_pred = sum(len(v) for v in predict.values()) + len(val_idx) * len(res.history)
             flops = net.flops_per_example(True) * res.examples_seen + net.flops_per_example(False) * n_pred
+            self.tokens += res.examples_seen + n_pred
         else:
             # forward 2N per token, backward 4N through trainable blocks (LoRA: activation grads everywhere ≈ 2N)
             if getattr(net, "prefix_layers", None) is not None:  # cached frozen prefix: only the top blocks run
@@ -240,14 +272,26 @@ class Experiment:
             else:
                 bwd = 2 * net.n_params if mode == "lora" else 4 * net.n_trainable
                 flops = float(net.tokens_seen) * (2 * net.n_params + bwd)
+            self.tokens += net.tokens_seen
         return preds, res, flops, diag
 
     # ------------------------------------------------------------------ stages
+    def _cache_get(self, stage: str, key: dict):
+        """A stage-cache hit or None, the same on every process: under data parallelism rank 0 looks and tells the
+        others (a stage is then computed by all of them together, or by none), so a cache entry written between two
+        processes' looks never splits the group."""
+        hit = self.cache.get(stage, key) if self.rt.is_main else None
+        return self.rt.broadcast(hit)
+
+    def _cache_put(self, stage: str, key: dict, arrays: dict, meta: dict | None = None) -> None:
+        if self.rt.is_main:  # the other processes computed the same arrays; one writer is enough
+            self.cache.put(stage, key, arrays, meta)
+
     def weak_stage(self, seed: int, weak: str) -> tuple[dict[str, np.ndarray], dict]:
         """Weak supervisor's P(class 1) on weak_label / val / test (cached)."""
         s = self.splits(seed)
         key = self.weak_key(seed, weak)
-        hit = self.cache.get("weak", key)
+        hit = self._cache_get("weak", key)
         if hit:
             return hit[0], {**hit[1], "cached": True}
         y = self.task.labels
@@ -273,7 +317,7 @@ class Experiment:
                                                         s.val, y[s.val], targets, desc=f"weak {weak}")
         meta = {"acc": accuracy(y[s.test], preds["test"]), "auroc": auroc(y[s.test], preds["test"]),
                 "flops": flops, "wall_s": time.perf_counter() - t0}
-        self.cache.put("weak", key, preds, meta)
+        self._cache_put("weak", key, preds, meta)
         return preds, {**meta, "cached": False}
 
     def label_stage(self, seed: int, weak: str, loss: str) -> tuple[dict[str, np.ndarray], float]:
@@ -287,7 +331,7 @@ class Experiment:
         if not self.cfg.bootstrap_via:
             return labels, 0.0
         key = self.boot_key(seed, weak, loss)
-        hit = self.cache.get("boot", key)
+        hit = self._cache_get("boot", key)
         if hit:
             return hit[0], 0.0
         s = self.splits(seed)
@@ -305,13 +349,13 @@ class Experiment:
                 new_val += preds["val"] / 2
                 flops += f
             labels = {"weak_label": new_wl, "val": new_val}
-        self.cache.put("boot", key, labels)
+        self._cache_put("boot", key, labels)
         return labels, flops
 
     def ceiling_stage(self, seed: int, strong: str) -> tuple[dict[str, np.ndarray], dict]:
         s = self.splits(seed)
         key = self.ceiling_key(seed, strong)
-        hit = self.cache.get("ceiling", key)
+        hit = self._cache_get("ceiling", key)
         if hit:
             return hit[0], {**hit[1], "cached": True}
         y = self.task.labels
@@ -320,7 +364,7 @@ class Experiment:
                                                     y[s.val], {"test": s.test}, desc=f"ceiling {strong}")
         meta = {"acc": accuracy(y[s.test], preds["test"]), "auroc": auroc(y[s.test], preds["test"]), "flops": flops,
                 "wall_s": time.perf_counter() - t0}
-        self.cache.put("ceiling", key, preds, meta)
+        self._cache_put("ceiling", key, preds, meta)
         return preds, {**meta, "cached": False}
 
     def _loss(self, loss: str):
@@ -331,8 +375,23 @@ class Experiment:
         return get_loss(loss)
 
     def run_cell(self, cell: Cell) -> tuple[dict, dict[str, np.ndarray], dict]:
-        """(metrics, test-set predictions, compute ledger) of one (weak, strong, loss, seed) run."""
-        t0, c0 = time.perf_counter(), time.process_time()
+        """(metrics, test-set predictions, compute record) of one (weak, strong, loss, seed) run. The compute record
+        is a :class:`~superalign.runs.ledger.Ledger` summary, like every job's (FLOPs per stage under ``flops``),
+        plus ``cached_stages`` and the student's ``history``."""
+        rt = self.rt
+        with open_ledger(str(rt.device), rt.precision, rt.world_size) as ledger:
+            m, preds, stage_flops, cached, history, tokens = self._run_cell(cell)
+            if rt.world_size > 1:  # each process counted the work it did: the run's are the sums
+                stage_flops = {k: rt.all_sum(v) for k, v in stage_flops.items()}
+                tokens = int(rt.all_sum(tokens))
+            for stage, f in stage_flops.items():
+                ledger.add(f, stage=stage)
+            ledger.add(tokens=tokens)
+            compute = ledger.summary()
+        return m, preds, {**compute, "cached_stages": cached, "history": history}
+
+    def _run_cell(self, cell: Cell):
+        tokens0 = self.tokens
         s = self.splits(cell.seed)
         y = self.task.labels
         wp, wmeta = self.weak_stage(cell.seed, cell.weak)
@@ -380,14 +439,10 @@ class Experiment:
             m["n_truncated_via"] = max(self.n_truncated(v, cell.seed) for v in self.cfg.bootstrap_via)
         if diag:
             preds["p_student_gt_es"] = diag["test"]
-        compute = {
-            "flops": {"weak": 0.0 if wmeta.get("cached") else wmeta["flops"], "bootstrap": boot_flops,
-                      "ceiling": 0.0 if cmeta.get("cached") else cmeta["flops"], "student": sflops},
-            "cached_stages": [k for k, meta in (("weak", wmeta), ("ceiling", cmeta)) if meta.get("cached")],
-            "wall_s": time.perf_counter() - t0, "device_s": time.process_time() - c0, "device": self.cfg.device,
-        }
-        compute["flops_total"] = sum(compute["flops"].values())
-        return m, preds, {**compute, "history": res.history}
+        stage_flops = {"weak": 0.0 if wmeta.get("cached") else wmeta["flops"], "bootstrap": boot_flops,
+                       "ceiling": 0.0 if cmeta.get("cached") else cmeta["flops"], "student": sflops}
+        cached = [k for k, meta in (("weak", wmeta), ("ceiling", cmeta)) if meta.get("cached")]
+        return m, preds, stage_flops, cached, res.history, self.tokens - tokens0
 
 
 def save_preds(path: Path, preds: dict[str, np.ndarray]) -> None:

@@ -41,8 +41,9 @@ def summarize(records: list[dict], n_boot: int = 1000, min_gap: float = 0.02) ->
             if est.note:
                 row[f"pgr_{metric}_note"] = est.note
         row["run_ids"] = [r["id"] for r in rs]
-        row["wall_s"] = float(sum(r["compute"].get("wall_s", 0.0) for r in rs))
-        row["flops"] = float(sum(r["compute"].get("flops_total", 0.0) for r in rs))
+        # a run whose FLOPs are unknown (the ledger's None) adds none
+        row["wall_s"] = float(sum(r["compute"].get("wall_s") or 0.0 for r in rs))
+        row["flops"] = float(sum(r["compute"].get("flops_total") or 0.0 for r in rs))
         rows.append(row)
     return rows
 

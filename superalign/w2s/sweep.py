@@ -15,6 +15,7 @@ from ..errors import SuperalignError
 from ..runs import store as store_mod
 from ..runs.cache import content_hash
 from ..runs.store import RunStore, run_id
+from ..train.distributed import is_main_process, world
 from .config import W2SConfig
 from .pgr import PGREstimate
 from .pipeline import Cell, Experiment, cell_config, cell_run_id, cells, record_result, run_and_record
@@ -27,7 +28,8 @@ class W2SResult:
     ``pgr`` maps loss → :class:`PGREstimate` (accuracy) when the grid has one task/weak/strong pair, and
     (weak, strong, loss) → estimate otherwise; ``pgr_auroc`` likewise for AUROC."""
 
-    def __init__(self, cfg: W2SConfig, records: list[dict], group_id: str, store: RunStore, wall_s: float = 0.0):
+    def __init__(self, cfg: W2SConfig, records: list[dict], group_id: str, store: RunStore, wall_s: float = 0.0,
+                 rows: list[dict] | None = None):
         missing = [f"{r['id']} ({r['status']})" if r else "a run not in the store" for r in records
                    if not r or r["status"] != "done"]
         if missing:  # a PGR pooled over fewer seeds than asked for would be silently wrong
@@ -35,7 +37,7 @@ class W2SResult:
                                   f"{', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}",
                                   "rerun the same command to compute them (see `superalign runs list`)")
         self.cfg, self.records, self.group_id, self.store, self.wall_s = cfg, records, group_id, store, wall_s
-        self.rows = summarize(records, cfg.n_boot, cfg.min_gap)
+        self.rows = rows if rows is not None else summarize(records, cfg.n_boot, cfg.min_gap)
 
     def _est(self, metric: str) -> dict[Any, PGREstimate]:
         single = len({(r["weak"], r["strong"]) for r in self.rows}) == 1
@@ -65,15 +67,24 @@ def sweep(cfg: W2SConfig | None = None, **kwargs) -> W2SResult:
     process holds are waited for (and taken over if it dies), never redone; the result needs every cell done."""
     cfg = cfg or W2SConfig(**kwargs)
     t0 = time.perf_counter()
-    exp = Experiment(cfg)  # loads and validates the task and models first
+    _, size = world()
+    if size > 1 and cfg.executor == "ray":
+        raise SuperalignError("--executor ray cannot run under `accelerate launch` (each Ray task is one process)",
+                              "launch with `python -m superalign …` for Ray, or pass --executor local")
+    # under `accelerate launch` only rank 0 writes the run store: the others never create or claim anything
+    exp = Experiment(cfg, None if is_main_process() else RunStore(cfg.home, create=False))  # validates first
     store = exp.store
     grid = cells(cfg)
     # The task's content fingerprint is part of the group's identity, as it is of every run's: an edited data
-    # file is a new sweep, not the old group row rewritten.
+    # file is a new sweep, not the old group row rewritten. dtype enters only when it is not fp32 (as in run ids).
     group_cfg = {**{k: v for k, v in dataclasses.asdict(cfg).items()
-                    if k not in ("home", "progress", "executor", "address")}, "task_fp": exp.task_fp}
+                    if k not in ("home", "progress", "executor", "address", "dtype")}, "task_fp": exp.task_fp}
+    if cfg.dtype != "fp32":
+        group_cfg["dtype"] = cfg.dtype
     group_id = f"w2s-sweep-{content_hash(group_cfg)}"
     ids = [cell_run_id(cfg, c) for c in grid]
+    if size > 1:
+        return _sweep_data_parallel(exp, grid, ids, group_id, group_cfg, t0)
     # Claimed like a run, so `runs list` shows a sweep in progress; an identical sweep finished or running in
     # another process keeps its row (never reset to 'running'). Whoever ends last rewrites it as done (record).
     group = store.claim(group_id, "w2s-sweep", group_cfg)
@@ -85,12 +96,61 @@ def sweep(cfg: W2SConfig | None = None, **kwargs) -> W2SResult:
         if group.claimed:
             store.fail(group_id, f"{type(e).__name__}: {e}")
         raise
-    enc = dataclasses.asdict(exp.encode_stats)
-    store.record(group_id, "w2s-sweep", group_cfg, {"rows": res.rows, "n_runs": len(ids), "n_new": n_new},
-                 {"runs": ids}, {"encode": enc, "wall_s": res.wall_s,
-                                 "flops_total": enc.get("flops", 0.0) + sum(r["compute"].get("flops_total", 0.0)
-                                                                            for r in records)})
+    _record_group(exp, group_id, group_cfg, res, ids, n_new)
     return res
+
+
+def _record_group(exp: Experiment, group_id: str, group_cfg: dict, res: W2SResult, ids: list[str],
+                  n_new: int) -> None:
+    enc = dataclasses.asdict(exp.encode_stats)
+    rt = exp.rt
+    compute = {"encode": enc, "wall_s": res.wall_s, "device_s": res.wall_s * rt.world_size,
+               "device": str(rt.device), "dtype": rt.precision, "world_size": rt.world_size,
+               "flops_total": enc.get("flops", 0.0) + sum(r["compute"].get("flops_total") or 0.0
+                                                          for r in res.records)}
+    exp.store.record(group_id, "w2s-sweep", group_cfg, {"rows": res.rows, "n_runs": len(ids), "n_new": n_new},
+                     {"runs": ids}, compute)
+
+
+def _sweep_data_parallel(exp: Experiment, grid: list[Cell], ids: list[str], group_id: str, group_cfg: dict,
+                         t0: float) -> W2SResult:
+    """The grid under `accelerate launch`: every process runs every cell's stages together (the trainers inside are
+    data-parallel); rank 0 alone claims, records and caches, and tells the others what to run, so each cell is
+    computed once, by the whole group. Every process returns rank 0's result."""
+    cfg, store, rt = exp.cfg, exp.store, exp.rt
+    if rt.is_main:
+        group = store.claim(group_id, "w2s-sweep", group_cfg)
+        status = store.statuses(ids)
+        todo = [i for i, rid in enumerate(ids) if status[rid] != "done"]
+    todo = rt.broadcast(todo if rt.is_main else None)
+    n_new = 0
+    try:
+        if todo:
+            exp.prepare_features(sorted({grid[i].seed for i in todo}))
+        for i in todo:
+            cell, rid = grid[i], ids[i]
+            # a cell another live process holds is waited for (and taken over if it dies), never redone
+            go = store.wait_claim(rid, "w2s", cell_config(cfg, cell), group_id).claimed if rt.is_main else None
+            if not rt.broadcast(go):
+                continue
+            try:
+                metrics, preds, compute = exp.run_cell(cell)
+            except BaseException as e:
+                if rt.is_main:
+                    store.fail(rid, f"{type(e).__name__}: {e}")
+                raise
+            if rt.is_main:
+                n_new += record_result(store, rid, metrics, preds, compute)["status"] == "done"
+        if rt.is_main:
+            records = [store.get(rid) or {"id": rid, "status": "missing"} for rid in ids]
+            res = W2SResult(cfg, records, group_id, store, time.perf_counter() - t0)
+            _record_group(exp, group_id, group_cfg, res, ids, n_new)
+    except BaseException as e:
+        if rt.is_main and group.claimed:
+            store.fail(group_id, f"{type(e).__name__}: {e}")
+        raise
+    records, rows, wall_s = rt.broadcast((res.records, res.rows, res.wall_s) if rt.is_main else None)
+    return res if rt.is_main else W2SResult(cfg, records, group_id, store, wall_s, rows=rows)
 
 
 def _run_cells(exp: Experiment, grid: list[Cell], ids: list[str], group_id: str) -> int:
