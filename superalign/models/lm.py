@@ -176,36 +176,97 @@ def model_inputs(ids: torch.Tensor, mask: torch.Tensor) -> dict:
 # ----------------------------------------------------------------------------- sampling and log-probs
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device a model's weights are on (where its inputs must go)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _sampling_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """The generator that draws the sampling noise on ``device``. A CPU generator on a CPU model is used as is
+    (results stay bit-for-bit those of a plain ``torch.multinomial``); for a model on a GPU, a generator on that
+    device is seeded from ``generator`` (one draw), so sampling stays deterministic given the seed without copying
+    noise from the host at every token."""
+    if generator is None or generator.device.type == device.type:
+        return generator
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 @torch.no_grad()
 def sample(model, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int, temperature: float,
-           eos_id: int, pad_id: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Batched ancestral sampling with a KV cache. Returns responses [B, T] right-padded with ``pad_id`` after EOS.
+           eos_id: int, pad_id: int, generator: torch.Generator | None = None, *, check_every: int = 8,
+           rows: tuple[int, torch.Tensor] | None = None, across=None) -> torch.Tensor:
+    """Batched ancestral sampling with a KV cache. Returns responses [B, T] right-padded with ``pad_id`` after EOS,
+    on the model's device (the query is moved there).
 
     temperature 0 is greedy. Sampling is plain softmax(logits / temperature) — no top-k/top-p — so the rollout
-    distribution is exactly the one whose log-probs PPO computes."""
+    distribution is exactly the one whose log-probs PPO computes. A token is drawn as argmax(p / q) with q ~ Exp(1)
+    (the Gumbel-max trick, which is what ``torch.multinomial`` does for one sample, bit for bit on the CPU), drawn on
+    the device: unlike ``torch.multinomial`` on a GPU it has no hidden host sync to check the probabilities.
+
+    The hot loop never waits for the device: "every row has ended" is tested only every ``check_every`` tokens (one
+    host sync each), and the step at which it first held is tracked on the device. The responses are then cut at that
+    step and ``generator`` is put back to its state right after it, so the output and the generator's state are
+    exactly those of stopping at the first step where every row had ended.
+
+    Data-parallel rollouts: ``rows = (global batch size, this process's row indices)`` draws the noise of the whole
+    global batch and keeps this process's rows, so every row gets the noise it would get in one process;
+    ``across(int) -> int`` returns the maximum of an integer over the processes (all processes then stop at the same
+    step and keep their generators in step)."""
+    device = model_device(model)
+    query, query_mask = query.to(device), query_mask.to(device)
+    gen = _sampling_generator(generator, device)
+    keep_states = gen is not None and gen is generator  # a derived generator is private: no state to restore
     B = query.shape[0]
+    n_noise, noise_rows = (B, None) if rows is None else (rows[0], torch.as_tensor(rows[1], device=device))
     mask = query_mask.clone()
-    out = model(input_ids=query, attention_mask=mask, position_ids=positions(mask), use_cache=True)
+    pos = positions(mask)
+    out = model(input_ids=query, attention_mask=mask, position_ids=pos, use_cache=True)
     past, logits = out.past_key_values, out.logits[:, -1].float()
-    pos = positions(mask)[:, -1:]
-    done = torch.zeros(B, dtype=torch.bool, device=query.device)
-    toks = []
-    for _ in range(max_new_tokens):
+    pos = pos[:, -1:]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    first_all_done = torch.full((), max_new_tokens - 1, dtype=torch.long, device=device)
+    ended_yet = torch.zeros((), dtype=torch.bool, device=device)
+    steps = torch.arange(max_new_tokens, device=device)
+    toks, states = [], {}
+    check_every = max(1, int(check_every))
+    for t in range(max_new_tokens):
         if temperature == 0:
             tok = logits.argmax(-1)
         else:
             probs = F.softmax(logits / temperature, dim=-1)
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            noise = torch.empty((n_noise, probs.shape[-1]), dtype=probs.dtype, device=device).exponential_(
+                1, generator=gen)
+            if noise_rows is not None:
+                noise = noise[noise_rows]
+            tok = (probs / noise).argmax(-1)
+            if keep_states:
+                states[t] = gen.get_state()
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         toks.append(tok)
         done = done | (tok == eos_id)
-        if bool(done.all()):
+        all_done = done.all()
+        first_all_done = torch.where(all_done & ~ended_yet, steps[t], first_all_done)
+        ended_yet = ended_yet | all_done
+        if t == max_new_tokens - 1:
             break
+        if (t + 1) % check_every == 0:  # the only host sync of the loop, once every check_every tokens
+            finished = int(ended_yet)
+            if (across(finished == 0) if across is not None else finished == 0) == 0:
+                break
+            states = {}  # the step to go back to is never before this check
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pos = pos + 1
         out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1].float()
-    return torch.stack(toks, dim=1)
+    stop = int(first_all_done)
+    if across is not None:
+        stop = across(stop)
+    if keep_states and stop in states:
+        gen.set_state(states[stop])
+    return torch.stack(toks[:stop + 1], dim=1)
 
 
 def response_mask(responses: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..models.lm import completion_batch, completion_logps
 from ..train.batches import epoch_batches
 from ..validate import check_int, check_positive, check_range, check_seed, help_field
-from .lm import encode_pairs
+from .lm import all_sum_tensor, count_forward, count_training, default_runtime, encode_pairs
 
 
 def dpo_loss(pi_c: torch.Tensor, pi_r: torch.Tensor, ref_c: torch.Tensor, ref_r: torch.Tensor, beta: float,
@@ -69,49 +69,75 @@ class DPOFit(NamedTuple):
 
 
 @torch.no_grad()
-def _ref_logps(ref, data, pad_id: int, batch_size: int) -> torch.Tensor:
-    out = torch.empty(len(data))
-    for b in range(0, len(data), batch_size):
-        ids, mask, lmask = completion_batch(data[b:b + batch_size], pad_id)
-        out[b:b + batch_size] = completion_logps(ref, ids, mask, lmask)[0]
-    return out
+def _ref_logps(ref, data, pad_id: int, batch_size: int, rt=None) -> torch.Tensor:
+    """log π_ref of every sequence, in fixed batches. Data-parallel: each process computes every world_size-th
+    batch and a sum over processes fills in the rest (adding zeros is exact), so every process holds the values one
+    process would compute."""
+    rt = rt or default_runtime(ref)
+    out = torch.zeros(len(data), device=rt.device)
+    for k, b in enumerate(range(0, len(data), batch_size)):
+        if k % rt.world_size != rt.rank:
+            continue
+        ids, mask, lmask = (t.to(rt.device) for t in completion_batch(data[b:b + batch_size], pad_id))
+        with rt.autocast():
+            out[b:b + batch_size] = completion_logps(ref, ids, mask, lmask)[0]
+        count_forward(ref, ids.numel(), "reference")
+    return all_sum_tensor(rt, out)
 
 
-def train_dpo(model, ref, tok, pairs: list[dict], cfg: DPOConfig, progress: bool = True) -> DPOFit:
+def train_dpo(model, ref, tok, pairs: list[dict], cfg: DPOConfig, progress: bool = True, rt=None) -> DPOFit:
+    """Train ``model`` in place against the frozen ``ref``. ``rt``: device, precision and data parallelism (see
+    :func:`superalign.rlhf.sft.train_sft`); the loss is the global mean over the batch's pairs."""
     from tqdm.auto import tqdm
 
+    rt = rt or default_runtime(model)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     prompts = [p["prompt"] for p in pairs]
     chosen = encode_pairs(tok, prompts, [p["chosen"] for p in pairs], cfg.max_len)
     rejected = encode_pairs(tok, prompts, [p["rejected"] for p in pairs], cfg.max_len)
-    ref_c = _ref_logps(ref, chosen, tok.pad_token_id, 2 * cfg.batch_size)
-    ref_r = _ref_logps(ref, rejected, tok.pad_token_id, 2 * cfg.batch_size)
+    ref_c = _ref_logps(ref, chosen, tok.pad_token_id, 2 * cfg.batch_size, rt)
+    ref_r = _ref_logps(ref, rejected, tok.pad_token_id, 2 * cfg.batch_size, rt)
     steps = cfg.epochs * math.ceil(len(pairs) / cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    model, opt = rt.prepare(model, opt)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
     gen = torch.Generator().manual_seed(cfg.seed)
     losses, metrics, tokens = [], [], 0
-    bar = tqdm(total=steps, desc="DPO", disable=not progress)
+    bar = tqdm(total=steps, desc="DPO", disable=not progress or not rt.is_main)
     lengths = [max(len(c[0]), len(r[0])) for c, r in zip(chosen, rejected)]
     for _ in range(cfg.epochs):
         for idx in epoch_batches(len(pairs), cfg.batch_size, gen, lengths, cfg.group_by_length):
-            ids, mask, lmask = completion_batch([chosen[i] for i in idx] + [rejected[i] for i in idx], tok.pad_token_id)
-            lp, _ = completion_logps(model, ids, mask, lmask)
-            n = len(idx)
-            loss_i, rc, rr = dpo_loss(lp[:n], lp[n:], ref_c[idx], ref_r[idx], cfg.beta, cfg.label_smoothing)
-            loss = loss_i.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            part = rt.shard(idx)
+            mine = torch.as_tensor(part.idx, device=rt.device)
+            ids, mask, lmask = (t.to(rt.device) for t in completion_batch(
+                [chosen[i] for i in part.idx] + [rejected[i] for i in part.idx], tok.pad_token_id))
+            n = len(part.idx)
+            with rt.autocast():
+                lp, _ = completion_logps(model, ids, mask, lmask)
+                loss_i, rc, rr = dpo_loss(lp[:n], lp[n:], ref_c[mine], ref_r[mine], cfg.beta, cfg.label_smoothing)
+                loss = loss_i.mean() if rt.world_size == 1 else rt.global_mean(loss_i.sum(), n, part.weight)
+            rt.backward(loss)
+            rt.step(opt, 1.0)
             sched.step()
-            tokens += int(mask.sum())
-            losses.append(loss.item())
-            metrics.append({"rewards/chosen": rc.mean().item(), "rewards/rejected": rr.mean().item(),
-                            "rewards/margins": (rc - rr).mean().item(),
-                            "rewards/accuracies": (rc > rr).float().mean().item()})
+            local_tokens = int(mask.sum()) if part.weight else 0
+            count_training(rt.unwrap(model), local_tokens)
+            if rt.world_size == 1:
+                tokens += local_tokens
+                losses.append(loss.item())
+                metrics.append({"rewards/chosen": rc.mean().item(), "rewards/rejected": rr.mean().item(),
+                                "rewards/margins": (rc - rr).mean().item(),
+                                "rewards/accuracies": (rc > rr).float().mean().item()})
+            else:  # global means over the batch's pairs: one collective for all of them
+                sums = all_sum_tensor(rt, part.weight * torch.stack([
+                    loss_i.detach().sum(), rc.sum(), rr.sum(), (rc - rr).sum(), (rc > rr).float().sum(),
+                    torch.tensor(float(n), device=rt.device), torch.tensor(float(local_tokens), device=rt.device)]))
+                tot = sums.tolist()
+                tokens += int(tot[6])
+                losses.append(tot[0] / tot[5])
+                metrics.append({"rewards/chosen": tot[1] / tot[5], "rewards/rejected": tot[2] / tot[5],
+                                "rewards/margins": tot[3] / tot[5], "rewards/accuracies": tot[4] / tot[5]})
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
     return DPOFit(losses, metrics, tokens, time.perf_counter() - t0)

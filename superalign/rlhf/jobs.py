@@ -8,6 +8,7 @@ job, each trained on first use.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -19,6 +20,7 @@ import torch
 
 from ..errors import SuperalignError
 from ..models.lm import encode_prompts, load_lm, save_lm
+from ..runs.files import write_text_atomic
 from ..runs.jobs import JobBase, _f, run_job  # noqa: F401  (re-exported for the RLHF jobs)
 from ..validate import check_fraction, check_int, check_nonempty, check_positive, check_seed, document_cli_overrides
 from .dpo import DPOConfig, train_dpo
@@ -213,6 +215,27 @@ def resolve_reward(name: str, home, progress: bool = True) -> str:
     return resolve_policy(name, home, progress)
 
 
+def _runtime(job: JobBase):
+    """The job's device, precision and data-parallel group (``accelerate launch``)."""
+    from ..train.distributed import Runtime
+
+    return Runtime.create(job.device, job.dtype)
+
+
+def _frozen_dtype(rt) -> torch.dtype | None:
+    """The dtype of models that are never trained in a job (a reference policy, a reward model that only scores, a
+    policy that only samples): on a GPU they are kept in the run's low precision (bf16/fp16) — half the memory, and
+    autocast would compute in it anyway; only trained models need fp32 master weights. On the CPU they stay fp32, so
+    CPU results do not change."""
+    return rt.autocast_dtype if rt.device.type == "cuda" else None
+
+
+def _save_policy(rt, model, tok, path, meta: dict) -> None:
+    """Rank 0 writes the trained policy (the other processes hold the same weights and write nothing)."""
+    if rt.is_main:
+        save_lm(rt.unwrap(model), tok, path, meta)
+
+
 def run_sft(job: SFTJob) -> dict:
     # data are loaded and validated before anything is written
     if job.data == "testbed":
@@ -225,9 +248,11 @@ def run_sft(job: SFTJob) -> dict:
 
     def body(store, out):
         torch.manual_seed(job.seed)
-        tok, model = load_lm(resolve_policy(job.policy, job.home, job.progress), job.home, job.trust_remote_code)
-        fit = train_sft(model, tok, rows, job, progress=job.progress)
-        save_lm(model, tok, out / "model", {"kind": "rlhf-sft", "config": job.key()})
+        rt = _runtime(job)
+        tok, model = load_lm(resolve_policy(job.policy, job.home, job.progress), job.home, job.trust_remote_code,
+                             device=rt.device)
+        fit = train_sft(model, tok, rows, job, progress=job.progress, rt=rt)
+        _save_policy(rt, model, tok, out / "model", {"kind": "rlhf-sft", "config": job.key()})
         return ({"loss_first": fit.losses[0], "loss_last": float(np.mean(fit.losses[-10:])), "tokens": fit.tokens,
                  "tokens_per_s": fit.tokens / fit.wall_s, "wall_s": fit.wall_s, "rows": len(rows),
                  "losses": fit.losses}, {"model": str(out / "model")})
@@ -235,11 +260,14 @@ def run_sft(job: SFTJob) -> dict:
 
 
 def _testbed_comparisons(job, sampler: str, n_prompts: int, k: int, label_beta: float,
-                         seed: int) -> tuple[list[dict], dict]:
+                         seed: int, rt=None) -> tuple[list[dict], dict]:
     """Rankings of K samples per prompt from ``sampler``, ordered by simulated labellers (Plackett–Luce with
     scores label_beta·gold, the K-wise form of Bradley–Terry noise), plus the gold rewards for diagnostics."""
     gold = GoldReward()
-    tok, policy = load_lm(resolve_policy(sampler, job.home, job.progress), job.home, job.trust_remote_code)
+    # every process samples the same comparisons (same seed): cheap next to training, and no data to exchange
+    device, dtype = (rt.device, _frozen_dtype(rt)) if rt is not None else (None, None)
+    tok, policy = load_lm(resolve_policy(sampler, job.home, job.progress), job.home, job.trust_remote_code,
+                          device=device, dtype=dtype)
     prompts = sample_prompts(n_prompts, seed + 11)
     ids = encode_prompts(tok, prompts)
     gen = torch.Generator().manual_seed(seed)
@@ -248,7 +276,8 @@ def _testbed_comparisons(job, sampler: str, n_prompts: int, k: int, label_beta: 
     for _ in range(k):
         texts = []
         for b in range(0, len(ids), 256):
-            texts += rollout(policy, tok, ids[b:b + 256], cfg, gen).texts
+            with rt.autocast() if rt is not None else contextlib.nullcontext():
+                texts += rollout(policy, tok, ids[b:b + 256], cfg, gen).texts
         comps.append(texts)
     rng = np.random.default_rng(seed)
     rows, golds = [], []
@@ -281,8 +310,10 @@ def run_rm(job: RMJob) -> dict:
 
     def body(store, out):
         torch.manual_seed(job.seed)
+        rt = _runtime(job)
         if pairs is None:
-            rankings, extra = _testbed_comparisons(job, job.sampler, job.n_prompts, job.k, job.label_beta, job.seed)
+            rankings, extra = _testbed_comparisons(job, job.sampler, job.n_prompts, job.k, job.label_beta, job.seed,
+                                                   rt)
         else:
             rankings, extra = preferences_to_rankings(pairs), {}
         if job.limit and job.data == "testbed":
@@ -293,19 +324,25 @@ def run_rm(job: RMJob) -> dict:
         if len(rankings) - n_eval < 1:
             raise SuperalignError(f"only {len(rankings)} comparisons: nothing left to train on", "pass more data")
         ev, tr = [rankings[i] for i in perm[:n_eval]], [rankings[i] for i in perm[n_eval:]]
-        tok, rm = load_reward_model(resolve_policy(job.base, job.home, job.progress), job.home, job.trust_remote_code)
-        acc0 = pair_accuracy(rm, tok, _first_pairs(ev), job.max_len)
-        fit = train_reward_model(rm, tok, tr, job, progress=job.progress)
+        tok, rm = load_reward_model(resolve_policy(job.base, job.home, job.progress), job.home, job.trust_remote_code,
+                                    device=rt.device)
+        with rt.autocast():
+            acc0 = pair_accuracy(rm, tok, _first_pairs(ev), job.max_len)
+        fit = train_reward_model(rm, tok, tr, job, progress=job.progress, rt=rt)
         rm.meta.update({"base": job.base, "data": job.data})
-        rm.save(out / "model", tok)
-        metrics = {"eval_acc": pair_accuracy(rm, tok, _first_pairs(ev), job.max_len), "eval_acc_untrained": acc0,
+        if rt.is_main:
+            rm.save(out / "model", tok)
+        with rt.autocast():
+            acc = pair_accuracy(rm, tok, _first_pairs(ev), job.max_len)
+        metrics = {"eval_acc": acc, "eval_acc_untrained": acc0,
                    "train_acc_last": float(np.mean(fit.accuracies[-10:])), "loss_first": fit.losses[0],
                    "loss_last": float(np.mean(fit.losses[-10:])), "tokens": fit.tokens,
                    "tokens_per_s": fit.tokens / fit.wall_s, "wall_s": fit.wall_s, "bias_shift": fit.bias_shift,
                    "n_train": len(tr), "n_eval": len(ev), "losses": fit.losses}
         if extra.get("golds"):  # testbed: agreement with the noiseless gold preference
             golds = [extra["golds"][i] for i in perm[:n_eval]]
-            pr = [score_texts(rm, tok, [r["prompt"]] * 2, r["completions"][:2], job.max_len) for r in ev]
+            with rt.autocast():
+                pr = [score_texts(rm, tok, [r["prompt"]] * 2, r["completions"][:2], job.max_len) for r in ev]
             agree = [(p[0] > p[1]) == (g[0] > g[1]) for p, g in zip(pr, golds) if g[0] != g[1]]
             metrics["eval_gold_agreement"] = float(np.mean(agree)) if agree else float("nan")
             metrics["label_gold_agreement"] = float(np.mean([g[0] > g[1] for g in golds if g[0] != g[1]]))
@@ -331,28 +368,33 @@ def run_ppo(job: PPOJob, eval_prompts: list[str] | None = None) -> dict:
 
     def body(store, out):
         torch.manual_seed(job.seed)
+        rt = _runtime(job)
+        frozen = _frozen_dtype(rt)
         pol_name = resolve_policy(job.policy, job.home, job.progress)
-        tok, policy = load_lm(pol_name, job.home, job.trust_remote_code)
+        tok, policy = load_lm(pol_name, job.home, job.trust_remote_code, device=rt.device)
         _, ref = load_lm(resolve_policy(job.ref, job.home, job.progress) if job.ref else pol_name, job.home,
-                         job.trust_remote_code)
+                         job.trust_remote_code, device=rt.device, dtype=frozen)
         rm_path = resolve_reward(job.reward, job.home, job.progress)
-        _, rm = load_reward_model(rm_path, job.home, job.trust_remote_code)
+        _, rm = load_reward_model(rm_path, job.home, job.trust_remote_code, device=rt.device)
         value = load_reward_model(resolve_reward(job.value, job.home, job.progress), job.home,
-                                  job.trust_remote_code)[1] if job.value else copy.deepcopy(rm)
+                                  job.trust_remote_code, device=rt.device)[1] if job.value else copy.deepcopy(rm)
+        rm = rm.to(frozen) if frozen is not None else rm  # scoring only; the value model trains in fp32
         encode_prompts(tok, prompts, job.max_prompt_len)  # fail fast on over-long prompts
         testbed = job.prompts == "testbed"
         gold = (lambda p, c, e: GoldReward().batch(p, c, e)) if testbed else None
         ptx = testbed_data(n_sft=2000, seed=job.seed).sft if (job.ptx_coef > 0 and testbed) else None
         evp = eval_prompts or (sample_prompts(128, job.seed + 3) if testbed else prompts[:64])
-        hook = (lambda u, m: evaluate_policy(m, ref, rm, tok, evp, job.response_len, job.temperature, gold,
-                                             seed=job.seed + 7))
+        def evaluate(m):  # every process evaluates the same prompts with the same seed: identical numbers
+            with rt.autocast():
+                return evaluate_policy(m, ref, rm, tok, evp, job.response_len, job.temperature, gold,
+                                       seed=job.seed + 7)
+
         res = train_ppo(policy, ref, rm, tok, prompts, job, value_model=value, gold=gold, ptx_rows=ptx,
-                        eval_hook=hook, progress=job.progress)
-        save_lm(res.ema if res.ema is not None else policy, tok, out / "model",
-                {"kind": "rlhf-ppo", "config": job.key()})
-        final = evaluate_policy(res.ema if res.ema is not None else policy, ref, rm, tok, evp, job.response_len,
-                                job.temperature, gold, seed=job.seed + 7)
-        initial = evaluate_policy(ref, ref, rm, tok, evp, job.response_len, job.temperature, gold, seed=job.seed + 7)
+                        eval_hook=lambda u, m: evaluate(m), progress=job.progress, rt=rt)
+        _save_policy(rt, res.ema if res.ema is not None else policy, tok, out / "model",
+                     {"kind": "rlhf-ppo", "config": job.key()})
+        final = evaluate(res.ema if res.ema is not None else policy)
+        initial = evaluate(ref)
         last = res.history[-1]
         metrics = {"final_" + k: v for k, v in final.items()} | {"initial_" + k: v for k, v in initial.items()}
         metrics |= {"kl": last["objective/kl"], "score": last["objective/scores"], "eos_rate": last["eos_rate"],
@@ -370,16 +412,17 @@ def run_dpo(job: DPOJob) -> dict:
 
     def body(store, out):
         torch.manual_seed(job.seed)
+        rt = _runtime(job)
         pol_name = resolve_policy(job.policy, job.home, job.progress)
-        tok, policy = load_lm(pol_name, job.home, job.trust_remote_code)
+        tok, policy = load_lm(pol_name, job.home, job.trust_remote_code, device=rt.device)
         _, ref = load_lm(resolve_policy(job.ref, job.home, job.progress) if job.ref else pol_name, job.home,
-                         job.trust_remote_code)
+                         job.trust_remote_code, device=rt.device, dtype=_frozen_dtype(rt))
         data = pairs
         if data is None:
-            rankings, _ = _testbed_comparisons(job, pol_name, job.limit or 3000, 2, 5.0, job.seed)
+            rankings, _ = _testbed_comparisons(job, pol_name, job.limit or 3000, 2, 5.0, job.seed, rt)
             data = _first_pairs(rankings)
-        fit = train_dpo(policy, ref, tok, data, job, progress=job.progress)
-        save_lm(policy, tok, out / "model", {"kind": "rlhf-dpo", "config": job.key()})
+        fit = train_dpo(policy, ref, tok, data, job, progress=job.progress, rt=rt)
+        _save_policy(rt, policy, tok, out / "model", {"kind": "rlhf-dpo", "config": job.key()})
         metrics = {"loss_first": fit.losses[0], "loss_last": float(np.mean(fit.losses[-10:])),
                    "tokens": fit.tokens, "tokens_per_s": fit.tokens / fit.wall_s, "wall_s": fit.wall_s,
                    "accuracy_last": float(np.mean([m["rewards/accuracies"] for m in fit.metrics[-10:]])),
@@ -387,13 +430,14 @@ def run_dpo(job: DPOJob) -> dict:
                    "losses": fit.losses}
         if job.data == "testbed":
             rm_path = resolve_reward("testbed-rm", job.home, job.progress)
-            _, rm = load_reward_model(rm_path, job.home)
+            _, rm = load_reward_model(rm_path, job.home, device=rt.device, dtype=_frozen_dtype(rt))
             gold = lambda p, c, e: GoldReward().batch(p, c, e)  # noqa: E731
             evp = sample_prompts(128, job.seed + 3)
-            metrics |= {"final_" + k: v for k, v in evaluate_policy(policy, ref, rm, tok, evp, 24, 1.0, gold,
-                                                                    seed=job.seed + 7).items()}
-            metrics |= {"initial_" + k: v for k, v in evaluate_policy(ref, ref, rm, tok, evp, 24, 1.0, gold,
-                                                                      seed=job.seed + 7).items()}
+            with rt.autocast():
+                metrics |= {"final_" + k: v for k, v in evaluate_policy(policy, ref, rm, tok, evp, 24, 1.0, gold,
+                                                                        seed=job.seed + 7).items()}
+                metrics |= {"initial_" + k: v for k, v in evaluate_policy(ref, ref, rm, tok, evp, 24, 1.0, gold,
+                                                                          seed=job.seed + 7).items()}
         return metrics, {"model": str(out / "model")}
     return run_job("rlhf-dpo", job, body)
 
@@ -422,10 +466,14 @@ def run_bon(job: BoNJob) -> dict:
     check_models(job.policy, job.reward, trust_remote_code=job.trust_remote_code)
 
     def body(store, out):
-        tok, policy = load_lm(resolve_policy(job.policy, job.home, job.progress), job.home, job.trust_remote_code)
-        _, rm = load_reward_model(resolve_reward(job.reward, job.home, job.progress), job.home, job.trust_remote_code)
-        texts, proxy, ended = best_of_n_samples(policy, rm, tok, prompts, job.n, job.response_len, job.temperature,
-                                                job.seed)
+        rt = _runtime(job)  # sampling and scoring only: every model in the low precision on a GPU
+        tok, policy = load_lm(resolve_policy(job.policy, job.home, job.progress), job.home, job.trust_remote_code,
+                              device=rt.device, dtype=_frozen_dtype(rt))
+        _, rm = load_reward_model(resolve_reward(job.reward, job.home, job.progress), job.home, job.trust_remote_code,
+                                  device=rt.device, dtype=_frozen_dtype(rt))
+        with rt.autocast():
+            texts, proxy, ended = best_of_n_samples(policy, rm, tok, prompts, job.n, job.response_len,
+                                                    job.temperature, job.seed)
         best = proxy.argmax(1)
         rows = [{"prompt": p, "best": t[b], "score": float(s[b]), "n": job.n}
                 for p, t, s, b in zip(prompts, texts, proxy, best)]
@@ -438,9 +486,8 @@ def run_bon(job: BoNJob) -> dict:
             for r, gb in zip(rows, g[np.arange(len(prompts)), best]):
                 r["gold"] = float(gb)
         path = out / "best_of_n.jsonl"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(path)
+        if rt.is_main:
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
         return metrics | {"samples": rows[:8]}, {"best_of_n": str(path)}
     return run_job("rlhf-bon", job, body)
 

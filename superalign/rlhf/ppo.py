@@ -31,6 +31,7 @@ from ..models.lm import (
     decode_responses,
     encode_prompts,
     left_pad,
+    model_device,
     response_mask,
     sample,
     token_logprobs,
@@ -44,27 +45,36 @@ from ..validate import (
     check_seed,
     help_field,
 )
+from .lm import all_max_int, all_sum_tensor, count_forward, count_training, default_runtime
 from .reward import RewardModel, last_token_index
 
 # ----------------------------------------------------------------------------- formulas (each has a golden test)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, all_sum=None) -> torch.Tensor:
+    """Mean over the masked entries. ``all_sum(tensor) -> tensor`` (data-parallel): sums and counts are summed over
+    the processes first, so the mean is that of the global batch."""
+    if all_sum is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    tot = all_sum(torch.stack([(x * mask).sum(), mask.sum().to(x.dtype)]))
+    return tot[0] / tot[1].clamp(min=1)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    n = mask.sum()
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, all_sum=None) -> torch.Tensor:
+    mean = masked_mean(x, mask, all_sum)
+    var = masked_mean((x - mean) ** 2, mask, all_sum)
+    n = mask.sum() if all_sum is None else all_sum(mask.sum().reshape(1).to(x.dtype))[0]
     if unbiased and n > 1:
         var = var * n / (n - 1)
     return var
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x − mean)/std over the masked entries (mean kept when ``shift_mean`` is False); unbiased variance."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           all_sum=None) -> torch.Tensor:
+    """(x − mean)/std over the masked entries (mean kept when ``shift_mean`` is False); unbiased variance. With
+    ``all_sum`` (data-parallel) the mean and variance are those of the global batch (two passes: the mean, then the
+    centred squares)."""
+    mean, var = masked_mean(x, mask, all_sum), masked_var(x, mask, all_sum=all_sum)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
@@ -86,7 +96,7 @@ def per_token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor
     """−β·KL_t at every response token, plus the sequence score at its last token."""
     r = -beta * kl * mask
     last = last_token_index(mask)
-    r[torch.arange(r.shape[0]), last] += scores
+    r[torch.arange(r.shape[0], device=r.device), last] += scores
     return r
 
 
@@ -98,7 +108,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     rewards = rewards * mask
     T = rewards.shape[1]
     adv = torch.zeros_like(rewards)
-    last = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    last = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
     for t in reversed(range(T)):
         next_v = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
         delta = rewards[:, t] + gamma * next_v - values[:, t]
@@ -109,24 +119,25 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
-                clip: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clipped surrogate → (loss, clip fraction, approx KL = ½·E[(log π − log π_old)²])."""
+                clip: float, mean=masked_mean) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped surrogate → (loss, clip fraction, approx KL = ½·E[(log π − log π_old)²]). ``mean(x, mask)``: the
+    token mean (data-parallel trainers pass this process's share of the global mean)."""
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
     l1 = -adv * ratio
     l2 = -adv * torch.clamp(ratio, 1 - clip, 1 + clip)
-    loss = masked_mean(torch.max(l1, l2), mask)
-    clipfrac = masked_mean((l2 > l1).float(), mask)
-    approx_kl = 0.5 * masked_mean(log_ratio ** 2, mask)
+    loss = mean(torch.max(l1, l2), mask)
+    clipfrac = mean((l2 > l1).float(), mask)
+    approx_kl = 0.5 * mean(log_ratio ** 2, mask)
     return loss, clipfrac, approx_kl
 
 
 def value_loss(v: torch.Tensor, old_v: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+               clip: float, mean=masked_mean) -> tuple[torch.Tensor, torch.Tensor]:
     """½·E[max((v − R)², (clip(v, v_old ± clip) − R)²)] → (loss, fraction where the clipped term was larger)."""
     v_clipped = old_v + torch.clamp(v - old_v, -clip, clip)
     a, b = (v - returns) ** 2, (v_clipped - returns) ** 2
-    return 0.5 * masked_mean(torch.max(a, b), mask), masked_mean((b > a).float(), mask)
+    return 0.5 * mean(torch.max(a, b), mask), mean((b > a).float(), mask)
 
 
 class AdaptiveKL:
@@ -232,10 +243,15 @@ class Rollout(NamedTuple):
 
 
 def rollout(policy, tok, prompt_ids: list[list[int]], cfg: PPOConfig, gen: torch.Generator,
-            temperature: float | None = None) -> Rollout:
+            temperature: float | None = None, rows=None, across=None) -> Rollout:
+    """Sample responses on the policy's device (tensors stay there; texts are decoded once at the end). ``rows`` and
+    ``across``: data-parallel sampling, see :func:`superalign.models.lm.sample`."""
     q, qm = left_pad(prompt_ids, tok.pad_token_id)
+    device = model_device(policy)
+    q, qm = q.to(device), qm.to(device)
     resp = sample(policy, q, qm, cfg.response_len, cfg.temperature if temperature is None else temperature,
-                  tok.eos_token_id, tok.pad_token_id, gen)
+                  tok.eos_token_id, tok.pad_token_id, gen, rows=rows, across=across)
+    count_forward(policy, q.numel() + resp.numel(), "rollout")  # prefill + one step per generated column
     mask = response_mask(resp, tok.eos_token_id, tok.pad_token_id)
     texts, ended = decode_responses(tok, resp, mask)
     return Rollout(q, qm, resp, mask, texts, ended)
@@ -243,9 +259,28 @@ def rollout(policy, tok, prompt_ids: list[list[int]], cfg: PPOConfig, gen: torch
 
 @torch.no_grad()
 def score_rollout(rm: RewardModel, ro: Rollout) -> torch.Tensor:
+    from .reward import _autocast_like
+
     ids = torch.cat([ro.query, ro.responses], 1)
     mask = torch.cat([ro.query_mask, ro.mask], 1)
-    return rm(ids, mask)
+    with _autocast_like(rm):
+        out = rm(ids, mask)
+    count_forward(rm, ids.numel(), "reward")
+    return out
+
+
+def _ended(ro: Rollout) -> torch.Tensor:
+    return torch.tensor(ro.ended, device=ro.responses.device)
+
+
+def _logprobs(model, ro: Rollout, temperature: float, stage: str) -> torch.Tensor:
+    """log-probs of the rollout's responses under ``model`` (forward only, counted in the compute ledger)."""
+    from .reward import _autocast_like
+
+    with _autocast_like(model):
+        lp = token_logprobs(model, ro.query, ro.query_mask, ro.responses, ro.mask, temperature)
+    count_forward(model, ro.query.numel() + ro.responses.numel(), stage)
+    return lp
 
 
 class PPOResult(NamedTuple):
@@ -261,21 +296,51 @@ class PPOResult(NamedTuple):
     """training wall time"""
 
 
+class _PolicyAndValue(torch.nn.Module):
+    """The two trained networks as one module: one data-parallel wrapper (DDP/FSDP) keeps both in step, and one
+    forward computes everything a minibatch's loss needs (log-probs, entropies, values, the PPO-ptx log-probs)."""
+
+    def __init__(self, policy, value):
+        super().__init__()
+        self.policy, self.value = policy, value
+
+    def forward(self, q, qm, r, m, temperature: float, ptx: tuple | None = None):
+        logp, ent = token_logprobs(self.policy, q, qm, r, m, temperature, return_entropy=True)
+        ids, am = torch.cat([q, r], 1), torch.cat([qm, m], 1)
+        v = self.value.values(ids, am)[:, q.shape[1] - 1:q.shape[1] - 1 + r.shape[1]]
+        ptx_out = completion_logps(self.policy, *ptx) if ptx is not None else None
+        return logp, ent, v, ptx_out
+
+
 def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOConfig,
               value_model: RewardModel | None = None,
               gold: Callable[[list[str], list[str], list[bool]], np.ndarray] | None = None,
               ptx_rows: list[dict] | None = None, eval_hook: Callable[[int, torch.nn.Module], dict] | None = None,
-              progress: bool = True) -> PPOResult:
+              progress: bool = True, rt=None) -> PPOResult:
     """Optimise ``policy`` in place against ``rm`` with a KL penalty to ``ref``.
 
-    ``value_model`` defaults to a copy of the reward model (InstructGPT). ``gold(prompts, responses, ended)`` is
-    logged as gold reward when given (testbeds). ``ptx_rows`` (prompt/completion dicts) feed the PPO-ptx term."""
+    ``value_model`` defaults to a copy of the reward model (InstructGPT), in fp32 even when ``rm`` is kept in a low
+    precision for scoring. ``gold(prompts, responses, ended)`` is logged as gold reward when given (testbeds).
+    ``ptx_rows`` (prompt/completion dicts) feed the PPO-ptx term.
+
+    ``rt`` (:class:`~superalign.train.distributed.Runtime`): device, precision and data parallelism. Every process
+    draws the same prompt batches (same seed) and generates, scores and trains on its share of each batch's rows;
+    the sampling noise of every row is the one it would get in one process, the reward normalization, advantage
+    whitening, KL controller and logged metrics use global statistics (sums over the processes), and each loss is a
+    global token mean. So N processes compute what one process computes with the same global batch, up to float
+    rounding (a shard's prompts are padded to its own longest prompt, which may round differently); the sample table
+    holds rank 0's rows."""
     from tqdm.auto import tqdm
 
+    rt = rt or default_runtime(policy)
+    W = rt.world_size
     if not prompts:
         raise SuperalignError("PPO got no prompts", "pass a prompt file with at least one prompt")
     if cfg.ptx_coef > 0 and not ptx_rows:
         raise SuperalignError("ptx_coef > 0 needs pretraining data", "pass pretraining rows or set --ptx-coef 0")
+    if cfg.batch_size < W:
+        raise SuperalignError(f"--batch-size {cfg.batch_size} is smaller than the {W} data-parallel processes",
+                              f"pass --batch-size {W} or more (a multiple of {W} balances the processes)")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     prompt_ids = encode_prompts(tok, prompts, cfg.max_prompt_len)
@@ -284,51 +349,75 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
     if ctx and longest + cfg.response_len > ctx:
         raise SuperalignError(f"the longest prompt ({longest} tokens) plus --response-len {cfg.response_len} exceeds "
                               f"the model's context of {ctx} tokens", "shorten the prompts or lower --response-len")
-    value_model = value_model if value_model is not None else copy.deepcopy(rm)
+    value_model = value_model if value_model is not None else copy.deepcopy(rm).float()
     for m in (policy, ref, rm, value_model):
         m.eval()  # dropout off everywhere
     for p in list(ref.parameters()) + list(rm.parameters()):
         p.requires_grad_(False)
+    ref, rm = ref.to(rt.device), rm.to(rt.device)
     opt = torch.optim.AdamW([{"params": list(policy.parameters()), "lr": cfg.lr},
                              {"params": list(value_model.parameters()), "lr": cfg.value_lr or cfg.lr}],
                             eps=1e-5, weight_decay=0.0)
+    models, opt = rt.prepare(_PolicyAndValue(policy, value_model), opt)
     ema = copy.deepcopy(policy) if cfg.ema_decay else None
     kl_ctl = AdaptiveKL(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
     ptx = None
     if ptx_rows:
         from .lm import encode_pairs
         ptx = encode_pairs(tok, [r["prompt"] for r in ptx_rows], [r["completion"] for r in ptx_rows], 10 ** 9)
+    across = all_max_int(rt)
+    sums = None if W == 1 else (lambda x: all_sum_tensor(rt, x))
+
+    def my_rollout(global_prompts: list[list[int]]) -> tuple[Rollout, np.ndarray]:
+        """This process's rows of a global batch of prompts (positions in the batch, rollout)."""
+        pos = rt.shard(np.arange(len(global_prompts))).idx
+        rows = None if W == 1 else (len(global_prompts), pos)
+        with rt.autocast():
+            ro = rollout(rt.unwrap(models).policy, tok, [global_prompts[i] for i in pos], cfg, gen, rows=rows,
+                         across=across)
+        return ro, pos
+
+    def row_mean(x: torch.Tensor, n_global: int) -> float:
+        """Mean over the global batch's rows of a per-row quantity."""
+        return float(x.mean()) if W == 1 else rt.all_sum(x.sum()) / n_global
 
     # reward normalization before training: statistics of the initial policy's samples
     norm_mean, norm_std = 0.0, 1.0
     if cfg.reward_norm:
         idx = torch.randperm(len(prompt_ids), generator=gen)[:max(cfg.batch_size, 64)].tolist()
-        ro = rollout(policy, tok, [prompt_ids[i] for i in idx], cfg, gen)
-        s = score_rollout(rm, ro) - cfg.eos_penalty * (~torch.tensor(ro.ended)).float()
-        norm_mean, norm_std = float(s.mean()), float(s.std().clamp(min=1e-6))
+        ro, _ = my_rollout([prompt_ids[i] for i in idx])
+        s = score_rollout(rm, ro) - cfg.eos_penalty * (~_ended(ro)).float()
+        if W == 1:
+            norm_mean, norm_std = float(s.mean()), float(s.std().clamp(min=1e-6))
+        else:  # two passes over the global samples: the mean, then the unbiased variance
+            norm_mean = rt.all_sum(s.sum()) / len(idx)
+            norm_std = max((rt.all_sum(((s - norm_mean) ** 2).sum()) / max(len(idx) - 1, 1)) ** 0.5, 1e-6)
 
     history, samples, evals = [], [], []
     t0 = time.perf_counter()
     order: list[int] = []
-    bar = tqdm(total=cfg.updates, desc="PPO", disable=not progress)
+    bar = tqdm(total=cfg.updates, desc="PPO", disable=not progress or not rt.is_main)
     for update in range(1, cfg.updates + 1):
-        # ---- 1. rollout
+        # ---- 1. rollout (this process's rows of the global batch)
         while len(order) < cfg.batch_size:
             order += torch.randperm(len(prompt_ids), generator=gen).tolist()
         idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
-        batch_prompts = [prompts[i] for i in idx]
-        ro = rollout(policy, tok, [prompt_ids[i] for i in idx], cfg, gen)
+        ro, pos = my_rollout([prompt_ids[i] for i in idx])
+        batch_prompts = [prompts[idx[p]] for p in pos]
         mask = ro.mask.float()
-        ended = torch.tensor(ro.ended)
-        with torch.no_grad():
-            old_logp = token_logprobs(policy, ro.query, ro.query_mask, ro.responses, ro.mask, cfg.temperature)
-            ref_logp = token_logprobs(ref, ro.query, ro.query_mask, ro.responses, ro.mask, cfg.temperature)
-            old_values = _values(value_model, ro) * mask
+        ended = _ended(ro)
+        with torch.no_grad(), rt.autocast():
+            old_logp = _logprobs(rt.unwrap(models).policy, ro, cfg.temperature, "policy")
+            ref_logp = _logprobs(ref, ro, cfg.temperature, "reference")
+            old_values = _values(rt.unwrap(models).value, ro) * mask
+            count_forward(value_model, ro.query.numel() + ro.responses.numel(), "value")
             # ---- 2. score
             raw = score_rollout(rm, ro)
-            if not torch.isfinite(raw).all():
-                raise SuperalignError(f"the reward model returned NaN/inf for {int((~torch.isfinite(raw)).sum())} of "
-                                      f"{len(raw)} responses at update {update}",
+            bad = int((~torch.isfinite(raw)).sum())
+            bad = bad if W == 1 else int(rt.all_sum(bad))  # every process stops together
+            if bad:
+                raise SuperalignError(f"the reward model returned NaN/inf for {bad} of {cfg.batch_size} responses "
+                                      f"at update {update}",
                                       "check the reward-model checkpoint (retrain it with a lower --lr)")
             scores = (raw - cfg.eos_penalty * (~ended).float() - norm_mean) / norm_std
             # ---- 3. per-token reward with the KL penalty
@@ -338,69 +427,99 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
             # ---- 4. advantages
             adv, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
-                adv = whiten(adv, mask)
+                adv = whiten(adv, mask, all_sum=sums)
 
-        # ---- 5. PPO epochs over minibatches
+        # ---- 5. PPO epochs over minibatches (each process: its rows of the global minibatch)
+        local = {int(p): i for i, p in enumerate(pos)}
         stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "vf_clipfrac",
                                                           "approx_kl", "entropy", "ptx_loss")}
         for _ in range(cfg.ppo_epochs):
             perm = torch.randperm(cfg.batch_size, generator=gen)
             for b in range(0, cfg.batch_size, cfg.minibatch_size):
-                mb = perm[b:b + cfg.minibatch_size]
+                mb, weight, mean = perm[b:b + cfg.minibatch_size], 1.0, masked_mean
+                if W > 1:
+                    mine = [local[int(p)] for p in mb if int(p) in local]
+                    weight = 1.0 if mine else 0.0  # no rows here this time: a zero-weight row keeps DDP in step
+                    mb = torch.tensor(mine or [0])
+                    n_global = rt.all_sum(mask[mb].sum() * weight)
+                    scale = weight * W / max(n_global, 1.0)
+                    mean = (lambda x, mk, scale=scale: (x * mk).sum() * scale)  # this process's share of the mean
+                mb = mb.to(mask.device)
                 m = mask[mb]
-                logp, ent = token_logprobs(policy, ro.query[mb], ro.query_mask[mb], ro.responses[mb], ro.mask[mb],
-                                           cfg.temperature, return_entropy=True)
-                pg, cf, akl = policy_loss(logp, old_logp[mb], adv[mb], m, cfg.clip)
-                v = _values(value_model, ro, mb)
-                vf, vcf = value_loss(v, old_values[mb], returns[mb], m, cfg.value_clip)
-                loss = pg + cfg.vf_coef * vf
+                ptx_batch, ptx_weight = None, 1.0
                 if ptx is not None and cfg.ptx_coef > 0:
                     pi = torch.randint(len(ptx), (cfg.minibatch_size,), generator=gen).tolist()
-                    ids, am, lm = completion_batch([ptx[i] for i in pi], tok.pad_token_id)
-                    lp, n = completion_logps(policy, ids, am, lm)
-                    ptx_loss = -lp.sum() / n.sum()
-                    loss = loss + cfg.ptx_coef * ptx_loss
-                    stats["ptx_loss"].append(ptx_loss.item())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(list(policy.parameters()) + list(value_model.parameters()),
-                                               cfg.max_grad_norm)
-                opt.step()
+                    if W > 1:
+                        part = rt.shard(pi)
+                        pi, ptx_weight = list(part.idx), part.weight
+                    ptx_batch = tuple(t.to(rt.device) for t in completion_batch([ptx[i] for i in pi],
+                                                                                tok.pad_token_id))
+                with rt.autocast():
+                    logp, ent, v, ptx_out = models(ro.query[mb], ro.query_mask[mb], ro.responses[mb], ro.mask[mb],
+                                                   cfg.temperature, ptx_batch)
+                    pg, cf, akl = policy_loss(logp, old_logp[mb], adv[mb], m, cfg.clip, mean=mean)
+                    vf, vcf = value_loss(v.float(), old_values[mb], returns[mb], m, cfg.value_clip, mean=mean)
+                    loss = pg + cfg.vf_coef * vf
+                    ptx_loss = None
+                    if ptx_out is not None:
+                        lp, n = ptx_out
+                        ptx_loss = -lp.sum() / n.sum() if W == 1 else rt.global_mean(-lp.sum(), n.sum(), ptx_weight)
+                        loss = loss + cfg.ptx_coef * ptx_loss
+                rt.backward(loss)
+                rt.step(opt, cfg.max_grad_norm)
+                tokens = ro.query[mb].numel() + ro.responses[mb].numel()
+                count_training(policy, tokens, "policy")
+                count_training(value_model, tokens, "value")
+                if ptx_batch is not None:
+                    count_training(policy, ptx_batch[0].numel(), "ptx")
                 if ema is not None:
                     ema_update(ema, policy, cfg.ema_decay)
-                for k, x in (("pg_loss", pg), ("vf_loss", vf), ("clipfrac", cf), ("vf_clipfrac", vcf),
-                             ("approx_kl", akl), ("entropy", masked_mean(ent, m))):
-                    stats[k].append(float(x.detach()))
+                named = [("pg_loss", pg), ("vf_loss", vf), ("clipfrac", cf), ("vf_clipfrac", vcf),
+                         ("approx_kl", akl), ("entropy", mean(ent, m))] + ([("ptx_loss", ptx_loss)] if ptx_loss
+                                                                         is not None else [])
+                if W == 1:
+                    for k, x in named:
+                        stats[k].append(float(x.detach()))
+                else:  # each process holds its share of every global mean: their sum is the mean
+                    tot = all_sum_tensor(rt, torch.stack([x.detach().float() for _, x in named])).tolist()
+                    for (k, _), x in zip(named, tot):
+                        stats[k].append(x / W)
 
-        # ---- logging
+        # ---- logging (global over the batch's rows)
+        B = cfg.batch_size
         seq_kl = kl.sum(1)
-        kl_ctl.update(float(seq_kl.mean()), cfg.batch_size)
+        kl_ctl.update(row_mean(seq_kl, B), cfg.batch_size)
         g = gold(batch_prompts, ro.texts, ro.ended) if gold is not None else None
+        g_mean = None if g is None else (float(np.mean(g)) if W == 1 else rt.all_sum(float(np.sum(g))) / B)
+        if W == 1:
+            val_error = float(masked_mean((old_values - returns) ** 2, mask))
+        else:
+            val_error = float(masked_mean((old_values - returns) ** 2, mask, all_sum=sums))
         row = {
             "update": update, "episodes": update * cfg.batch_size, "beta": beta,
-            "objective/kl": float((kl_k1(old_logp, ref_logp) * mask).sum(1).mean()),
-            "objective/kl_k3": float((kl_k3(old_logp, ref_logp) * mask).sum(1).mean()),
-            "objective/entropy": float((-old_logp * mask).sum(1).mean()),
-            "objective/non_score_reward": float((-beta * kl).sum(1).mean()),
-            "objective/scores": float(scores.mean()),
-            "objective/rlhf_reward": float((scores - beta * seq_kl).mean()),
-            "reward/raw": float(raw.mean()),
-            "gold": float(np.mean(g)) if g is not None else None,
-            "eos_rate": float(ended.float().mean()),
-            "response_len": float(mask.sum(1).mean()),
+            "objective/kl": row_mean((kl_k1(old_logp, ref_logp) * mask).sum(1), B),
+            "objective/kl_k3": row_mean((kl_k3(old_logp, ref_logp) * mask).sum(1), B),
+            "objective/entropy": row_mean((-old_logp * mask).sum(1), B),
+            "objective/non_score_reward": row_mean((-beta * kl).sum(1), B),
+            "objective/scores": row_mean(scores, B),
+            "objective/rlhf_reward": row_mean(scores - beta * seq_kl, B),
+            "reward/raw": row_mean(raw, B),
+            "gold": g_mean,
+            "eos_rate": row_mean(ended.float(), B),
+            "response_len": row_mean(mask.sum(1), B),
             "policy/entropy": float(np.mean(stats["entropy"])),
             "policy/approx_kl": float(np.mean(stats["approx_kl"])),
             "policy/clipfrac": float(np.mean(stats["clipfrac"])),
             "loss/policy": float(np.mean(stats["pg_loss"])),
             "loss/value": float(np.mean(stats["vf_loss"])),
             "val/clipfrac": float(np.mean(stats["vf_clipfrac"])),
-            "val/error": float(masked_mean((old_values - returns) ** 2, mask)),
+            "val/error": val_error,
             "loss/ptx": float(np.mean(stats["ptx_loss"])) if stats["ptx_loss"] else None,
             "time_s": time.perf_counter() - t0,
         }
         history.append(row)
         if cfg.sample_every and (update % cfg.sample_every == 0 or update == 1):
-            for i in range(min(4, len(idx))):
+            for i in range(min(4, len(pos))):
                 samples.append({"update": update, "prompt": batch_prompts[i], "response": ro.texts[i],
                                 "score": float(scores[i]), "gold": float(g[i]) if g is not None else None})
         if eval_hook is not None and cfg.eval_every and update % cfg.eval_every == 0:
@@ -439,10 +558,10 @@ def evaluate_policy(policy, ref, rm: RewardModel, tok, prompts: list[str], respo
     proxy, golds, kls, ended_all = [], [], [], []
     for b in range(0, len(ps), 64):
         ro = rollout(policy, tok, ids[b:b + 64], cfg, gen)
-        lp = token_logprobs(policy, ro.query, ro.query_mask, ro.responses, ro.mask, temperature)
-        rl = token_logprobs(ref, ro.query, ro.query_mask, ro.responses, ro.mask, temperature)
+        lp = _logprobs(policy, ro, temperature, "eval")
+        rl = _logprobs(ref, ro, temperature, "eval")
         kls += (lp - rl).sum(1).tolist()
-        proxy += (score_rollout(rm, ro) - eos_penalty * (~torch.tensor(ro.ended)).float()).tolist()
+        proxy += (score_rollout(rm, ro) - eos_penalty * (~_ended(ro)).float()).tolist()
         ended_all += ro.ended
         if gold is not None:
             golds += list(gold(ps[b:b + 64], ro.texts, ro.ended))

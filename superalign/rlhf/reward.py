@@ -62,17 +62,22 @@ class RewardModel(torch.nn.Module):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Reward [B] read at the last real token (the EOS)."""
         h = self.backbone(**model_inputs(ids, mask)).last_hidden_state
-        last = h[torch.arange(h.shape[0]), last_token_index(mask)]
+        last = h[torch.arange(h.shape[0], device=h.device), last_token_index(mask)]
         return self.head(last).squeeze(-1).float()
 
-    def save(self, out_dir: str | Path, tok=None) -> Path:
+    def save(self, out_dir: str | Path, tok=None, state_dict: dict | None = None) -> Path:
+        """Write the folder atomically. ``state_dict``: the whole model's weights when they are not all on this
+        process (FSDP: :meth:`Runtime.full_state_dict`), else this module's own."""
         out_dir = Path(out_dir)
         tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        self.backbone.save_pretrained(tmp / "backbone", safe_serialization=True)
+        sd = state_dict if state_dict is not None else self.state_dict()
+        backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        head = {k[len("head."):]: v.detach().cpu().contiguous() for k, v in sd.items() if k.startswith("head.")}
+        self.backbone.save_pretrained(tmp / "backbone", safe_serialization=True, state_dict=backbone)
         if tok is not None:
             tok.save_pretrained(tmp / "backbone")
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(tmp / "reward_head.safetensors"))
+        save_file(head, str(tmp / "reward_head.safetensors"))
         (tmp / "reward.json").write_text(json.dumps(self.meta, indent=2, default=str))
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -111,8 +116,9 @@ def check_reward_model_dir(path: str | Path) -> dict:
     return meta
 
 
-def load_reward_model(name: str, home=None, trust_remote_code: bool = False):
-    """(tokenizer, RewardModel). ``name`` is a saved reward-model folder, or a base model name for a fresh head."""
+def load_reward_model(name: str, home=None, trust_remote_code: bool = False, device=None, dtype=None):
+    """(tokenizer, RewardModel). ``name`` is a saved reward-model folder, or a base model name for a fresh head.
+    ``device`` (default CPU) and ``dtype`` (default fp32: the master weights of training) place the model."""
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -139,6 +145,10 @@ def load_reward_model(name: str, home=None, trust_remote_code: bool = False):
         rm = RewardModel(backbone, {"base": name})
     rm.eval()  # dropout off
     fuse_activations(rm)
+    if device is not None or dtype is not None:
+        from ..models.placement import resolve_device, resolve_dtype
+
+        rm = rm.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
     return tok, rm
 
 
@@ -160,7 +170,7 @@ def ranking_loss(scores: torch.Tensor, group_sizes: list[int],
     Returns (loss = mean over groups of the mean over its C(K,2) pairs of −log σ(r_i − r_j − margin), pair accuracy)."""
     if all(k == 2 for k in group_sizes):  # pairs: one vectorised expression
         diff = scores[0::2] - scores[1::2]
-        m = torch.as_tensor(margins, dtype=scores.dtype) if margins is not None else 0.0
+        m = torch.as_tensor(margins, dtype=scores.dtype, device=scores.device) if margins is not None else 0.0
         acc = ((diff > 0).float() + 0.5 * (diff == 0).float()).mean()
         return -F.logsigmoid(diff - m).mean(), acc.detach()
     losses, correct, n_pairs = [], 0.0, 0
@@ -229,46 +239,67 @@ def tokenize_rankings(tok, rows: list[dict], max_len: int) -> list[tuple[list[li
 
 
 def train_reward_model(rm: RewardModel, tok, rankings: list[dict], cfg: RewardTrainConfig,
-                       progress: bool = True) -> RewardFit:
-    """Train ``rm`` in place on rankings (see :func:`preferences_to_rankings` for pairs)."""
+                       progress: bool = True, rt=None) -> RewardFit:
+    """Train ``rm`` in place on rankings (see :func:`preferences_to_rankings` for pairs). ``rt``: device, precision
+    and data parallelism (see :func:`superalign.rlhf.sft.train_sft`); each process takes whole rankings of the
+    global batch and the loss is the global mean over rankings."""
     from tqdm.auto import tqdm
 
+    from .lm import all_sum_tensor, count_training, default_runtime
+
+    rt = rt or default_runtime(rm)
     torch.manual_seed(cfg.seed)
     data = tokenize_rankings(tok, rankings, cfg.max_len)
     use_margin = any("margin" in r for r in rankings)
     steps = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
     opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, opt = rt.prepare(rm, opt)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
     gen = torch.Generator().manual_seed(cfg.seed)
     losses, accs, tokens, step = [], [], 0, 0
     t0 = time.perf_counter()
-    bar = tqdm(total=steps, desc="reward model", disable=not progress)
+    bar = tqdm(total=steps, desc="reward model", disable=not progress or not rt.is_main)
     lengths = [max(map(len, seqs)) for seqs, _ in data]
     for _ in range(cfg.epochs):
         for idx in epoch_batches(len(data), cfg.batch_size, gen, lengths, cfg.group_by_length):
-            batch = [data[i] for i in idx]
+            part = rt.shard(idx)
+            batch = [data[i] for i in part.idx]
             seqs = [s for seqs, _ in batch for s in seqs]
-            ids, mask = right_pad(seqs, tok.pad_token_id)
-            scores = rm(ids, mask)
-            loss, acc = ranking_loss(scores, [len(s) for s, _ in batch], [m for _, m in batch] if use_margin else None)
+            ids, mask = (t.to(rt.device) for t in right_pad(seqs, tok.pad_token_id))
+            sizes = [len(s) for s, _ in batch]
+            with rt.autocast():
+                scores = model(ids, mask)
+                loss, acc = ranking_loss(scores, sizes, [m for _, m in batch] if use_margin else None)
+            if rt.world_size > 1:  # the global mean over rankings; accuracy over all pairs of the batch
+                n_pairs = sum(k * (k - 1) // 2 for k in sizes)
+                sums = all_sum_tensor(rt, part.weight * torch.cat([
+                    torch.stack([loss.detach() * len(batch), acc.to(loss.device) * n_pairs]),
+                    loss.new_tensor([len(batch), n_pairs, float(mask.sum())])]))
+                tot = sums.tolist()
+                loss_value, acc_value, local_tokens = tot[0] / tot[2], tot[1] / tot[3], int(tot[4])
+                loss = rt.global_mean(loss * len(batch), len(batch), part.weight)
+            else:
+                loss_value, acc_value, local_tokens = None, None, int(mask.sum())
             if not torch.isfinite(loss):
                 raise SuperalignError(f"reward-model loss became NaN/inf at step {step + 1}",
                                       "lower --lr (or check the base model's weights)")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            rt.backward(loss)
+            rt.step(opt)
             sched.step()
-            tokens += int(mask.sum())
+            count_training(rm, int(mask.sum()) if part.weight else 0)
+            tokens += local_tokens
             step += 1
+            if loss_value is None:
+                loss_value, acc_value = loss.item(), acc.item()
             if step % cfg.log_every == 0:
-                losses.append(loss.item())
-                accs.append(acc.item())
+                losses.append(loss_value)
+                accs.append(acc_value)
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc.item():.2f}")
+            bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{acc_value:.2f}")
     bar.close()
     wall = time.perf_counter() - t0
     shift = 0.0
-    if cfg.normalize:
+    if cfg.normalize:  # every process scores the same sequences: the shift is the same everywhere
         ref = [s for seqs, _ in data for s in seqs]
         shift = normalize_bias(rm, tok, ref)
     rm.meta.update({"train": asdict(cfg), "bias_shift": shift})
@@ -278,13 +309,30 @@ def train_reward_model(rm: RewardModel, tok, rankings: list[dict], cfg: RewardTr
 @torch.no_grad()
 def score_sequences(rm: RewardModel, seqs: list[list[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
     """Reward of each token sequence (each ends with EOS), length-sorted batches for speed."""
+    from ..models.lm import model_device
+    from .lm import count_forward
+
+    device = model_device(rm)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out = np.empty(len(seqs))
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
         ids, mask = right_pad([seqs[i] for i in idx], pad_id)
-        out[idx] = rm(ids, mask).numpy()
+        with _autocast_like(rm):
+            out[idx] = rm(ids.to(device), mask.to(device)).cpu().numpy()
+        count_forward(rm, ids.numel(), "reward")
     return out
+
+
+def _autocast_like(model):
+    """Autocast to the model's own dtype when it is kept in bf16/fp16 for scoring (its fp32 head inputs and the
+    low-precision weights then agree); a no-op for fp32 models."""
+    import contextlib
+
+    p = next(model.parameters())
+    if p.dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast(p.device.type, dtype=p.dtype)
+    return contextlib.nullcontext()
 
 
 def score_texts(rm: RewardModel, tok, prompts: list[str], completions: list[str], max_len: int = 512) -> np.ndarray:

@@ -12,7 +12,7 @@ import torch
 from ..models.lm import completion_batch, completion_logps
 from ..train.batches import epoch_batches
 from ..validate import check_int, check_positive, check_seed, help_field
-from .lm import encode_pairs
+from .lm import count_training, default_runtime, encode_pairs, global_value, mean_loss
 
 
 @dataclass
@@ -43,31 +43,40 @@ class SFTFit(NamedTuple):
     """training wall time"""
 
 
-def train_sft(model, tok, rows: list[dict], cfg: SFTConfig, progress: bool = True) -> SFTFit:
+def train_sft(model, tok, rows: list[dict], cfg: SFTConfig, progress: bool = True, rt=None) -> SFTFit:
+    """Finetune ``model`` in place. ``rt`` (:class:`~superalign.train.distributed.Runtime`): device, precision and
+    data parallelism — every process draws the same global batches and computes its share; the loss is the global
+    completion-token mean (default: one process on the model's device, fp32). Returns global numbers."""
     from tqdm.auto import tqdm
 
+    rt = rt or default_runtime(model)
     torch.manual_seed(cfg.seed)
     data = encode_pairs(tok, [r["prompt"] for r in rows], [r["completion"] for r in rows], cfg.max_len)
     steps = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    model, opt = rt.prepare(model, opt)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     gen = torch.Generator().manual_seed(cfg.seed)
     losses, tokens = [], 0
     t0 = time.perf_counter()
-    bar = tqdm(total=steps, desc="SFT", disable=not progress)
+    bar = tqdm(total=steps, desc="SFT", disable=not progress or not rt.is_main)
     for _ in range(cfg.epochs):
         for idx in epoch_batches(len(data), cfg.batch_size, gen, [len(s) for s, _ in data], cfg.group_by_length):
-            ids, mask, lmask = completion_batch([data[i] for i in idx], tok.pad_token_id)
-            lp, n = completion_logps(model, ids, mask, lmask)
-            loss = -lp.sum() / n.sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            part = rt.shard(idx)
+            ids, mask, lmask = (t.to(rt.device) for t in completion_batch([data[i] for i in part.idx],
+                                                                          tok.pad_token_id))
+            with rt.autocast():
+                lp, n = completion_logps(model, ids, mask, lmask)
+                nll_sum, n_tok = -lp.sum(), n.sum()
+                loss = mean_loss(rt, nll_sum, n_tok, part.weight)
+            rt.backward(loss)
+            rt.step(opt, 1.0)
             sched.step()
-            losses.append(loss.item())
-            tokens += int(mask.sum())
+            local_tokens = int(mask.sum()) if part.weight else 0
+            count_training(rt.unwrap(model), local_tokens)
+            losses.append(loss.item() if rt.world_size == 1 else global_value(rt, nll_sum.item(), n_tok, part.weight))
+            tokens += local_tokens if rt.world_size == 1 else int(rt.all_sum(local_tokens))
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
     return SFTFit(losses, tokens, time.perf_counter() - t0)
