@@ -90,7 +90,10 @@ def test_mnist_file_if_present():
 def test_device_option():
     with pytest.raises(SuperalignError, match="unknown device"):
         JudgeConfig(device="tpu")
-    from superalign.oversight.judge import resolve_device
+    with pytest.raises(SuperalignError, match="--dtype"):
+        JudgeConfig(dtype="fp8")
+    assert (JudgeConfig().device, JudgeConfig().dtype) == ("auto", "auto")  # every job's defaults (JobBase)
+    from superalign.oversight.judge import resolve_device  # the shared one (superalign.models.placement)
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import SuperalignError
+from ..runs.ledger import add_flops
 from .debate import Game, Oracle, make_oracle, nonzero_pixels, pair_probability
 from .judge import Judge
 
@@ -46,7 +47,10 @@ class ConsultancyRun(NamedTuple):
     wall_s: float
 
 
-def run_consultancy(judge: Judge, images: torch.Tensor, labels: torch.Tensor, k: int, seed: int = 0) -> ConsultancyRun:
+def run_consultancy(judge: Judge, images: torch.Tensor, labels: torch.Tensor, k: int, seed: int = 0,
+                    precision: str = "fp32") -> ConsultancyRun:
+    """Consultancy on every image, the judge where its weights are, in ``precision`` (fp32, or bf16/fp16 autocast);
+    its FLOPs go to the run's compute ledger."""
     if k < 1:
         raise SuperalignError(f"k must be ≥ 1, got {k}", "pass e.g. --k 6")
     t0 = time.perf_counter()
@@ -57,7 +61,9 @@ def run_consultancy(judge: Judge, images: torch.Tensor, labels: torch.Tensor, k:
         wrong = int(rng.choice([c for c in range(judge.n_classes) if c != label]))
         argue_true = bool(rng.random() < 0.5)
         px = nonzero_pixels(images[i])
-        rec = consult(px, label, wrong, argue_true, k, make_oracle(judge, images[i]))
+        oracle = make_oracle(judge, images[i], precision=precision)
+        rec = consult(px, label, wrong, argue_true, k, oracle)
+        add_flops(oracle.flops, tokens=oracle.evaluations, stage="consultancy")
         records.append({"image": i, **rec})
 
     def acc(rs):

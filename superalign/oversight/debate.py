@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from ..errors import SuperalignError
+from ..runs.ledger import add_flops
 from ..validate import check_choice, check_int, check_nonnegative, check_positive, check_seed, help_field
 from .incremental import IncrementalJudgeOracle
 from .judge import Judge
@@ -341,37 +342,41 @@ def transcript_record(index: int, label: int, r: ImageResult) -> dict:
             "honest_wins": bool(r.honest_wins), "lie": r.lie, "games": len(r.games), "moves": g.moves}
 
 
-def make_oracle(judge: Judge, image: torch.Tensor, incremental: bool = True) -> Oracle:
-    """The judge on one image, cached by revealed set; incremental evaluation where the judge allows it."""
+def make_oracle(judge: Judge, image: torch.Tensor, incremental: bool = True, precision: str = "fp32") -> Oracle:
+    """The judge on one image, cached by revealed set; incremental evaluation where the judge allows it. The judge
+    runs where its weights are, in ``precision`` (fp32, or bf16/fp16 autocast)."""
     if incremental and type(judge) is Judge and image.shape[0] % 2 == 0 and image.shape[1] % 2 == 0:
-        return IncrementalJudgeOracle(judge, image)
-    return JudgeOracle(judge, image)
+        return IncrementalJudgeOracle(judge, image, precision=precision)
+    return JudgeOracle(judge, image, precision)
 
 
-def _debate_one(judge: Judge, image: torch.Tensor, label: int, index: int, cfg: DebateConfig) -> tuple[dict, int]:
-    oracle = make_oracle(judge, image, cfg.incremental)
+def _debate_one(judge: Judge, image: torch.Tensor, label: int, index: int, cfg: DebateConfig,
+                precision: str = "fp32") -> tuple[dict, int, int]:
+    """An image's transcript line, the states the judge evaluated and the FLOPs it spent on them."""
+    oracle = make_oracle(judge, image, cfg.incremental, precision)
     rng = np.random.default_rng(cfg.seed + index)
     honest, liar = make_debater(cfg, rng), make_debater(cfg, rng)
     pixels = nonzero_pixels(image)
     r = debate_image(pixels, int(label), oracle, cfg, honest, liar, judge.n_classes)
     # the image's shape and nonzero pixels let a report draw the game over the digit
-    return transcript_record(index, int(label), r) | {"shape": list(image.shape), "pixels": pixels}, oracle.evaluations
+    return (transcript_record(index, int(label), r) | {"shape": list(image.shape), "pixels": pixels},
+            oracle.evaluations, oracle.flops)
 
 
 _WORKER: dict = {}
 
 
-def _init_worker(state: dict, shape: tuple, dropout: float, cfg: DebateConfig) -> None:
+def _init_worker(state: dict, shape: tuple, dropout: float, cfg: DebateConfig, precision: str) -> None:
     torch.set_num_threads(1)  # parallelism comes from the processes
     judge = Judge(*shape, dropout=dropout)
     judge.load_state_dict(state)
     judge.eval()
-    _WORKER.update(judge=judge, cfg=cfg)
+    _WORKER.update(judge=judge, cfg=cfg, precision=precision)
 
 
-def _work(args: tuple) -> tuple[dict, int]:
+def _work(args: tuple) -> tuple[dict, int, int]:
     image, label, index = args
-    return _debate_one(_WORKER["judge"], image, label, index, _WORKER["cfg"])
+    return _debate_one(_WORKER["judge"], image, label, index, _WORKER["cfg"], _WORKER["precision"])
 
 
 def check_images(images: torch.Tensor, k: int) -> None:
@@ -388,19 +393,22 @@ class DebateRun(NamedTuple):
     accuracy: float           # fraction of images where honest wins (judge right)
     judge_evaluations: int    # states the judge evaluated (cache misses), all images
     wall_s: float
+    judge_flops: int = 0      # FLOPs the judge spent on them (also added to the run's compute ledger)
 
 
 def run_debates(judge: Judge, images: torch.Tensor, labels: torch.Tensor, cfg: DebateConfig, workers: int = 1,
-                progress: Callable[[int, int], None] | None = None) -> DebateRun:
+                progress: Callable[[int, int], None] | None = None, precision: str = "fp32") -> DebateRun:
     """Debate every image; ``workers`` > 1 runs images in a fork process pool of CPU judges (same results, in
-    order); with one worker the judge runs where it is (e.g. a GPU: batched candidate states suit it)."""
+    order; a CUDA context cannot cross a fork); with one worker the judge runs where it is (e.g. a GPU: the
+    batched candidate states suit it). The judge's forward passes run in ``precision`` (fp32, or bf16/fp16
+    autocast), and their FLOPs go to the run's compute ledger (counted here, workers included)."""
     check_images(images, cfg.k)
     t0 = time.perf_counter()
     jobs = [(images[i], int(labels[i]), i) for i in range(len(images))]
-    out: list[tuple[dict, int]] = []
+    out: list[tuple[dict, int, int]] = []
     if workers <= 1:
         for j in jobs:
-            out.append(_debate_one(judge, j[0], j[1], j[2], cfg))
+            out.append(_debate_one(judge, j[0], j[1], j[2], cfg, precision))
             if progress:
                 progress(len(out), len(jobs))
     else:
@@ -409,11 +417,14 @@ def run_debates(judge: Judge, images: torch.Tensor, labels: torch.Tensor, cfg: D
 
         state = {k: v.detach().cpu().clone() for k, v in judge.state_dict().items()}  # workers judge on the CPU
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker,
-                                 initargs=(state, (judge.height, judge.width), float(judge.head[2].p), cfg)) as ex:
+                                 initargs=(state, (judge.height, judge.width), float(judge.head[2].p), cfg,
+                                           precision)) as ex:
             for r in ex.map(_work, jobs, chunksize=max(1, len(jobs) // (4 * workers))):
                 out.append(r)
                 if progress:
                     progress(len(out), len(jobs))
-    records = [r for r, _ in out]
+    records = [r for r, _, _ in out]
     acc = float(np.mean([r["honest_wins"] for r in records])) if records else float("nan")
-    return DebateRun(records, acc, sum(e for _, e in out), time.perf_counter() - t0)
+    evaluations, flops = sum(e for _, e, _ in out), sum(f for _, _, f in out)
+    add_flops(flops, tokens=evaluations, stage="debate")
+    return DebateRun(records, acc, evaluations, time.perf_counter() - t0, flops)

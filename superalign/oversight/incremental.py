@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .judge import Judge, encode
+from .judge import Judge, autocast, encode
 from .oracle import JudgeOracle
 
 
@@ -40,10 +40,16 @@ def _relu_pool(x: torch.Tensor) -> torch.Tensor:
 
 class IncrementalJudgeOracle(JudgeOracle):
     """Judge logits for sets of revealed pixels of one image, cached by the frozenset (as
-    :class:`~superalign.oversight.oracle.JudgeOracle`), computed incrementally from a cached parent when possible."""
+    :class:`~superalign.oversight.oracle.JudgeOracle`), computed incrementally from a cached parent when possible.
 
-    def __init__(self, judge: Judge, image: torch.Tensor, max_cached_states: int = 8192):
-        super().__init__(judge, image)
+    On any device: the convolutions and dense layers run in ``precision`` (bf16/fp16 autocast, or fp32) while the
+    stamps and the cached A2 stay fp32, so that sums of stamps and incremental updates do not drift. A call is a
+    fixed handful of batched kernels whatever its number of states (the per-state windows are gathered with index
+    tensors built on the host), and its logits come back to the host in one copy: the only synchronisation, which
+    the search needs."""
+
+    def __init__(self, judge: Judge, image: torch.Tensor, max_cached_states: int = 8192, precision: str = "fp32"):
+        super().__init__(judge, image, precision)
         self.incremental = 0     # states evaluated incrementally
         self.max_cached_states = max_cached_states
         self._a2: dict[frozenset, torch.Tensor] = {}  # conv2 pre-activations (padded by 2), FIFO-bounded
@@ -51,7 +57,12 @@ class IncrementalJudgeOracle(JudgeOracle):
         self.dev = conv1.weight.device
         h, w = self.shape
         self.h1_shape = (h // 2, w // 2)
-        self.b1 = conv1.bias.detach()[:, None, None]
+        # FLOPs (2 per multiply-add) of the two ways a state gets its logits: A1 is a sum of stamps (additions
+        # only), then conv2 over the whole pooled map or its transpose over the 3×3 changed cells, then the head
+        head = 2 * (judge.head[0].weight.numel() + judge.head[3].weight.numel())
+        self.full_flops = 2 * conv2.weight.numel() * (h // 2) * (w // 2) + head
+        self.step_flops = 2 * conv2.weight.numel() * 9 + head
+        self.b1 = conv1.bias.detach().float()[:, None, None]
         self.w2t = conv2.weight.detach().permute(1, 0, 2, 3).flip(2, 3).contiguous()  # conv_transpose weight
         nz = torch.nonzero(self.flat > 0)[:, 0]
         self._row = {int(p): i for i, p in enumerate(nz)}
@@ -59,29 +70,35 @@ class IncrementalJudgeOracle(JudgeOracle):
             mask = torch.zeros(len(nz), h * w)
             mask[torch.arange(len(nz)), nz] = 1.0
             x = encode(self.flat.expand(len(nz), -1).reshape(len(nz), h, w), mask.reshape(len(nz), h, w))
-            self.stamps = F.conv2d(x.to(self.dev), conv1.weight.detach(), None, padding=2)
+            with autocast(self.dev, precision):
+                self.stamps = F.conv2d(x.to(self.dev), conv1.weight.detach(), None, padding=2).float()
+            self.flops += 2 * conv1.weight.numel() * h * w * len(nz)
             was_training = judge.training
             judge.eval()
             self._keep([frozenset()], self._full([frozenset()])[1])  # the root of every chain of reveals
             judge.train(was_training)
 
     def _a1(self, states: Sequence[frozenset]) -> torch.Tensor:
-        rows = [[self._row[p] for p in s] for s in states]
+        """conv1's pre-activations of states: the bias plus their pixels' stamps (one index_add for all states)."""
+        owner = [i for i, s in enumerate(states) for _ in s]
+        rows = [self._row[p] for s in states for p in s]
         out = self.b1.expand(len(states), -1, *self.shape).clone()
-        for i, r in enumerate(rows):
-            if r:
-                out[i] += self.stamps[r].sum(0)
+        if rows:
+            out.index_add_(0, torch.tensor(owner, device=self.dev), self.stamps[torch.tensor(rows, device=self.dev)])
         return out
 
     @torch.no_grad()
     def _full(self, states: list[frozenset]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and A2 of states by the whole network (A1 from the stamps: same as conv1 of the input)."""
         conv2 = self.judge.features[3]
-        a2 = conv2(_relu_pool(self._a1(states)))
+        with autocast(self.dev, self.precision):
+            a2 = conv2(_relu_pool(self._a1(states))).float()
+        self.flops += self.full_flops * len(states)
         return self._head(a2), F.pad(a2, (2, 2, 2, 2))
 
     def _head(self, a2: torch.Tensor) -> torch.Tensor:
-        return self.judge.head(_relu_pool(a2).flatten(1))
+        with autocast(self.dev, self.precision):
+            return self.judge.head(_relu_pool(a2).flatten(1)).float()
 
     @torch.no_grad()
     def _step(self, parents: list[frozenset], pixels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,23 +107,26 @@ class IncrementalJudgeOracle(JudgeOracle):
         uniq = list(dict.fromkeys(parents))
         where = {s: i for i, s in enumerate(uniq)}
         dev = self.dev
-        idx = torch.tensor([where[s] for s in parents], device=dev)
         hh, ww = self.h1_shape
         w = self.shape[1]
-        r0 = [min(max((p // w - 2) // 2, 0), hh - 3) for p in pixels]  # the 3×3 pooled cells that can change
-        c0 = [min(max((p % w - 2) // 2, 0), ww - 3) for p in pixels]
-        a1u = self._a1(uniq)
-        ip = idx.tolist()
-        rows = [self._row[p] for p in pixels]
-        a1p = torch.stack([a1u[ip[i], :, 2 * r0[i]:2 * r0[i] + 6, 2 * c0[i]:2 * c0[i] + 6]  # their 6×6 pixels
-                           for i in range(len(pixels))])                                   # (B, 32, 6, 6)
-        stamp = torch.stack([self.stamps[rows[i], :, 2 * r0[i]:2 * r0[i] + 6, 2 * c0[i]:2 * c0[i] + 6]
-                             for i in range(len(pixels))])
-        dh1 = _relu_pool(a1p + stamp) - _relu_pool(a1p)                               # (B, 32, 3, 3)
-        da2 = F.conv_transpose2d(dh1, self.w2t)                       # (B, 64, 7, 7): rows r0-2 … r0+4
-        a2 = torch.stack([self._a2[s] for s in uniq])[idx]  # stored padded by 2: the 7×7 windows fit
-        for i in range(len(pixels)):
-            a2[i, :, r0[i]:r0[i] + 7, c0[i]:c0[i] + 7] += da2[i]
+        # index tensors made on the host from Python ints and copied over: no device-to-host synchronisation
+        r0 = torch.tensor([min(max((p // w - 2) // 2, 0), hh - 3) for p in pixels])  # the 3×3 pooled cells that
+        c0 = torch.tensor([min(max((p % w - 2) // 2, 0), ww - 3) for p in pixels])   # can change
+        state = torch.tensor([where[s] for s in parents], device=dev)[:, None, None]
+        stamp = torch.tensor([self._row[p] for p in pixels], device=dev)[:, None, None]
+        rows6 = (2 * r0[:, None] + torch.arange(6)).to(dev)[:, :, None]  # their 6×6 pixels
+        cols6 = (2 * c0[:, None] + torch.arange(6)).to(dev)[:, None, :]
+        # (B, 6, 6, 32) gathers (advanced indices around a slice put the batch dims first) → (B, 32, 6, 6)
+        a1p = self._a1(uniq)[state, :, rows6, cols6].permute(0, 3, 1, 2)
+        dh1 = _relu_pool(a1p + self.stamps[stamp, :, rows6, cols6].permute(0, 3, 1, 2)) - _relu_pool(a1p)
+        with autocast(dev, self.precision):
+            da2 = F.conv_transpose2d(dh1, self.w2t).float()  # (B, 64, 7, 7): rows r0-2 … r0+4
+        a2 = torch.stack([self._a2[s] for s in uniq])[state[:, 0, 0]]  # stored padded by 2: the 7×7 windows fit
+        batch = torch.arange(len(pixels), device=dev)[:, None, None]
+        rows7 = (r0[:, None] + torch.arange(7)).to(dev)[:, :, None]
+        cols7 = (c0[:, None] + torch.arange(7)).to(dev)[:, None, :]
+        a2[batch, :, rows7, cols7] += da2.permute(0, 2, 3, 1)  # each row's own window: no index repeats
+        self.flops += self.step_flops * len(pixels)
         return self._head(a2[:, :, 2:2 + hh, 2:2 + ww]), a2
 
     def _keep(self, states: list[frozenset], a2: torch.Tensor) -> None:
@@ -128,13 +148,15 @@ class IncrementalJudgeOracle(JudgeOracle):
                     break
             else:
                 full.append(s)
-        out = {}
-        for group, (logits, a2) in ((full, self._full(full) if full else (None, None)),
-                                    (inc, self._step(parents, pixels) if inc else (None, None))):
-            if group:
-                out.update(zip(group, logits.cpu().numpy()))
-                self._keep(group, a2)
+        # both groups are computed before either is kept: keeping may evict a parent that _step needs
+        groups = [(g, *f(*a)) for g, f, a in ((full, self._full, (full,)), (inc, self._step, (parents, pixels)))
+                  if g]
+        for group, _, a2 in groups:
+            self._keep(group, a2)
         if was_training:
             self.judge.train()
         self.incremental += len(inc)
+        # one device-to-host copy per call: the search (argmax, tree backups) needs the numbers on the host
+        values = torch.cat([logits for _, logits, _ in groups]).cpu().numpy()
+        out = dict(zip([s for group, _, _ in groups for s in group], values))
         return np.stack([out[s] for s in states])

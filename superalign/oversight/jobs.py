@@ -11,15 +11,16 @@ from pathlib import Path
 import torch
 
 from ..errors import SuperalignError
-from ..runs.jobs import JobBase, _f, run_job, write_text_atomic
-from ..validate import check_device, check_int
+from ..runs.jobs import PRECISION_CHOICES, JobBase, _f, run_job, write_text_atomic
+from ..validate import check_choice, check_int
 from .debate import DebateConfig, check_images, run_debates
-from .judge import Images, JudgeConfig, judge_accuracy, load_images, load_judge, resolve_device, save_judge, train_judge
+from .judge import Images, JudgeConfig, judge_accuracy, load_images, load_judge, save_judge, train_judge
 
 
 @dataclass
 class TrainJudgeJob(JudgeConfig, JobBase):
-    """Train the sparse-pixel judge (Irving et al. 2018): k random nonzero pixels per image, the paper's convnet."""
+    """Train the sparse-pixel judge (Irving et al. 2018): k random nonzero pixels per image, the paper's convnet.
+    Data-parallel under `accelerate launch -m superalign debate train-judge …` (the same global batches)."""
 
     threads: int = _f(0, "torch CPU threads (0: torch's default; 1 is fastest on a busy machine)")
 
@@ -37,9 +38,9 @@ class DebateJob(DebateConfig, JobBase):
     data: str = _f("", "mnist.npz for the test images (else the judge's training file or $SUPERALIGN_DATA)")
     n_images: int = _f(100, "debate the first n test images")
     consultancy: bool = _f(True, "also run the consultancy baseline on the same images")
-    workers: int = _f(1, "processes, one image at a time each (results do not depend on it)")
+    workers: int = _f(1, "CPU processes, one image at a time each (results do not depend on it); above 1 the judge "
+                         "runs in these CPU processes, so --device auto means the CPU and --device cuda is refused")
     threads: int = _f(1, "torch CPU threads in this process (small judge batches: 1 is usually fastest)")
-    device: str = _f("cpu", "where the judge runs with --workers 1: cpu, cuda or auto (worker processes use the CPU)")
 
     def key(self) -> dict:
         d = super().key()
@@ -54,7 +55,20 @@ class DebateJob(DebateConfig, JobBase):
         check_int("n_images", self.n_images, example=100)
         check_int("workers", self.workers, example=1)
         check_int("threads", self.threads, minimum=0, example=1)
-        check_device("device", self.device)
+        if self.workers > 1 and self.device not in ("auto", "cpu"):
+            # forked worker processes cannot share a CUDA context; one process batches the judge calls on the GPU
+            raise SuperalignError(f"--workers {self.workers} debates in CPU processes, not on --device {self.device}",
+                                  "pass --workers 1 to run the judge on the GPU, or --device cpu")
+
+    def placement(self) -> tuple[str, str]:
+        """As every job's, except that worker processes (--workers > 1) put the judge on the CPU, so the run is
+        recorded (and keyed) as a CPU run."""
+        if self.workers <= 1:
+            return super().placement()
+        from ..models.placement import resolve_precision
+
+        check_choice("dtype", self.dtype, PRECISION_CHOICES)
+        return "cpu", resolve_precision(self.dtype, "cpu")
 
 
 def _threads(n: int) -> None:
@@ -67,9 +81,13 @@ def run_train_judge(job: TrainJudgeJob) -> dict:
     split = load_images(job.dataset, job.data)  # fails before anything is written
 
     def body(store, out):
-        fit = train_judge(job, split, progress=job.progress)
+        from ..train.distributed import Runtime
+
+        rt = Runtime.create(job.device, job.dtype)  # data-parallel under `accelerate launch`
+        fit = train_judge(job, split, progress=job.progress, rt=rt)
         cfg = JudgeConfig(**{k: getattr(job, k) for k in JudgeConfig.__dataclass_fields__})
-        save_judge(fit.judge, out / "judge", cfg, meta={"dataset": fit.dataset})
+        if rt.is_main:  # the other ranks' `out` is a scratch folder: nothing to save there
+            save_judge(fit.judge, out / "judge", cfg, meta={"dataset": fit.dataset})
         return ({"judge_acc": fit.test_acc, "k": job.k, "dataset": fit.dataset, "n_train": fit.n_train,
                  "n_test": fit.n_test, "final_loss": fit.losses[-1], "wall_s": fit.wall_s},
                 {"judge": str(out / "judge")})
@@ -91,8 +109,9 @@ def run_debate(job: DebateJob) -> dict:
     from .metrics import accuracy_ci, ece
 
     _threads(job.threads)
+    device, precision = job.placement()  # an absent device is a one-line error before anything is written
     judge, info = load_judge(job.judge)
-    judge.to(resolve_device(job.device))
+    judge.to(device)  # fp32 weights; the judge's forward passes run in `precision` (autocast)
     test = _test_images(job, info)
     x, y = test.x[:job.n_images], test.y[:job.n_images]
     check_images(x, job.k)  # before the run store is touched
@@ -100,7 +119,7 @@ def run_debate(job: DebateJob) -> dict:
     def body(store, out):
         cfg = DebateConfig(**{k: getattr(job, k) for k in DebateConfig.__dataclass_fields__})
         progress = (lambda i, n: print(f"\rdebate {i}/{n}", end="", flush=True)) if job.progress else None
-        r = run_debates(judge, x, y, cfg, workers=job.workers, progress=progress)
+        r = run_debates(judge, x, y, cfg, workers=job.workers, progress=progress, precision=precision)
         if job.progress:
             print()
         write_text_atomic(out / "debate.jsonl", "".join(json.dumps(rec) + "\n" for rec in r.records))
@@ -109,13 +128,13 @@ def run_debate(job: DebateJob) -> dict:
         m = {"debate_acc": acc.value, "debate_acc_lo": acc.lo, "debate_acc_hi": acc.hi,
              "debate_ece": ece([rec["probability"] for rec in r.records], [rec["judge"] == rec["answer"]
                                                                             for rec in r.records]),
-             "judge_alone_acc": judge_accuracy(judge, Images(x, y), job.k, seed=job.seed),
-             "judge_alone_acc_all_test": judge_accuracy(judge, test, job.k, seed=job.seed),
+             "judge_alone_acc": judge_accuracy(judge, Images(x, y), job.k, seed=job.seed, precision=precision),
+             "judge_alone_acc_all_test": judge_accuracy(judge, test, job.k, seed=job.seed, precision=precision),
              "n_images": len(x), "games_per_image": sum(rec["games"] for rec in r.records) / len(x),
              "judge_evaluations": r.judge_evaluations, "debate_wall_s": r.wall_s}
         arts = {"transcript": str(out / "debate.jsonl")}
         if job.consultancy:
-            c = run_consultancy(judge, x, y, job.k, seed=job.seed)
+            c = run_consultancy(judge, x, y, job.k, seed=job.seed, precision=precision)
             write_text_atomic(out / "consultancy.jsonl", "".join(json.dumps(rec) + "\n" for rec in c.records))
             m |= {"consultancy_acc": c.accuracy, "consultancy_acc_honest": c.accuracy_honest,
                   "consultancy_acc_dishonest": c.accuracy_dishonest}

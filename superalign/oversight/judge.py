@@ -14,10 +14,12 @@ comparable with the paper's, only a fast stand-in for tests and --quick runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,7 +28,12 @@ import torch
 from torch import nn
 
 from ..errors import SuperalignError
+from ..models.placement import resolve_device  # noqa: F401  (re-exported: the judge's device is resolved there)
+from ..runs.jobs import PRECISION_CHOICES, JobBase
+from ..runs.ledger import add_flops
+from ..train.distributed import Runtime
 from ..validate import (
+    check_choice,
     check_device,
     check_int,
     check_positive,
@@ -39,6 +46,7 @@ from ..validate import (
 )
 
 DATASETS = ("auto", "mnist", "digits")
+_JOB_FIELDS = {f.name: f for f in fields(JobBase)}
 
 
 @dataclass
@@ -60,8 +68,9 @@ class JudgeConfig:
     max_test: int = help_field(0, "evaluate on at most this many test images (0: all)")
     seed: int = help_field(0, "seed of the initialisation, the pixel subsets, the shuffling and dropout (runs are "
                               "deterministic on CPU)")
-    device: str = help_field("cpu", "where to train: cpu, cuda, cuda:<i> or auto (cuda when available); only CPU runs "
-                                    "are bit-deterministic")
+    # the same fields as every job's (JobBase), so that `debate train-judge` and the Python API agree
+    device: str = help_field("auto", _JOB_FIELDS["device"].metadata["help"] + "; only CPU runs are bit-deterministic")
+    dtype: str = help_field("auto", _JOB_FIELDS["dtype"].metadata["help"], choices=PRECISION_CHOICES)
 
     def __post_init__(self):
         if self.k < 1:
@@ -74,8 +83,6 @@ class JudgeConfig:
             raise SuperalignError(f"lr must be > 0, got {self.lr}", "pass e.g. --lr 1e-4")
         if not 0 <= self.dropout < 1:
             raise SuperalignError(f"dropout must be in [0, 1), got {self.dropout}", "pass e.g. --dropout 0.4")
-        if not (self.device in ("cpu", "auto") or self.device.startswith("cuda")):
-            raise SuperalignError(f"unknown device {self.device!r}", "pass --device cpu, cuda or auto")
         check_int("k", self.k, example=6)
         check_int("epochs", self.epochs, example=30)
         check_int("batch_size", self.batch_size, example=128)
@@ -85,15 +92,15 @@ class JudgeConfig:
         check_int("max_test", self.max_test, minimum=0, example=0)
         check_seed("seed", self.seed)
         check_device("device", self.device)
+        check_choice("dtype", self.dtype, PRECISION_CHOICES)
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → cuda when available, else cpu; asking for cuda without a GPU is a one-line error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SuperalignError(f"device {device!r} asked for but no CUDA GPU is available", "pass --device cpu")
-    return torch.device(device)
+def autocast(device: torch.device | str, precision: str = "fp32"):
+    """The judge's forward-pass precision: bf16/fp16 autocast (fp32 weights, fp32 accumulations outside the
+    matmuls and convolutions) or nothing in fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
 
 
 class Images(NamedTuple):
@@ -215,14 +222,40 @@ class Judge(nn.Module):
         self.head = nn.Sequential(nn.Linear(64 * (height // 4) * (width // 4), 1024), nn.ReLU(),
                                   nn.Dropout(dropout), nn.Linear(1024, n_classes))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, dropout_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (N, n_classes). ``dropout_keep`` (N, 1024), the kept units already scaled by 1/(1 − p), replaces
+        the dropout layer's own draw: training draws it for the whole global batch, so that every process of a
+        data-parallel run drops the same units of the same examples as one process would."""
+        h = self.features(x)
+        if dropout_keep is None:
+            return self.head(h)
+        return self.head[3](self.head[1](self.head[0](h)) * dropout_keep)
+
+
+@cache
+def _forward_flops(height: int, width: int, n_classes: int) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):  # shapes only: nothing is allocated or computed
+        judge, x = Judge(height, width, n_classes=n_classes).eval(), torch.zeros(1, 2, height, width)
+    with FlopCounterMode(display=False) as counter:
+        judge(x)
+    return int(counter.get_total_flops())
+
+
+def judge_forward_flops(judge: Judge) -> int:
+    """FLOPs of one example's forward pass, 2 per multiply-add of the convolutions and dense layers (counted by
+    torch's FlopCounterMode on the judge's layer shapes, once per input size; biases, ReLUs and pools, a few
+    thousand operations against millions, are not counted)."""
+    return _forward_flops(judge.height, judge.width, judge.n_classes)
 
 
 @torch.no_grad()
-def judge_logits(judge: Judge, images_mask_values: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """Logits (N, 10) on the CPU of a batch of encoded inputs (N, 2, H, W), in eval mode (no dropout), in chunks
-    (moved to the judge's device and back)."""
+def judge_logits(judge: Judge, images_mask_values: torch.Tensor, batch_size: int = 4096,
+                 precision: str = "fp32", record_flops: bool = True) -> torch.Tensor:
+    """Logits (N, 10) on the CPU in float32 of a batch of encoded inputs (N, 2, H, W), in eval mode (no dropout),
+    in chunks moved to the judge's device and run in ``precision`` (fp32, or bf16/fp16 autocast). Their forward
+    FLOPs go to the run's compute ledger unless ``record_flops`` is off (the debate oracles count their own)."""
     if images_mask_values.ndim != 4 or images_mask_values.shape[1:] != (2, judge.height, judge.width):
         raise SuperalignError(f"judge input has shape {tuple(images_mask_values.shape)}, expected "
                               f"(N, 2, {judge.height}, {judge.width})", "build it with superalign.oversight.encode")
@@ -230,18 +263,23 @@ def judge_logits(judge: Judge, images_mask_values: torch.Tensor, batch_size: int
     if was_training:  # (eval()/train() walk every submodule: not on every call)
         judge.eval()
     dev = next(judge.parameters()).device
-    out = torch.cat([judge(images_mask_values[i:i + batch_size].to(dev)).cpu()
-                     for i in range(0, len(images_mask_values), batch_size)]
-                    ) if len(images_mask_values) else torch.zeros(0, judge.n_classes)
+    chunks = []
+    with autocast(dev, precision):
+        for i in range(0, len(images_mask_values), batch_size):
+            chunks.append(judge(images_mask_values[i:i + batch_size].to(dev)).float())
+    # one device-to-host copy for all chunks (the only synchronisation)
+    out = torch.cat(chunks).cpu() if chunks else torch.zeros(0, judge.n_classes)
+    if record_flops:
+        add_flops(judge_forward_flops(judge) * len(images_mask_values), tokens=len(images_mask_values), stage="eval")
     if was_training:
         judge.train()
     return out
 
 
-def judge_accuracy(judge: Judge, data: Images, k: int, seed: int = 0) -> float:
+def judge_accuracy(judge: Judge, data: Images, k: int, seed: int = 0, precision: str = "fp32") -> float:
     """Judge-alone accuracy (over all 10 classes) with k random nonzero pixels per image (the paper's baseline)."""
     mask = random_reveals(data.x, k, torch.Generator().manual_seed(seed))
-    pred = judge_logits(judge, encode(data.x, mask)).argmax(1)
+    pred = judge_logits(judge, encode(data.x, mask), precision=precision).argmax(1)
     return float((pred == data.y).float().mean())
 
 
@@ -255,39 +293,57 @@ class JudgeFit(NamedTuple):
     wall_s: float
 
 
-def train_judge(cfg: JudgeConfig, split: Split | None = None, progress: bool = False) -> JudgeFit:
-    """Train a judge with Adam on cross-entropy; deterministic given ``cfg.seed`` on CPU (the global RNG, used by
-    dropout, is forked so the caller's random state is left alone)."""
+def train_judge(cfg: JudgeConfig, split: Split | None = None, progress: bool = False,
+                rt: Runtime | None = None) -> JudgeFit:
+    """Train a judge with Adam on cross-entropy; deterministic given ``cfg.seed`` on CPU (the global RNG is forked
+    so the caller's random state is left alone).
+
+    ``rt`` (default: ``Runtime.create(cfg.device, cfg.dtype)``) says where: fp32 master weights and Adam state,
+    bf16/fp16 autocast for the forward pass, and data-parallel under ``accelerate launch``. Every process draws the
+    same global batches, pixel subsets and dropout masks from ``cfg.seed`` (on the CPU) and computes its share of
+    the rows, so N processes follow one process's loss curve. The test accuracy is computed on rank 0 and
+    broadcast. FLOPs (3 × the forward pass per example for forward + backward) go to the run's ledger."""
     split = split or load_images(cfg.dataset, cfg.data)
+    rt = rt or Runtime.create(cfg.device, cfg.dtype)
     train = Images(*(t[:cfg.max_train] if cfg.max_train else t for t in split.train))
     test = Images(*(t[:cfg.max_test] if cfg.max_test else t for t in split.test))
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(cfg.seed)  # pixel subsets and shuffling are drawn on the CPU
-    dev = resolve_device(cfg.device)
+    gen = torch.Generator().manual_seed(cfg.seed)  # batches, pixel subsets and dropout masks: the same on every rank
     losses = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        judge = Judge(train.x.shape[1], train.x.shape[2], cfg.dropout).to(dev)
-        opt = torch.optim.Adam(judge.parameters(), lr=cfg.lr)
-        judge.train()
+        judge = Judge(train.x.shape[1], train.x.shape[2], cfg.dropout)
+        step_flops = 3 * judge_forward_flops(judge)  # per example: forward + backward (≈ 2 × forward)
+        hidden = judge.head[0].out_features
+        model, opt = rt.prepare(judge, torch.optim.Adam(judge.parameters(), lr=cfg.lr))
+        model.train()
         for epoch in range(cfg.epochs):
             perm = torch.randperm(len(train.x), generator=gen)
-            total = 0.0
+            total = torch.zeros((), device=rt.device)  # summed on the device: no host sync per step
             for i in range(0, len(perm), cfg.batch_size):
                 b = perm[i:i + cfg.batch_size]
                 x = encode(train.x[b], random_reveals(train.x[b], cfg.k, gen))  # fresh subset every time
-                loss = nn.functional.cross_entropy(judge(x.to(dev)), train.y[b].to(dev))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(b)
-            losses.append(total / len(perm))
-            if progress:  # held-out accuracy on ≤2,000 test images (fixed pixel subsets) to watch convergence
-                acc = judge_accuracy(judge, Images(test.x[:2000], test.y[:2000]), cfg.k, seed=cfg.seed + 1)
+                keep = (torch.rand(len(b), hidden, generator=gen) >= cfg.dropout).float() / (1.0 - cfg.dropout)
+                part = rt.shard(np.arange(len(b)))
+                rows = torch.from_numpy(part.idx)
+                with rt.autocast():
+                    logits = model(x[rows].to(rt.device), keep[rows].to(rt.device))
+                ce_sum = nn.functional.cross_entropy(logits.float(), train.y[b][rows].to(rt.device), reduction="sum")
+                rt.backward(rt.global_mean(ce_sum, len(rows), part.weight))
+                rt.step(opt)
+                total += ce_sum.detach() * part.weight
+                add_flops(step_flops * len(rows) * part.weight, tokens=int(len(rows) * part.weight), stage="train")
+            losses.append(rt.all_sum(total) / len(perm))
+            if progress and rt.is_main:  # held-out accuracy on ≤2,000 test images (fixed pixel subsets)
+                acc = judge_accuracy(rt.unwrap(model), Images(test.x[:2000], test.y[:2000]), cfg.k, seed=cfg.seed + 1,
+                                     precision=rt.precision)
                 print(f"judge epoch {epoch + 1}/{cfg.epochs}: loss {losses[-1]:.4f}, test acc {100 * acc:.1f}% "
                       f"(≤2,000 images)", flush=True)
+    judge = rt.unwrap(model)
     judge.eval()
-    acc = judge_accuracy(judge, test, cfg.k, seed=cfg.seed + 1)
+    # rank 0 evaluates (its FLOPs counted once) and every rank gets its number
+    acc = rt.broadcast(judge_accuracy(judge, test, cfg.k, seed=cfg.seed + 1, precision=rt.precision)
+                       if rt.is_main else None)
     judge.cpu()  # returned on the CPU: move it (``judge.to(...)``) to debate on a GPU
     return JudgeFit(judge, split.name, losses, acc, len(train.x), len(test.x), time.perf_counter() - t0)
 

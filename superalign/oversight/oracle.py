@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .judge import Judge, encode, judge_logits
+from .judge import Judge, encode, judge_forward_flops, judge_logits
 
 
 class Oracle(Protocol):
@@ -23,14 +23,17 @@ class Oracle(Protocol):
 
 class JudgeOracle:
     """A judge on one image: logits per set of revealed pixels, cached by the frozenset; the uncached states of a
-    call are evaluated in one batch (this is what makes MCTS affordable)."""
+    call are evaluated in one batch (this is what makes MCTS affordable), on the judge's device in ``precision``
+    (fp32, or bf16/fp16 autocast), and come back to the host once per call: the search needs the numbers there."""
 
-    def __init__(self, judge: Judge, image: torch.Tensor):
+    def __init__(self, judge: Judge, image: torch.Tensor, precision: str = "fp32"):
         self.judge, self.flat = judge, image.reshape(-1).float()
         self.shape = tuple(image.shape)
+        self.precision = precision
         self.cache: dict[frozenset, np.ndarray] = {}
         self.forward_calls = 0  # batched judge forward passes
         self.evaluations = 0    # states evaluated (cache misses)
+        self.flops = 0          # judge FLOPs spent so far (2 per multiply-add), for the run's compute ledger
 
     def logits(self, states: Sequence[frozenset]) -> np.ndarray:
         missing = list(dict.fromkeys(s for s in states if s not in self.cache))
@@ -47,4 +50,5 @@ class JudgeOracle:
             mask[i, list(s)] = 1.0
         x = encode(self.flat.expand(len(states), -1).reshape(len(states), *self.shape),
                    mask.reshape(len(states), *self.shape))
-        return judge_logits(self.judge, x).numpy()
+        self.flops += judge_forward_flops(self.judge) * len(states)
+        return judge_logits(self.judge, x, precision=self.precision, record_flops=False).numpy()
