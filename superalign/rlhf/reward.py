@@ -148,7 +148,8 @@ def load_reward_model(name: str, home=None, trust_remote_code: bool = False, dev
     if device is not None or dtype is not None:
         from ..models.placement import resolve_device, resolve_dtype
 
-        rm = rm.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
+        dev = device if isinstance(device, torch.device) else resolve_device(device)  # a runtime's own: as is
+        rm = rm.to(device=dev, dtype=resolve_dtype(dtype))
     return tok, rm
 
 

@@ -218,11 +218,16 @@ def pretrain_testbed_lm(cfg: TestbedLMConfig, out_dir: str | Path, progress: boo
 
 def testbed_lm_path(home: str | Path, cfg: TestbedLMConfig | None = None, progress: bool = True) -> Path:
     """Path of the cached pretrained testbed LM for ``cfg`` under ``home``, pretraining it on first use."""
+    from filelock import FileLock
+
     cfg = cfg or TestbedLMConfig()
     path = Path(home) / "cache" / "rlhf-testbed-lm" / content_hash(asdict(cfg))
     if not (path / "model.safetensors").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        pretrain_testbed_lm(cfg, path, progress=progress)
+        # one process pretrains; the others (data-parallel ranks, parallel jobs) wait for it and then read its model
+        with FileLock(str(path.with_name(f".{path.name}.lock"))):
+            if not (path / "model.safetensors").exists():
+                pretrain_testbed_lm(cfg, path, progress=progress)
     return path
 
 

@@ -119,8 +119,11 @@ def _run_job_distributed(kind: str, job: JobBase, body, rank: int, size: int) ->
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, reduce
 
-    state = PartialState()  # joins the launcher's process group (gloo on CPU, NCCL on GPUs)
     device, precision = job.placement()
+    # joins the launcher's process group (gloo on CPU, NCCL on GPUs). cpu=True on the CPU: without it Accelerate's
+    # shared state, which every later Accelerator reuses, falls back to one process (DistributedType.NO) when no GPU
+    # is visible, and the trainers' Runtime would not be data-parallel
+    state = PartialState(cpu=device == "cpu")
     rid = run_id(kind, job.key())
     store = None
     if rank == 0:
