@@ -165,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in ("tasks", "models"):
         sub.add_parser(name, help=f"list registered {name}").set_defaults(fn=_list)
+
+    from .runs.sweep import DESCRIPTION, add_arguments, command
+    sw = sub.add_parser("sweep", help="run any pillar's job over a grid of its config values (resumes; local or Ray)",
+                        description=DESCRIPTION)
+    add_arguments(sw)
+    sw.set_defaults(fn=command)
     return p
 
 

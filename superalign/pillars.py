@@ -45,7 +45,7 @@ BUILTIN = ("superalign.w2s.pillar", "superalign.rlhf.pillar", "superalign.interp
 ENTRY_POINT_GROUP = "superalign.pillars"
 """installed packages register pillars by an entry point in this group pointing at their declaration module"""
 
-RESERVED = frozenset({"runs", "report", "tasks", "models"})
+RESERVED = frozenset({"runs", "report", "tasks", "models", "sweep"})
 """top-level commands of the CLI itself, not available as pillar names"""
 
 MAX_GENERIC = 12
