@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SuperalignError
+from ..runs.files import write_json_atomic
 from ..runs.jobs import PRECISION_CHOICES, JobBase, _f, run_job, write_text_atomic
 from ..validate import check_choice, check_int
 from .debate import DebateConfig, check_images, run_debates
@@ -88,9 +89,10 @@ def run_train_judge(job: TrainJudgeJob) -> dict:
         cfg = JudgeConfig(**{k: getattr(job, k) for k in JudgeConfig.__dataclass_fields__})
         if rt.is_main:  # the other ranks' `out` is a scratch folder: nothing to save there
             save_judge(fit.judge, out / "judge", cfg, meta={"dataset": fit.dataset})
+            write_json_atomic(out / "losses.json", {"epoch": fit.losses, "step": fit.step_losses})
         return ({"judge_acc": fit.test_acc, "k": job.k, "dataset": fit.dataset, "n_train": fit.n_train,
                  "n_test": fit.n_test, "final_loss": fit.losses[-1], "wall_s": fit.wall_s},
-                {"judge": str(out / "judge")})
+                {"judge": str(out / "judge"), "losses": str(out / "losses.json")})
     return run_job("debate-judge", job, body)
 
 

@@ -19,7 +19,6 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, fields
-from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -232,22 +231,27 @@ class Judge(nn.Module):
         return self.head[3](self.head[1](self.head[0](h)) * dropout_keep)
 
 
-@cache
-def _forward_flops(height: int, width: int, n_classes: int) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):  # shapes only: nothing is allocated or computed
-        judge, x = Judge(height, width, n_classes=n_classes).eval(), torch.zeros(1, 2, height, width)
-    with FlopCounterMode(display=False) as counter:
-        judge(x)
-    return int(counter.get_total_flops())
+def _conv_out(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def judge_forward_flops(judge: Judge) -> int:
-    """FLOPs of one example's forward pass, 2 per multiply-add of the convolutions and dense layers (counted by
-    torch's FlopCounterMode on the judge's layer shapes, once per input size; biases, ReLUs and pools, a few
-    thousand operations against millions, are not counted)."""
-    return _forward_flops(judge.height, judge.width, judge.n_classes)
+    """FLOPs of one example's forward pass, 2 per multiply-add of the convolutions and dense layers, from the layer
+    shapes (a convolution does out_channels × in_channels × kh × kw multiply-adds per output position). Biases,
+    ReLUs and pools (a few thousand operations against millions) are not counted."""
+    def pair(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+    h, w, flops = judge.height, judge.width, 0
+    for layer in (*judge.features, *judge.head):
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+            k, s, p, d = (pair(getattr(layer, a)) for a in ("kernel_size", "stride", "padding", "dilation"))
+            h, w = _conv_out(h, k[0], s[0], p[0], d[0]), _conv_out(w, k[1], s[1], p[1], d[1])
+            if isinstance(layer, nn.Conv2d):
+                flops += 2 * layer.weight.numel() * h * w
+        elif isinstance(layer, nn.Linear):
+            flops += 2 * layer.weight.numel()
+    return flops
 
 
 @torch.no_grad()
@@ -291,6 +295,15 @@ class JudgeFit(NamedTuple):
     n_train: int
     n_test: int
     wall_s: float
+    step_losses: list[float] = []  # mean training loss of each global batch, in order
+
+
+def _sum_over_ranks(rt: Runtime, t: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of a tensor over the data-parallel processes (the tensor itself in one), on the CPU: one
+    collective and one device-to-host copy for a whole epoch's numbers."""
+    if rt.world_size > 1:
+        t = rt.accelerator.reduce(t, reduction="sum")
+    return t.cpu()
 
 
 def train_judge(cfg: JudgeConfig, split: Split | None = None, progress: bool = False,
@@ -309,7 +322,7 @@ def train_judge(cfg: JudgeConfig, split: Split | None = None, progress: bool = F
     test = Images(*(t[:cfg.max_test] if cfg.max_test else t for t in split.test))
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)  # batches, pixel subsets and dropout masks: the same on every rank
-    losses = []
+    losses, step_losses = [], []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         judge = Judge(train.x.shape[1], train.x.shape[2], cfg.dropout)
@@ -319,7 +332,7 @@ def train_judge(cfg: JudgeConfig, split: Split | None = None, progress: bool = F
         model.train()
         for epoch in range(cfg.epochs):
             perm = torch.randperm(len(train.x), generator=gen)
-            total = torch.zeros((), device=rt.device)  # summed on the device: no host sync per step
+            step_sums, step_sizes = [], []  # kept on the device: no host sync per step
             for i in range(0, len(perm), cfg.batch_size):
                 b = perm[i:i + cfg.batch_size]
                 x = encode(train.x[b], random_reveals(train.x[b], cfg.k, gen))  # fresh subset every time
@@ -331,9 +344,12 @@ def train_judge(cfg: JudgeConfig, split: Split | None = None, progress: bool = F
                 ce_sum = nn.functional.cross_entropy(logits.float(), train.y[b][rows].to(rt.device), reduction="sum")
                 rt.backward(rt.global_mean(ce_sum, len(rows), part.weight))
                 rt.step(opt)
-                total += ce_sum.detach() * part.weight
+                step_sums.append(ce_sum.detach() * part.weight)
+                step_sizes.append(len(b))
                 add_flops(step_flops * len(rows) * part.weight, tokens=int(len(rows) * part.weight), stage="train")
-            losses.append(rt.all_sum(total) / len(perm))
+            sums = _sum_over_ranks(rt, torch.stack(step_sums)).double()
+            step_losses += (sums / torch.tensor(step_sizes, dtype=torch.float64)).tolist()
+            losses.append(float(sums.sum()) / len(perm))
             if progress and rt.is_main:  # held-out accuracy on ≤2,000 test images (fixed pixel subsets)
                 acc = judge_accuracy(rt.unwrap(model), Images(test.x[:2000], test.y[:2000]), cfg.k, seed=cfg.seed + 1,
                                      precision=rt.precision)
@@ -345,7 +361,7 @@ def train_judge(cfg: JudgeConfig, split: Split | None = None, progress: bool = F
     acc = rt.broadcast(judge_accuracy(judge, test, cfg.k, seed=cfg.seed + 1, precision=rt.precision)
                        if rt.is_main else None)
     judge.cpu()  # returned on the CPU: move it (``judge.to(...)``) to debate on a GPU
-    return JudgeFit(judge, split.name, losses, acc, len(train.x), len(test.x), time.perf_counter() - t0)
+    return JudgeFit(judge, split.name, losses, acc, len(train.x), len(test.x), time.perf_counter() - t0, step_losses)
 
 
 def save_judge(judge: Judge, folder: str | Path, cfg: JudgeConfig | None = None, meta: dict | None = None) -> Path:
