@@ -19,9 +19,21 @@ import numpy as np
 
 from ..errors import SuperalignError
 from ..models.lm import load_lm
+from ..runs.files import write_text_atomic
 from ..validate import document_cli_overrides
 from .bon import FunctionalFit, bon_curve, fit_bon, fit_rl, predict_bon, predict_rl
-from .jobs import JobBase, PPOJob, _f, best_of_n_samples, resolve_policy, resolve_reward, run_job, run_ppo
+from .jobs import (
+    JobBase,
+    PPOJob,
+    _f,
+    _frozen_dtype,
+    _runtime,
+    best_of_n_samples,
+    resolve_policy,
+    resolve_reward,
+    run_job,
+    run_ppo,
+)
 from .ppo import PPOConfig
 from .reward import load_reward_model
 from .testbed import GoldReward, sample_prompts
@@ -77,12 +89,14 @@ def run_overopt(job: OveroptJob) -> dict:
         gold_fn = GoldReward()
         pol = resolve_policy(job.policy, job.home, job.progress)
         rm_path = resolve_reward(job.reward, job.home, job.progress)
-        tok, policy = load_lm(pol, job.home)
-        _, rm = load_reward_model(rm_path, job.home)
+        rt = _runtime(job)  # best-of-n only samples and scores: both models in the low precision on a GPU
+        tok, policy = load_lm(pol, job.home, device=rt.device, dtype=_frozen_dtype(rt))
+        _, rm = load_reward_model(rm_path, job.home, device=rt.device, dtype=_frozen_dtype(rt))
         prompts = sample_prompts(job.n_prompts, job.seed + 3)
 
         # ---- best-of-n
-        texts, proxy, ended = best_of_n_samples(policy, rm, tok, prompts, job.n_max, 24, 1.0, job.seed)
+        with rt.autocast():
+            texts, proxy, ended = best_of_n_samples(policy, rm, tok, prompts, job.n_max, 24, 1.0, job.seed)
         g = np.array([gold_fn.batch([p] * job.n_max, t, list(e)) for p, t, e in zip(prompts, texts, ended)])
         curve = bon_curve(proxy, g)
         bon = {"n": curve.n, "kl": curve.kl, "d": curve.d, "proxy": curve.proxy, "gold": curve.gold}
@@ -92,7 +106,8 @@ def run_overopt(job: OveroptJob) -> dict:
         rl = []
         for beta in job.kl_coefs:
             pj = PPOJob(home=job.home, progress=job.progress, policy=pol, reward=rm_path, updates=job.updates,
-                        kl_coef=beta, lr=job.ppo_lr, eval_every=job.eval_every, seed=job.seed, sample_every=20)
+                        kl_coef=beta, lr=job.ppo_lr, eval_every=job.eval_every, seed=job.seed, sample_every=20,
+                        device=job.device, dtype=job.dtype)
             r = run_ppo(pj, eval_prompts=[p for p in prompts for _ in range(job.eval_samples)])
             ev = [{"update": 0, "kl": 0.0, "proxy": p0, "gold": g0}] + r["metrics"]["evals"]
             rl.append({"kl_coef": beta, "run": r["id"], "update": [e["update"] for e in ev],
@@ -110,7 +125,8 @@ def run_overopt(job: OveroptJob) -> dict:
             y = np.concatenate([np.array(r[what]) - r[what][0] for r in rl])
             fits[f"rl_{what}"] = fit_rl(d_rl, y)._asdict()
         plot = out / "overopt.png"
-        _plot(bon, rl, fits, plot)
+        if rt.is_main:
+            _plot(bon, rl, fits, plot)
         peak_bon = int(np.argmax(bon["gold"]))
         rl_best = max(max(r["gold"]) for r in rl)
         metrics = {"sft_gold": g0, "sft_proxy": p0,
@@ -119,7 +135,8 @@ def run_overopt(job: OveroptJob) -> dict:
                    "rl_gold_max": float(rl_best), "rl_gold_final": [r["gold"][-1] for r in rl],
                    "rl_proxy_final": [r["proxy"][-1] for r in rl], "rl_kl_final": [r["kl"][-1] for r in rl],
                    "fits": fits, "bon": bon, "rl": rl}
-        (out / "overopt.json").write_text(json.dumps(metrics, indent=1))
+        if rt.is_main:
+            write_text_atomic(out / "overopt.json", json.dumps(metrics, indent=1))
         return metrics, {"plot": str(plot), "json": str(out / "overopt.json")}
     return run_job("rlhf-overopt", job, body)
 
