@@ -18,6 +18,7 @@ from .judge import (
     Judge,
     JudgeConfig,
     encode,
+    judge_forward_flops,
     judge_logits,
     load_images,
     load_judge,
@@ -28,7 +29,8 @@ from .judge import (
 from .metrics import accuracy_ci, ece, reliability, transcript_metrics
 
 __all__ = ["DebateConfig", "Game", "GreedyDebater", "IncrementalJudgeOracle", "Judge", "JudgeConfig", "JudgeOracle",
-           "MCTSDebater", "accuracy_ci", "debate_image", "make_oracle", "ece", "encode", "judge_logits", "load_images",
+           "MCTSDebater", "accuracy_ci", "debate_image", "make_oracle", "ece", "encode", "judge_forward_flops",
+           "judge_logits", "load_images",
            "load_judge", "play",
            "random_reveals", "reliability", "run_consultancy", "run_debates", "save_judge", "train_judge",
            "transcript_metrics"]
