@@ -475,22 +475,25 @@ class Checker:
 
     # --- CPU vs CUDA
 
-    def agreement(self) -> list[dict]:
-        """The same SFT and SAE jobs on CPU fp32 and on CUDA fp32/bf16: loss curves compared step by step."""
-        if not self.cuda:
-            return [{"check": "cpu-vs-cuda", "result": "skipped: no CUDA"}]
+    def agreement(self, runs: tuple[tuple[str, str], ...] | None = None) -> list[dict]:
+        """The same SFT and SAE jobs on CPU fp32 and on CUDA fp32/bf16: loss curves compared step by step.
+        ``runs``: (device, dtype) pairs, the first the reference (default: cpu fp32, then CUDA fp32 and bf16)."""
+        if runs is None:
+            if not self.cuda:
+                return [{"check": "cpu-vs-cuda", "result": "skipped: no CUDA"}]
+            runs = (("cpu", "fp32"), (self.device, "fp32"), (self.device, "bf16"))
         if not self.fits("cpu-vs-cuda agreement", 40):
             return [{"check": "cpu-vs-cuda", "result": "skipped: time budget"}]
         from superalign.interp.jobs import CacheJob, SAEJob, run_cache, run_sae
         from superalign.rlhf.jobs import SFTJob, run_sft
 
-        size, layers = ("tiny", None) if self.args.quick else ("smollm2-135m", 4)
+        size, layers = ("tiny", None) if self.args.quick or not self.cuda else ("smollm2-135m", 4)
         folder, _ = self.model(size, layers, device="cpu")  # fp32 weights: both devices start from the same ones
-        data = write_jsonl(self.work / "agree-sft.jsonl", self.sft_rows(24, 64))
-        texts = write_jsonl(self.work / "agree-texts.jsonl", [{"text": self.words.text(64)} for _ in range(48)])
+        small = size == "tiny"  # a few steps each: the CPU side is the slow one
+        data = write_jsonl(self.work / "agree-sft.jsonl", self.sft_rows(12 if small else 24, 64))
+        texts = write_jsonl(self.work / "agree-texts.jsonl",
+                            [{"text": self.words.text(64)} for _ in range(24 if small else 48)])
         out = []
-        runs = (("cpu", "fp32"), (self.device, "fp32"), (self.device, "bf16"))
-
         curves: dict[str, dict] = {"sft": {}, "sae": {}}
         try:
             for dev, dt in runs:
@@ -500,15 +503,15 @@ class Checker:
             cache = run_cache(CacheJob(model=f"hf:{folder}", texts=str(texts), hook="layers.1", max_length=64,
                                        batch_size=8, home=self.home, progress=False, device="cpu", dtype="fp32"))
             for dev, dt in runs:
-                r = run_sae(SAEJob(cache=cache["artefacts"]["cache"], n_latents=1024, k=16, epochs=2,
-                                   batch_size=256, lr=1e-3, loss_recovered_texts=0, home=self.home, progress=False,
-                                   device=dev, dtype=dt))
+                r = run_sae(SAEJob(cache=cache["artefacts"]["cache"], n_latents=512 if small else 2048, k=16,
+                                   epochs=1 if small else 2, batch_size=128 if small else 256, lr=1e-3,
+                                   loss_recovered_texts=0, home=self.home, progress=False, device=dev, dtype=dt))
                 curves["sae"][(dev, dt)] = json.loads(Path(r["artefacts"]["train_curve"]).read_text())["fvu"]
         except Exception as e:
             out.append({"check": "cpu-vs-cuda", "result": f"error: {type(e).__name__}: {str(e)[:200]}",
                         "traceback": traceback.format_exc(limit=6)})
         for job, by in curves.items():
-            ref = by.get(("cpu", "fp32"))
+            ref = by.get(runs[0])
             for dev, dt in runs[1:]:
                 cur = by.get((dev, dt))
                 if ref is None or cur is None:
@@ -517,7 +520,7 @@ class Checker:
                 n = min(len(a), len(b))
                 rel = float(np.max(np.abs(a[:n] - b[:n]) / np.maximum(np.abs(a[:n]), 1e-12))) if n else math.inf
                 ok = len(a) == len(b) and rel <= AGREE_TOL[dt]
-                out.append({"check": f"{job} {dev} {dt} vs cpu fp32", "shape": f"{size}@{layers or 2}",
+                out.append({"check": f"{job} {dev} {dt} vs {' '.join(runs[0])}", "shape": f"{size}@{layers or 2}",
                             "steps": n, "max_rel_diff": rel, "tolerance": AGREE_TOL[dt],
                             "result": "PASS" if ok else "FAIL"})
         return out

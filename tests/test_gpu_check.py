@@ -49,3 +49,20 @@ def test_gpu_check_without_cuda_says_how_to_smoke_run(tmp_path):
     assert p.returncode == 2
     assert p.stdout.strip().count("\n") == 0 and "--device cpu --sizes tiny" in p.stdout
     assert not (tmp_path / "x.json").exists()
+
+
+def test_agreement_compares_loss_curves(tmp_path):
+    """The CPU-vs-CUDA comparison's own code, run here as CPU fp32 vs itself (identical: PASS) and vs CPU bf16."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gc)
+    chk = gc.Checker(gc.parse_args(["--device", "cpu", "--quick"]), tmp_path)
+    rows = chk.agreement(runs=(("cpu", "fp32"), ("cpu", "fp32"), ("cpu", "bf16")))
+    by = {r["check"]: r for r in rows}
+    assert set(by) == {f"{job} cpu {dt} vs cpu fp32" for job in ("sft", "sae") for dt in ("fp32", "bf16")}, rows
+    for job in ("sft", "sae"):
+        same, bf16 = by[f"{job} cpu fp32 vs cpu fp32"], by[f"{job} cpu bf16 vs cpu fp32"]
+        assert same["result"] == "PASS" and same["max_rel_diff"] == 0.0 and same["steps"] >= 2
+        assert 0 < bf16["max_rel_diff"] < 1 and bf16["tolerance"] == 2e-2 and bf16["steps"] == same["steps"]
