@@ -130,7 +130,7 @@ def test_bf16_judge_training_on_cpu_is_close_to_fp32(digits):
     fp32 = train_judge(_small_cfg(device="cpu", dtype="fp32"), digits)
     bf16 = train_judge(_small_cfg(device="cpu", dtype="bf16"), digits)
     assert len(fp32.step_losses) == 4
-    assert _loss_gap(bf16, fp32) < 0.03  # bf16 keeps ~3 significant digits in the forward pass
+    assert _loss_gap(bf16, fp32) < 0.01  # bf16 keeps ~3 significant digits in the forward pass (measured: 2e-4)
     assert next(bf16.judge.parameters()).dtype == torch.float32  # master weights stay fp32
 
 

@@ -350,15 +350,22 @@ def train_judge(cfg: JudgeConfig, split: Split | None = None, progress: bool = F
             sums = _sum_over_ranks(rt, torch.stack(step_sums)).double()
             step_losses += (sums / torch.tensor(step_sizes, dtype=torch.float64)).tolist()
             losses.append(float(sums.sum()) / len(perm))
-            if progress and rt.is_main:  # held-out accuracy on ≤2,000 test images (fixed pixel subsets)
-                acc = judge_accuracy(rt.unwrap(model), Images(test.x[:2000], test.y[:2000]), cfg.k, seed=cfg.seed + 1,
-                                     precision=rt.precision)
-                print(f"judge epoch {epoch + 1}/{cfg.epochs}: loss {losses[-1]:.4f}, test acc {100 * acc:.1f}% "
-                      f"(≤2,000 images)", flush=True)
-    judge = rt.unwrap(model)
+            if progress and rt.is_main:
+                # held-out accuracy on ≤2,000 test images (fixed pixel subsets) when one process holds the whole
+                # model (a sharded model's forward pass would need every rank)
+                acc = "" if rt.world_size > 1 else ", test acc {:.1f}% (≤2,000 images)".format(100 * judge_accuracy(
+                    rt.unwrap(model), Images(test.x[:2000], test.y[:2000]), cfg.k, seed=cfg.seed + 1,
+                    precision=rt.precision))
+                print(f"judge epoch {epoch + 1}/{cfg.epochs}: loss {losses[-1]:.4f}{acc}", flush=True)
+    # a plain judge with the trained weights (gathered from every rank when FSDP shards them: all ranks take part)
+    state = rt.full_state_dict(model)
+    with torch.random.fork_rng(devices=[]):  # its (overwritten) initialisation leaves the caller's RNG alone
+        judge = Judge(train.x.shape[1], train.x.shape[2], cfg.dropout)
+    if state:
+        judge.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
     judge.eval()
     # rank 0 evaluates (its FLOPs counted once) and every rank gets its number
-    acc = rt.broadcast(judge_accuracy(judge, test, cfg.k, seed=cfg.seed + 1, precision=rt.precision)
+    acc = rt.broadcast(judge_accuracy(judge.to(rt.device), test, cfg.k, seed=cfg.seed + 1, precision=rt.precision)
                        if rt.is_main else None)
     judge.cpu()  # returned on the CPU: move it (``judge.to(...)``) to debate on a GPU
     return JudgeFit(judge, split.name, losses, acc, len(train.x), len(test.x), time.perf_counter() - t0, step_losses)
