@@ -246,6 +246,8 @@ class Checker:
         self.matmul_peak = matmul_peak(self.device, torch.bfloat16 if self.cuda else torch.float32)
         self.plan = Plan(self.cuda, args.quick, self.matmul_peak)
         self.models: dict[str, tuple[Path, int]] = {}
+        self.overrun: list[float] = []
+        """each finished stage's seconds over its estimate"""
         self.home = str(work / "home")
 
     # --- helpers
@@ -262,6 +264,8 @@ class Checker:
         return self.models[key]
 
     def fits(self, what: str, est_s: float) -> bool:
+        # the estimates are scaled by how the stages so far compared with theirs (a slower GPU, a busier disk)
+        est_s *= max(0.5, float(np.median(self.overrun))) if self.overrun else 1.0
         if self.elapsed() + est_s > self.args.time_budget_s:
             self.skipped.append(f"{what}: skipped, it would exceed --time-budget-s {self.args.time_budget_s:g} "
                                 f"({self.elapsed():.0f} s used, ~{est_s:.0f} s needed)")
@@ -297,6 +301,8 @@ class Checker:
             row["traceback"] = traceback.format_exc(limit=6)
             print(f"[gpu_check] {stage} {size} FAILED: {row['error']}", flush=True)
         row["stage_s"] = time.perf_counter() - t
+        row["estimated_s"] = est_s
+        self.overrun.append(row["stage_s"] / est_s)
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30 if self.cuda else None
         row.update(self.verdict(row))
         self.rows.append(row)
@@ -344,8 +350,11 @@ class Checker:
     # --- the pillars
 
     def lm_est(self, size: str) -> float:
-        """Rough seconds of one LM stage (work + loading and saving), for the time budget."""
-        return self.plan.stage_s + {"tiny": 3, "smollm2-135m": 8, "qwen2.5-0.5b": 12, "qwen2.5-1.5b": 25}[size]
+        """Rough seconds of one LM stage (work + loading and saving; + building the model the first time), for the
+        time budget."""
+        build = {"tiny": 1, "smollm2-135m": 3, "qwen2.5-0.5b": 5, "qwen2.5-1.5b": 10}[size]
+        load = {"tiny": 3, "smollm2-135m": 8, "qwen2.5-0.5b": 12, "qwen2.5-1.5b": 25}[size]
+        return self.plan.stage_s + load + (0 if size in self.models else build)
 
     def sft_rows(self, n: int, seq: int) -> list[dict]:
         # completions longer than the context: the trainer truncates them, so every row is exactly ``seq`` tokens
@@ -359,10 +368,10 @@ class Checker:
         from superalign.rlhf.jobs import DPOJob, RMJob, SFTJob, run_dpo, run_rm, run_sft
 
         p = self.plan
-        folder, n_params = self.model(size)
         common = dict(home=self.home, progress=False, device=self.device, dtype=self.dtype)
 
         def sft():
+            folder, n_params = self.model(size)
             steps = p.steps(6 * n_params * p.batch * p.seq)
             data = write_jsonl(self.work / f"sft-{size}.jsonl", self.sft_rows(steps * p.batch, p.seq))
             r = run_sft(SFTJob(policy=f"hf:{folder}", data=str(data), batch_size=p.batch, max_len=p.seq, epochs=1,
@@ -371,6 +380,7 @@ class Checker:
             return r, r["metrics"]["wall_s"], 6.0 * n_params * r["metrics"]["tokens"]
 
         def rm():
+            folder, n_params = self.model(size)
             pairs = max(2, p.batch // 2)  # 2 sequences per pair: the same tokens per step as SFT
             steps = p.steps(6 * n_params * 2 * pairs * p.seq)
             data = write_jsonl(self.work / f"rm-{size}.jsonl", self.pair_rows(steps * pairs + 2, p.seq))
@@ -380,6 +390,7 @@ class Checker:
             return r, r["metrics"]["wall_s"], 6.0 * n_params * r["metrics"]["tokens"]
 
         def dpo():
+            folder, n_params = self.model(size)
             pairs = max(2, p.batch // 2)
             steps = p.steps(8 * n_params * 2 * pairs * p.seq)  # policy forward+backward, reference forward
             data = write_jsonl(self.work / f"dpo-{size}.jsonl", self.pair_rows(steps * pairs, p.seq))
@@ -398,16 +409,16 @@ class Checker:
             if path and Path(path).is_dir() and str(self.work) in str(Path(path).resolve()):
                 shutil.rmtree(path, ignore_errors=True)
 
-    def run_interp(self, size: str, sae_only_cache: str | None = None) -> None:
+    def run_interp(self, size: str) -> None:
         from superalign.interp.jobs import CacheJob, SAEJob, run_cache, run_sae
 
         p = self.plan
-        folder, n_params = self.model(size)
         n_layers, d = SHAPES[size][1]["num_hidden_layers"], SHAPES[size][1]["hidden_size"]
         common = dict(home=self.home, progress=False, device=self.device, dtype=self.dtype)
         state: dict = {}
 
         def cache():
+            folder, n_params = self.model(size)
             n_texts = p.cache_texts(n_params)
             texts = write_jsonl(self.work / f"texts-{size}.jsonl",
                                 [{"text": self.words.text(p.seq)} for _ in range(n_texts)])
@@ -434,9 +445,9 @@ class Checker:
         from superalign.w2s import W2SConfig, sweep
 
         p = self.plan
-        folder, n_params = self.model(size)
 
         def w2s():
+            folder, n_params = self.model(size)
             # two full finetunes (ceiling on gold labels, student on weak labels) of ~stage_s/2 each
             per = p.steps(6 * n_params * p.w2s_batch * p.w2s_len) * p.w2s_batch
             # the student trains on the weak-label split (0.4 of the rows); w2s needs at least 40 rows
@@ -601,12 +612,10 @@ def main(argv=None) -> int:
         for i, size in enumerate(sizes):
             for pillar in lm_pillars:
                 getattr(chk, f"run_{pillar}")(size)
-            if i == 0:  # after the headline size, before the others: the agreement check is short and essential
+            if i == 0:  # after the headline size, before the others: short and essential
                 agreement = chk.agreement()
-        if "oversight" in args.pillars:
-            chk.run_oversight()
-        if agreement is None:
-            agreement = chk.agreement()
+                if "oversight" in args.pillars:
+                    chk.run_oversight()
         result = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
                   "device": args.device, "dtype": chk.dtype,
                   "device_name": torch.cuda.get_device_name() if chk.cuda else "cpu",
