@@ -156,6 +156,7 @@ def test_real_job_through_cli_then_all_cached(tmp_path, capsys):
     first = json.loads(path.read_text())
     assert first["n_done"] == 4 and first["grid"] == {"k": [3, 4], "seed": [0, 1]}
     assert all(r["wall_s"] > 0 and 0 <= r["metrics"]["judge_acc"] <= 1 for r in first["rows"])
+    assert all((Path(r["artefacts"]["judge"]) / "model.safetensors").exists() for r in first["rows"])
     finished = {r["id"]: r["finished_at"] for r in runs}
 
     assert main(argv) == 0  # rerun: every cell from the store, nothing recomputed
@@ -188,3 +189,50 @@ def test_ray_executor(toy, tmp_path):
     assert sorted(r["status"] for r in store.list(kind="toy-run")) == ["done", "done", "failed"]
     local = sweep_job("toy", "run", {"x": [1, 3]}, home=str(home), progress=False)
     assert [r["status"] for r in local.rows] == ["cached", "cached"]
+
+
+TWO_SWEEPS = """
+import os, sys, time
+from dataclasses import dataclass
+from superalign.pillars import Job, Pillar, RunKind, register_pillar
+from superalign.runs.jobs import JobBase, _f, run_job
+from superalign.runs.sweep import sweep_job
+
+@dataclass
+class SlowJob(JobBase):
+    x: int = _f(0, "a cell")
+
+def run_slow(job):
+    def body(store, out):
+        with open(os.environ["SWEEP_LOG"], "a") as f:
+            f.write(f"{job.x} {os.getpid()}\\n")
+        time.sleep(1.5)
+        return {"y": job.x}, {}
+    return run_job("slow-run", job, body)
+
+register_pillar(Pillar(name="slow", title="Slow", help="two sweeps at once",
+                       jobs=(Job("run", SlowJob, run_slow, help="a slow job"),), kinds=(RunKind("slow-run"),)))
+res = sweep_job("slow", "run", {"x": [0, 1, 2, 3]}, home=sys.argv[1], progress=False)
+print(" ".join(r["status"] for r in res.rows))
+"""
+
+
+@pytest.mark.slow  # two processes each import torch (the job's device is resolved): ~20 s on a busy machine
+def test_two_identical_sweeps_at_once_compute_each_cell_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "sweep_twice.py"
+    script.write_text(TWO_SWEEPS)
+    env = {**os.environ, "SWEEP_LOG": str(tmp_path / "computed.log")}
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "h")], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    statuses = [out.split() for out, _ in outs]
+    computed = sorted(int(line.split()[0]) for line in (tmp_path / "computed.log").read_text().splitlines())
+    assert computed == [0, 1, 2, 3]  # every cell computed once, by one of the two sweeps
+    for cell in range(4):  # the other sweep took that cell's finished run from the store
+        assert sorted(s[cell] for s in statuses) == ["cached", "done"], statuses
+    assert [r["status"] for r in RunStore(tmp_path / "h").list(kind="slow-run")] == ["done"] * 4

@@ -255,19 +255,19 @@ def expand_grid(spec: _JobSpec, grid: Mapping[str, Sequence[Any]], fixed: Mappin
     for combo in itertools.product(*(vals for _, _, vals in axes)):
         values = {name: v for (name, _, _), v in zip(axes, combo)}
         given = {**fixed_dests, **{dest: v for (_, dest, _), v in zip(axes, combo)}}
-        label = " ".join(f"{k}={_show(v)}" for k, v in values.items())
+        cell = Cell(values, None)
         try:
-            cfg = from_args(spec.config_class, argparse.Namespace(**given))
-            if hasattr(cfg, "placement"):  # an absent device is refused now, not after the first cells ran
-                cfg.placement()
+            cell.config = from_args(spec.config_class, argparse.Namespace(**given))
+            if hasattr(cell.config, "placement"):  # an absent device is refused now, not after the first cells ran
+                cell.config.placement()
         except (SuperalignError, ValueError, TypeError) as e:
-            raise SuperalignError(f"sweep cell {label}: {e}".rstrip(".")) from None
-        cells.append(Cell(values, cfg))
+            raise SuperalignError(f"sweep cell {cell.label}: {e}".rstrip(".")) from None
+        cells.append(cell)
     return cells, {name: vals for name, _, vals in axes}, fixed_dests
 
 
 # ------------------------------------------------------------------------------------------------- running one cell
-RECORD_KEYS = ("id", "kind", "status", "metrics", "compute", "error")
+RECORD_KEYS = ("id", "kind", "status", "metrics", "artefacts", "compute", "error")
 
 
 def _record_of(result: Any) -> tuple[dict | None, bool]:
@@ -331,7 +331,7 @@ def run_cell(cfg: Any, run_ref: Any, kinds: Sequence[str], cwd: str | None = Non
 @dataclass
 class SweepResult:
     """One row per cell (``cell`` values, ``status`` done/cached/failed, ``run_id``, ``kind``, headline
-    ``metrics``, ``wall_s``, ``error``), the summary file, and the table printed by the CLI."""
+    ``metrics``, ``wall_s``, ``artefacts``, ``error``), the summary file, and the table printed by the CLI."""
 
     pillar: str
     job: str
@@ -383,6 +383,7 @@ def _row(cell: Cell, outcome: dict) -> dict:
             "run_id": rec.get("id") if rec else None, "kind": rec.get("kind") if rec else None,
             "metrics": dict(headline_metrics(rec)) if rec and status != "failed" else {},
             "wall_s": ((rec.get("compute") or {}).get("wall_s") if rec else None),
+            "artefacts": (rec.get("artefacts") or {}) if rec and status != "failed" else {},
             "error": outcome.get("error"), **({"traceback": outcome["traceback"]}
                                               if outcome.get("traceback") else {})}
 
