@@ -26,8 +26,9 @@ def test_cache_matches_hidden_states(fixture, request, tmp_path):
     # each row is the hidden state of that text's token at that position, computed alone (no padding effects)
     for doc in range(len(TEXTS)):
         enc = tok(TEXTS[doc], return_tensors="pt")
-        with torch.no_grad():
-            h = model(**enc, output_hidden_states=True).hidden_states[2][0]
+        with torch.no_grad():  # the cache passes ids and mask only (token_type_ids would shift GPT-2's embeddings)
+            h = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                      output_hidden_states=True).hidden_states[2][0]
         rows = c.doc == doc
         assert c.tokens[rows].tolist() == enc["input_ids"][0].tolist()
         assert torch.allclose(c.acts[rows][c.pos[rows].argsort()], h, atol=1e-4)

@@ -20,7 +20,10 @@ from typing import NamedTuple
 import torch
 
 from ..errors import SuperalignError
+from ..models.lm import right_pad
+from ..models.registry import model_params
 from ..runs.files import pid_alive, write_json_atomic
+from ..runs.ledger import add_flops
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class ActivationCache(NamedTuple):
     """model, hook, d, shards"""
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def cache_activations(model, tok, texts: list[str], hook: str, out_dir: str | Path, model_name: str = "",
                       max_length: int = 128, batch_size: int = 32, shard_tokens: int = 262_144,
                       dtype: torch.dtype = torch.float32, progress: bool = True) -> Path:
@@ -79,12 +82,20 @@ def cache_activations(model, tok, texts: list[str], hook: str, out_dir: str | Pa
                               "wait for it to finish (or stop it), then run again") from None
     try:
         remove_stale_temporaries(out_dir)
+        param = next(model.parameters())
+        device = param.device
+        on_cuda = device.type == "cuda"
         fingerprint = {"model": model_name, "weights": _weights_digest(model), "texts": _texts_digest(texts),
                        "hook": hook, "max_length": max_length, "batch_size": batch_size,
-                       "shard_tokens": shard_tokens, "dtype": str(dtype)}
+                       "shard_tokens": shard_tokens, "dtype": str(dtype), "model_dtype": str(param.dtype),
+                       "order": "token-length"}
         done = _resume(work, fingerprint)
         model.eval()
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # length-sorted batches: little padding
+        # the corpus tokenized once; batches of similar token length (little padding), shortest first
+        ids = tok(texts, truncation=True, max_length=max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0  # masked out: any id will do
+        flops_per_token = lm_flops(model, 1)  # forward only, every block of the model (no LM head: none runs)
         buf: dict[str, list[torch.Tensor]] = {"acts": [], "tokens": [], "doc": [], "pos": []}
         shards = [s["name"] for s in done["shards"]]
         n_buf, total, d = 0, sum(s["tokens"] for s in done["shards"]), done.get("d")
@@ -94,6 +105,8 @@ def cache_activations(model, tok, texts: list[str], hook: str, out_dir: str | Pa
             nonlocal n_buf
             if not n_buf:
                 return
+            if on_cuda:  # the asynchronous copies into pinned memory must have landed: one sync per shard
+                torch.cuda.synchronize(device)
             name = f"shard_{len(shards):05d}.safetensors"
             tmp = work / f".{name}.{os.getpid()}.tmp"
             try:
@@ -113,20 +126,29 @@ def cache_activations(model, tok, texts: list[str], hook: str, out_dir: str | Pa
         for bi in tqdm(range(first, len(batches)), desc=f"cache {hook}", disable=not progress,
                        initial=first, total=len(batches)):
             idx = order[batches[bi]:batches[bi] + batch_size]
-            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_length)
-            out = model(**{k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")},
-                        output_hidden_states=True)
+            # right-padded, so positions count from each text's start without position ids
+            input_ids, attention_mask = right_pad([ids[i] for i in idx], pad_id)
+            mask = attention_mask.bool()  # on the host: which rows to keep is known without asking the device
+            keep = mask.reshape(-1).nonzero().squeeze(1)
+            n = len(keep)
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if on_cuda:
+                inputs = {k: v.pin_memory().to(device, non_blocking=True) for k, v in inputs.items()}
+            out = model(**inputs, output_hidden_states=True)
             h = out.hidden_states[layer]
-            mask = enc["attention_mask"].bool()
             d = h.shape[-1]
-            pos = (enc["attention_mask"].cumsum(1) - 1)
-            buf["acts"].append(h[mask].to(dtype))
-            buf["tokens"].append(enc["input_ids"][mask])
+            rows = h.reshape(-1, d).index_select(0, keep.to(device, non_blocking=True)).to(dtype)
+            if on_cuda:  # device → pinned host copy, asynchronous: the next batch starts while it runs
+                host = torch.empty(rows.shape, dtype=dtype, pin_memory=True)
+                host.copy_(rows, non_blocking=True)
+                rows = host
+            buf["acts"].append(rows)
+            buf["tokens"].append(input_ids[mask])
             buf["doc"].append(torch.tensor(idx).unsqueeze(1).expand_as(mask)[mask])
-            buf["pos"].append(pos[mask])
-            n_buf += int(mask.sum())
-            total += int(mask.sum())
+            buf["pos"].append((attention_mask.cumsum(1) - 1)[mask])
+            add_flops(flops_per_token * n, tokens=n, stage="cache")
+            n_buf += n
+            total += n
             if n_buf >= shard_tokens:
                 flush(bi + 1)
         flush(len(batches))
@@ -140,6 +162,23 @@ def cache_activations(model, tok, texts: list[str], hook: str, out_dir: str | Pa
         return out_dir
     finally:
         lock.release()
+
+
+def lm_flops(model, tokens: int, logits: int | None = None) -> float:
+    """Forward FLOPs of a transformer over ``tokens`` positions, ``logits`` of which (default: all) go through the
+    output head: 2·(non-embedding parameters)·tokens + 2·(head parameters)·logits. A head tied to the input
+    embedding is still a matmul that runs, so it counts; a model without a head (AutoModel) has none."""
+    body = model_params(model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_n = 0
+    if head is not None and getattr(head, "weight", None) is not None:
+        names = [name for name, p in model.named_parameters() if p is head.weight]
+        if not names or any(k in names[0] for k in ("embed", "wte", "wpe")):  # tied: model_params left it out
+            head_n = head.weight.numel()
+        else:
+            body -= head.weight.numel()  # untied: counted by the logits, not by every position
+            head_n = head.weight.numel()
+    return 2.0 * body * tokens + 2.0 * head_n * (tokens if logits is None else logits)
 
 
 PROGRESS = "progress.json"

@@ -114,6 +114,17 @@ def _without_permissions(key: dict) -> dict:
     return key
 
 
+def llm_options(job: ExplainJob | ScoreJob, spec: str) -> dict:
+    """:func:`~superalign.interp.llm.make_llm`'s keyword arguments for a job: an HTTP endpoint's options, or a local
+    model's device and precision (the job's ``--device``/``--dtype``; the weights load in that dtype)."""
+    from .llm import http_llm_options, is_http_spec
+
+    if is_http_spec(spec):
+        return http_llm_options(spec, job.home, job.llm_concurrency, job.allow_insecure_http)
+    device, precision = job.placement()
+    return {"device": device, "dtype": precision, "trust_remote_code": job.trust_remote_code}
+
+
 def choose_units(acts: torch.Tensor, sae, n: int, seed: int, batch_size: int = 8192) -> list[int]:
     """``n`` random live units (active on at least one cached token), sorted."""
     if sae is None:
@@ -146,9 +157,8 @@ def run_explain(job: ExplainJob) -> dict:
     # the cached model's tokenizer (records decode its token ids); an encoder's may have no EOS
     tok = load_tokenizer(cache.meta.get("model", ""), job.home, job.trust_remote_code, require_eos=False)
     if job.explainer != "token-lookup":
-        from .llm import http_llm_options, make_llm
-        llm = make_llm(job.explainer, **http_llm_options(job.explainer, job.home, job.llm_concurrency,
-                                                         job.allow_insecure_http))
+        from .llm import make_llm
+        llm = make_llm(job.explainer, **llm_options(job, job.explainer))
         explainer = LLMExplainer(llm, max_new_tokens=job.max_new_tokens)
     else:
         explainer = TokenLookupExplainer()
@@ -252,8 +262,8 @@ def run_score(job: ScoreJob) -> dict:
         or any(s in ("detection", "fuzzing") for s in job.scorers)
     llm = None
     if needs_llm:
-        from .llm import http_llm_options, make_llm
-        llm = make_llm(job.llm, **http_llm_options(job.llm, job.home, job.llm_concurrency, job.allow_insecure_http))
+        from .llm import make_llm
+        llm = make_llm(job.llm, **llm_options(job, job.llm))
     sim = make_simulator(job.simulator, llm) if "simulation" in job.scorers else None
     embed = TextEmbedder(job.embedder, trust_remote_code=job.trust_remote_code) if "embedding" in job.scorers else None
 

@@ -157,6 +157,7 @@ def _corpus_ref(texts: str, fingerprint: bool = False) -> str:
 
 def run_cache(job: CacheJob) -> dict:
     from ..models import resolve_model
+    from ..models.placement import resolve_dtype
     from ..models.registry import load_config, load_hf
     from .activations import cache_activations, parse_hook, repair_cache_run
 
@@ -167,12 +168,17 @@ def run_cache(job: CacheJob) -> dict:
     cfg = load_config(spec, job.trust_remote_code)
     parse_hook(job.hook, getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)  # fail before writing
 
+    device, precision = job.placement()  # an absent device is a one-line error before anything is written
+
     def body(store, out):
-        tok, model, _ = load_hf(spec, job.trust_remote_code)
+        # inference only: the weights load directly in the run's precision, on its device; the activations are
+        # stored in that same precision (bf16 activations stay bf16 on disk: half the size, nothing lost)
+        tok, model, _ = load_hf(spec, job.trust_remote_code, device=device, dtype=precision)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token or tok.unk_token
         folder = cache_activations(model, tok, texts, job.hook, out / "acts", model_name=job.model,
-                                   max_length=job.max_length, batch_size=job.batch_size, progress=job.progress)
+                                   max_length=job.max_length, batch_size=job.batch_size, progress=job.progress,
+                                   dtype=resolve_dtype(precision))
         import json
         meta = json.loads((folder / "meta.json").read_text())
         # how to re-read the same corpus (doc i = texts[i]): run_sae needs the texts for loss recovered
@@ -234,7 +240,15 @@ def run_sae(job: SAEJob) -> dict:
         raise SuperalignError(f"the activation cache {job.cache} has {len(pool)} usable tokens: none left to train "
                               f"on after holding out --eval-frac {job.eval_frac}", "cache more texts")
 
+    device, precision = job.placement()  # an absent device is a one-line error before anything is written
+
     def body(store, out):
+        from ..runs.files import write_json_atomic
+        from ..train.distributed import Runtime
+
+        # under `accelerate launch` every process trains its share of each global batch; rank 0 evaluates and
+        # writes (run_job gives the others a scratch folder and returns rank 0's record)
+        rt = Runtime.create(job.device, job.dtype)
         perm = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(job.seed))]
         n_eval = max(1, int(job.eval_frac * len(pool)))
         if job.architecture == "relu":
@@ -246,21 +260,27 @@ def run_sae(job: SAEJob) -> dict:
                                               aux_coef=job.aux_coef, dead_tokens=job.dead_tokens,
                                               multi_topk=job.multi_topk), seed=job.seed)
         train_cfg = SAETrainConfig(**{f.name: getattr(job, f.name) for f in dataclasses.fields(SAETrainConfig)})
-        fit = train_sae(sae, acts[perm[n_eval:]], train_cfg, progress=job.progress)
+        fit = train_sae(sae, acts[perm[n_eval:]], train_cfg, progress=job.progress and rt.is_main, rt=rt)
+        if not rt.is_main:
+            return {}, {}
         metrics = evaluate_sae(sae, acts[perm[:n_eval]])
         metrics |= {"train_fvu_last": fit.fvu[-1], "tokens_per_s": fit.tokens / fit.wall_s, "wall_s": fit.wall_s,
-                    "n_train": len(pool) - n_eval, "n_eval": n_eval}
+                    "n_train": len(pool) - n_eval, "n_eval": n_eval, "world_size": rt.world_size}
         if held_texts:
             from ..models.lm import load_lm
             from .loss_recovered import loss_recovered
 
+            # the LM in the run's precision on its device; the SAE (fp32 weights, same device) reconstructs from
+            # the LM's activations and its output is cast back to the LM's dtype at the splice
             tok, lm = load_lm(cache.meta["model"], trust_remote_code=job.trust_remote_code, require_eos=False,
-                              device="auto")
+                              device=rt.device, dtype=precision)
             metrics |= loss_recovered(lm, tok, sae, held_texts, cache.meta["hook"],
                                       max_length=cache.meta.get("max_length", 128), progress=job.progress).metrics()
         elif note:
             metrics["loss_recovered_skipped"] = note
         sae.save(out / "sae", meta={"model": cache.meta.get("model"), "hook": cache.meta.get("hook"),
                                     "cache": str(Path(job.cache))})
-        return metrics, {"sae": str(out / "sae")}
+        # the training curve (global-batch FVU and AuxK per step): comparable across devices and process counts
+        write_json_atomic(out / "train_curve.json", {"fvu": fit.fvu, "aux": fit.aux})
+        return metrics, {"sae": str(out / "sae"), "train_curve": str(out / "train_curve.json")}
     return run_job("interp-sae", job, body)

@@ -32,9 +32,11 @@ import numpy as np
 import torch
 
 from ..errors import SuperalignError
-from ..models.lm import left_pad, load_lm, model_inputs
-from ..models.placement import resolve_device
+from ..models.lm import left_pad, load_lm, model_inputs, sample
+from ..models.placement import resolve_device, resolve_precision
 from ..runs.files import write_json_atomic
+from ..runs.ledger import add_flops
+from .activations import lm_flops
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +118,12 @@ class HFLocalLLM(LLM):
     supports_next_token_logprobs = True
     supports_echo_logprobs = True
 
-    def __init__(self, model: str, device: str = "cpu", dtype: torch.dtype | str | None = None, batch_size: int = 8,
+    def __init__(self, model: str, device: str = "auto", dtype: torch.dtype | str | None = "auto", batch_size: int = 8,
                  trust_remote_code: bool = False, max_length: int | None = None):
         dev = resolve_device(device)  # 'auto' → a GPU when there is one
-        tok, lm = load_lm(model, trust_remote_code=trust_remote_code, dtype=dtype, device=dev)
+        # inference only: the weights load directly in the precision ('auto': bf16 on a GPU, fp32 on the CPU)
+        precision = dtype if isinstance(dtype, torch.dtype) else resolve_precision(dtype, dev)
+        tok, lm = load_lm(model, trust_remote_code=trust_remote_code, dtype=precision, device=dev)
         self._setup(tok, lm, model, str(dev), batch_size, max_length)
 
     @classmethod
@@ -209,25 +213,24 @@ class HFLocalLLM(LLM):
     @torch.inference_mode()
     def generate(self, prompts: list[Prompt], max_new_tokens: int = 128, temperature: float = 0.0,
                  stop: list[str] | None = None, seed: int = 0) -> list[str]:
-        """Batched ``model.generate`` (KV cache, early stop on EOS and stop strings). Sampling is plain
-        softmax(logits / temperature): the model's own top-k/top-p defaults are switched off. With temperature > 0
-        the samples depend on ``seed`` and on how prompts fall into batches."""
-        from transformers import GenerationConfig
-
+        """Batched sampling with a KV cache on the model's device (:func:`superalign.models.lm.sample`), cut at the
+        first EOS and stop string. Sampling is plain softmax(logits / temperature) (no top-k/top-p). With
+        temperature > 0 the samples depend on ``seed`` and on how prompts fall into batches."""
         seqs = [self._encode(self._render(p), reserve=max_new_tokens)[0] for p in prompts]
-        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {}
-        cfg = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
-                               stop_strings=stop or None, **sampling)
-        out = [""] * len(prompts)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for idx in self._batches(seqs):
-                ids, mask = left_pad([seqs[i] for i in idx], self.pad_id)
-                gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                          generation_config=cfg, tokenizer=self.tok)
-                for i, row in zip(idx, gen[:, ids.shape[1]:].tolist(), strict=True):
-                    end = next((k for k, t in enumerate(row) if t in self.eos_ids), len(row))
-                    out[i] = cut_at_stop(self.tok.decode(row[:end], skip_special_tokens=True), stop)
+        # a row stops at the tokenizer's EOS; other end-of-turn ids (chat models) are cut afterwards
+        eos = self.tok.eos_token_id if self.tok.eos_token_id is not None else self.eos_ids[0]
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        out, rows = [""] * len(prompts), {}
+        for idx in self._batches(seqs):
+            ids, mask = left_pad([seqs[i] for i in idx], self.pad_id)
+            resp = sample(self.model, ids.to(self.device), mask.to(self.device), max_new_tokens, temperature,
+                          eos_id=eos, pad_id=self.pad_id, generator=gen)
+            add_flops(lm_flops(self.model, ids.numel() + resp.numel()), tokens=ids.numel() + resp.numel(),
+                      stage="llm")
+            rows.update(zip(idx, resp.tolist(), strict=True))  # one copy to the host per batch
+        for i, row in rows.items():
+            end = next((k for k, t in enumerate(row) if t in self.eos_ids), len(row))
+            out[i] = cut_at_stop(self.tok.decode(row[:end], skip_special_tokens=True), stop)
         return out
 
     @torch.inference_mode()
@@ -238,6 +241,7 @@ class HFLocalLLM(LLM):
         for idx in self._batches(seqs):
             ids, mask = left_pad([seqs[i] for i in idx], self.pad_id)
             logits = self.model(**model_inputs(ids.to(self.device), mask.to(self.device)), logits_to_keep=1).logits
+            add_flops(lm_flops(self.model, ids.numel(), len(idx)), tokens=ids.numel(), stage="llm")
             out[idx] = logits[:, -1].float().log_softmax(-1)[:, cand].cpu().double().numpy()
         return out
 
@@ -266,6 +270,7 @@ class HFLocalLLM(LLM):
         logits = self.model(input_ids=torch.tensor([ids[n:]], device=self.device), past_key_values=kv,
                             use_cache=True, logits_to_keep=keep).logits[0]
         self._echo_kv = (ids, kv)
+        add_flops(lm_flops(self.model, len(ids) - n, len(rows)), tokens=len(ids) - n, stage="llm")
         return logits.float().log_softmax(-1)[:, cand].cpu().double().numpy().reshape(len(offsets), len(cand))
 
 

@@ -39,7 +39,9 @@ import torch.nn.functional as F
 
 from ..errors import SuperalignError
 from ..models.registry import is_causal_lm
-from .activations import parse_hook
+from ..runs.ledger import add_flops
+from .activations import lm_flops, parse_hook
+from .train_sae import sae_eval_flops_per_token
 
 # where the decoder blocks live, by architecture family (checked first; then a generic search)
 BLOCK_PATHS = ("transformer.h", "model.layers", "gpt_neox.layers", "model.decoder.layers", "transformer.blocks",
@@ -183,6 +185,7 @@ def loss_recovered(model, tok, sae, texts: list[str], hook: str, max_length: int
     splice = Splice()
     handles = attach(model, hook, splice)
     recon = _reconstruct(sae)
+    sae_flops = sae_eval_flops_per_token(sae) if hasattr(getattr(sae, "cfg", None), "n_latents") else 0.0
     sums = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0}
     n_tok = 0
     try:
@@ -206,6 +209,10 @@ def loss_recovered(model, tok, sae, texts: list[str], hook: str, max_length: int
                     _check_site(out.hidden_states, layer, splice.seen, mask, hook)
                 return F.log_softmax(out.logits[:, :-1][scored].float(), dim=-1)
 
+            # three forward passes (clean, spliced, zero-ablated) and the SAE on the spliced positions
+            n_spliced = int(enc["attention_mask"].sum()) - (len(ids) if skip_first else 0)  # host copy: no sync
+            add_flops(3 * lm_flops(model, ids.numel()) + sae_flops * n_spliced, tokens=3 * ids.numel(),
+                      stage="loss-recovered")
             lp_clean = logprobs(None, check=(b == 0))
             p_clean = lp_clean.exp()
             sums["ce_clean"] += float(-lp_clean.gather(1, targets[:, None]).sum())

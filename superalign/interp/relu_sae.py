@@ -40,8 +40,8 @@ from ..validate import check_nonnegative, help_field
 from .sae_base import (
     EncoderOutput,
     ForwardOutput,
+    GlobalBatch,
     SparseAutoencoder,
-    fvu,
     geometric_median,
     random_rows,
     register_architecture,
@@ -112,19 +112,23 @@ class ReLUSAE(SparseAutoencoder):
         """mean over the batch of Σ_j z_j · ‖W_dec,j‖, divided by l1_scale."""
         return (z @ self.W_dec.norm(dim=1)).mean() / self.l1_scale
 
-    def forward(self, x: torch.Tensor, track_dead: bool = True) -> ForwardOutput:
+    def forward(self, x: torch.Tensor, track_dead: bool = True, batch: GlobalBatch | None = None) -> ForwardOutput:
+        """As :meth:`superalign.interp.sae.TopKSAE.forward` (``batch``: this process's share of a data-parallel
+        global batch; the L1 term's batch mean is then over the global batch)."""
+        batch = batch if batch is not None else GlobalBatch.local(x)
         z = self.pre_acts(x)
         x_hat = z @ self.W_dec + self.b_pre
-        loss_fvu = fvu(x, x_hat)
-        l1 = self.l1_penalty(z)
+        loss_fvu, fvu_part = batch.share((x - x_hat).pow(2).sum() / batch.x_var)
+        l1, l1_part = batch.share((z @ self.W_dec.norm(dim=1).to(z.dtype)).sum() / (batch.rows * self.l1_scale))
+        self.extra_k = 0
         if track_dead and self.training:
             with torch.no_grad():
-                fired = (z > 0).any(0)
-                self.since_fired += x.shape[0]
-                self.since_fired[fired] = 0
+                fired = batch.sum((z > 0).sum(0)) > 0
+                self.since_fired.copy_(torch.where(fired, 0, self.since_fired + batch.rows))
         idx = torch.arange(self.cfg.n_latents, device=x.device).expand(x.shape[0], -1)
         # aux_loss carries the L1 term (detached: it is for logging; ``loss`` holds the differentiable one)
-        return ForwardOutput(x_hat, loss_fvu, l1.detach(), x.new_zeros(()), loss_fvu + self.cfg.l1_coef * l1, idx, z)
+        return ForwardOutput(x_hat, loss_fvu, l1.detach(), x.new_zeros(()), fvu_part + self.cfg.l1_coef * l1_part,
+                             idx, z)
 
     def latent_acts(self, x: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
         """Activation of each requested latent on each input, [B, len(latents)] (all latents: [B, n_latents]).

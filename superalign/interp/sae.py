@@ -28,6 +28,7 @@ from ..validate import check_int, check_nonnegative, help_field
 from .sae_base import (  # noqa: F401  (re-exported: superalign.interp.sae is the public home of these)
     EncoderOutput,
     ForwardOutput,
+    GlobalBatch,
     SparseAutoencoder,
     fvu,
     geometric_median,
@@ -104,40 +105,50 @@ class TopKSAE(SparseAutoencoder):
         """x̂ = Σ_j a_j · W_dec[i_j] + b_pre, computed sparsely (embedding_bag forward, sparse backward; any order)."""
         return sparse_decode(top_acts, top_indices, self.W_dec) + self.b_pre
 
-    def forward(self, x: torch.Tensor, track_dead: bool = True) -> ForwardOutput:
+    def forward(self, x: torch.Tensor, track_dead: bool = True, batch: GlobalBatch | None = None) -> ForwardOutput:
+        """Reconstruction and losses of a batch. ``batch`` (see :class:`GlobalBatch`): ``x`` is this process's share
+        of a data-parallel global batch; the returned ``fvu``/``aux_loss``/``multi_topk_fvu`` are then the global
+        batch's (detached), ``loss`` this process's share for DDP, and dead-latent tracking counts every process's
+        firings, so all processes agree on which latents are dead."""
         cfg = self.cfg
+        batch = batch if batch is not None else GlobalBatch.local(x)
         xc = x - self.b_pre
         # the [B, n] pre-activations once, without a graph and without the dense ReLU (top-k values are ReLU'd)
         top_acts, top_idx, pre = topk_encode(xc, self.W_enc, self.b_enc, cfg.k, dense_relu=False)
         x_hat = sparse_decode(top_acts, top_idx, self.W_dec, check=False) + self.b_pre
-        loss_fvu = fvu(x, x_hat)
+        loss_fvu, loss = batch.share((x - x_hat).pow(2).sum() / batch.x_var)
         zero = x.new_zeros(())
         aux = zero
+        self.extra_k = 0  # latents gathered beyond the k (AuxK, Multi-TopK) in this pass: the trainer's FLOP count
         if track_dead and self.training:
-            with torch.no_grad():
-                fired = torch.zeros_like(self.since_fired, dtype=torch.bool)
-                fired[top_idx[top_acts > 0]] = True
-                self.since_fired += x.shape[0]
-                self.since_fired[fired] = 0
+            with torch.no_grad():  # scatter, not boolean indexing: no host sync
+                fired = torch.zeros_like(self.since_fired).scatter_add_(0, top_idx.reshape(-1),
+                                                                        (top_acts > 0).reshape(-1).long())
+                fired = batch.sum(fired) > 0
+                self.since_fired.copy_(torch.where(fired, 0, self.since_fired + batch.rows))
         dead = self.since_fired >= cfg.dead_tokens
         if cfg.aux_coef > 0 and self.training and bool(dead.any()):
             dead_idx = dead.nonzero().squeeze(1)  # only dead latents may explain the residual
             k_aux = min(cfg.aux_k or cfg.d_in // 2, len(dead_idx))
+            self.extra_k += k_aux
             with torch.no_grad():
                 j = pre.index_select(1, dead_idx).topk(k_aux, dim=-1, sorted=False).indices.sort(dim=-1).values
             idx = dead_idx[j]  # ascending: dead_idx and j both are
             acts = gather_encode(xc, self.W_enc, self.b_enc, pre, idx)
             residual = (x - x_hat).detach()
             e_hat = sparse_decode(acts, idx, self.W_dec, check=False)
-            aux = (e_hat - residual).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum().clamp(min=1e-12)
-            aux = torch.nan_to_num(aux, nan=0.0)
+            aux, aux_part = batch.share((e_hat - residual).pow(2).sum() / batch.centred_sq(residual))
+            aux, aux_part = torch.nan_to_num(aux, nan=0.0), torch.nan_to_num(aux_part, nan=0.0)
+            loss = loss + cfg.aux_coef * aux_part
         multi = zero
         if cfg.multi_topk:
+            self.extra_k += cfg.multi_topk * cfg.k
             with torch.no_grad():
                 idx = pre.topk(cfg.multi_topk * cfg.k, dim=-1, sorted=False).indices.sort(dim=-1).values
             acts = gather_encode(xc, self.W_enc, self.b_enc, pre, idx)
-            multi = fvu(x, sparse_decode(acts, idx, self.W_dec, check=False) + self.b_pre)
-        loss = loss_fvu + cfg.aux_coef * aux + cfg.multi_topk_coef * multi
+            x_multi = sparse_decode(acts, idx, self.W_dec, check=False) + self.b_pre
+            multi, multi_part = batch.share((x - x_multi).pow(2).sum() / batch.x_var)
+            loss = loss + cfg.multi_topk_coef * multi_part
         return ForwardOutput(x_hat, loss_fvu, aux, multi, loss, top_idx, top_acts)
 
     @torch.no_grad()

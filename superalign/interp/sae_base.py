@@ -18,6 +18,7 @@ import importlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import NamedTuple
@@ -60,7 +61,61 @@ class ForwardOutput(NamedTuple):
 
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """Fraction of variance unexplained: Σ‖x − x̂‖² / Σ‖x − mean(x)‖² (mean over the batch, per dimension)."""
-    return (x - x_hat).pow(2).sum() / (x - x.mean(0, keepdim=True)).pow(2).sum().clamp(min=1e-12)
+    return (x - x_hat).pow(2).sum() / centred_sq(x)
+
+
+class GlobalBatch(NamedTuple):
+    """This process's rows of a training batch, and how its losses become the whole (global) batch's.
+
+    Under data parallelism every process draws the same global batch of ``rows`` inputs and computes a share of it;
+    DDP then averages the gradients over processes. A loss that is a sum over the global batch divided by a global
+    normaliser (FVU: Σ‖x − x̂‖² / Σ‖x − x̄‖²) is therefore split as (this process's sum / global normaliser) ×
+    ``scale`` (world size × weight, the factor of :meth:`superalign.train.distributed.Runtime.global_mean`), so
+    that the average is exactly one process's gradient for the global batch. Statistics that steer training (which
+    latents fired, the AuxK residual's variance) are summed over processes with ``all_sum`` so every process agrees.
+    One process: :meth:`local` (``all_sum`` None), and the formulas reduce to the plain ones."""
+
+    x_var: torch.Tensor
+    """Σ‖x − x̄‖² over the global batch (x̄ its mean), clamped away from 0: FVU's denominator"""
+    rows: int
+    """inputs in the global batch"""
+    scale: float = 1.0
+    """world size × weight: what this process's share of a loss is multiplied by for DDP's mean"""
+    weight: float = 1.0
+    """1, or 0 for a process that holds only a placeholder row of a batch smaller than the world"""
+    all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """sum of a tensor over processes (None: one process)"""
+
+    @classmethod
+    def local(cls, x: torch.Tensor) -> GlobalBatch:
+        """The whole batch in this one process."""
+        return cls(centred_sq(x), x.shape[0])
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Σ over processes of ``t`` (this process's part, weighted)."""
+        if self.all_sum is None:
+            return t
+        # a placeholder row contributes nothing; zeros_like keeps the dtype (every process must send the same)
+        return self.all_sum(t if self.weight else torch.zeros_like(t))
+
+    def share(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(global value, this process's differentiable share for the loss) of a quantity whose global value is the
+        sum over processes of ``local``."""
+        if self.all_sum is None:
+            return local, local
+        return self.sum(local.detach()), local * self.scale
+
+    def centred_sq(self, r: torch.Tensor) -> torch.Tensor:
+        """Σ‖r − r̄‖² over the global batch's rows of ``r`` (r̄ the global mean; two passes, both summed)."""
+        if self.all_sum is None:
+            return centred_sq(r)
+        mean = self.sum(r.sum(0)) / self.rows
+        return self.sum((r - mean).pow(2).sum()).clamp(min=1e-12)
+
+
+def centred_sq(x: torch.Tensor) -> torch.Tensor:
+    """Σ‖x − mean(x)‖² (mean over the batch, per dimension), clamped away from 0: FVU's denominator."""
+    return (x - x.mean(0, keepdim=True)).pow(2).sum().clamp(min=1e-12)
 
 
 def geometric_median(x: torch.Tensor, iters: int = 100, eps: float = 1e-6) -> torch.Tensor:
@@ -173,7 +228,8 @@ class SparseAutoencoder(torch.nn.Module):
         tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp / "sae.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                  str(tmp / "sae.safetensors"))
         (tmp / "cfg.json").write_text(json.dumps({"architecture": self.architecture, **asdict(self.cfg),
                                                   **({"meta": meta} if meta else {})}, indent=2))
         if folder.exists():

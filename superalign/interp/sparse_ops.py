@@ -22,8 +22,12 @@ benchmarks/sae_vs_sparsify.py). Unlike sparsify's fused encoder (whose backward 
 pre-activations), gradients of every gathered subset reach the encoder: AuxK and Multi-TopK gather their own
 latents through ``gather_encode`` and train the encoder exactly as the dense graph would.
 
-Only float32/float64 take the sparse path; other dtypes (and decoder calls whose indices repeat within a row) use
-the dense reference, which gives the same values.
+Only float32/float64 weights take the sparse path; other dtypes (and decoder calls whose indices repeat within a
+row) use the dense reference, which gives the same values. Under autocast (bf16/fp16 training with fp32 master
+weights) only the dense pre-activation matmul — the one O(B·n·d) product — runs in the low precision; the k gathered
+values are cast back to the weights' dtype and every sparse kernel (forward and backward) runs in fp32 with autocast
+off, so CSR products never see a dtype cuSPARSE lacks. Every kernel here runs on CUDA as on the CPU: indices are
+int64 throughout (topk's own dtype, and what torch's CSR tensors, ``embedding_bag`` and ``index_add_`` take).
 """
 
 from __future__ import annotations
@@ -65,6 +69,11 @@ def _sparse_ok(*ts: torch.Tensor) -> bool:
     return all(t.dtype in _SPARSE_DTYPES and t.device.type in ("cpu", "cuda") for t in ts)
 
 
+def _no_autocast(t: torch.Tensor):
+    """Autocast off for the sparse kernels (they run in the weights' fp32; see the module docstring)."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def strictly_increasing(idx: torch.Tensor) -> bool:
     """True when each row's indices are sorted and distinct (what a CSR row needs)."""
     return idx.shape[-1] < 2 or bool((idx[..., 1:] > idx[..., :-1]).all())
@@ -75,7 +84,8 @@ class _GatherEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xc, W, b, pre, idx):
-        vals = pre.gather(1, idx).clamp_(min=0)
+        # pre may be bf16/fp16 (the autocast matmul): the gathered values continue in the weights' dtype
+        vals = pre.gather(1, idx).to(W.dtype).clamp_(min=0)
         ctx.save_for_backward(xc, W, idx, vals)
         return vals
 
@@ -83,14 +93,16 @@ class _GatherEncode(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g):
         xc, W, idx, vals = ctx.saved_tensors
-        g = g.masked_fill(vals <= 0, 0.0)  # ReLU'(0) = 0, as torch's relu
+        g = g.to(W.dtype).masked_fill(vals <= 0, 0.0)  # ReLU'(0) = 0, as torch's relu
         gx = gW = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = F.embedding_bag(idx, W, per_sample_weights=g, mode="sum")  # G @ W
-        if ctx.needs_input_grad[1]:
-            gW = _csr_t(idx, g, W.shape[0]) @ xc
-        if ctx.needs_input_grad[2]:
-            gb = torch.zeros(W.shape[0], dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
+        with _no_autocast(W):
+            if ctx.needs_input_grad[0]:
+                gx = F.embedding_bag(idx, W, per_sample_weights=g, mode="sum")  # G @ W
+            if ctx.needs_input_grad[1]:
+                gW = _csr_t(idx, g, W.shape[0]) @ xc
+            if ctx.needs_input_grad[2]:
+                gb = torch.zeros(W.shape[0], dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1),
+                                                                                       g.reshape(-1))
         return gx, gW, gb, None, None
 
 
@@ -99,20 +111,23 @@ class _SparseDecode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, acts, idx, W):
+        acts = acts.to(W.dtype)
         ctx.save_for_backward(acts, idx, W)
-        return F.embedding_bag(idx, W, per_sample_weights=acts, mode="sum")  # Z @ W
+        with _no_autocast(W):
+            return F.embedding_bag(idx, W, per_sample_weights=acts, mode="sum")  # Z @ W
 
     @staticmethod
     @once_differentiable
     def backward(ctx, go):
         acts, idx, W = ctx.saved_tensors
-        go = go.contiguous()
+        go = go.to(W.dtype).contiguous()
         ga = gW = None
-        if ctx.needs_input_grad[0]:
-            pattern = _csr(idx, torch.zeros_like(acts), W.shape[0])
-            ga = torch.sparse.sampled_addmm(pattern, go, W.T, beta=0.0).values().view_as(acts)
-        if ctx.needs_input_grad[2]:
-            gW = _csr_t(idx, acts, W.shape[0]) @ go
+        with _no_autocast(W):
+            if ctx.needs_input_grad[0]:
+                pattern = _csr(idx, torch.zeros_like(acts), W.shape[0])
+                ga = torch.sparse.sampled_addmm(pattern, go, W.T, beta=0.0).values().view_as(acts)
+            if ctx.needs_input_grad[2]:
+                gW = _csr_t(idx, acts, W.shape[0]) @ go
         return ga, None, gW
 
 
@@ -120,9 +135,9 @@ def gather_encode(xc: torch.Tensor, W: torch.Tensor, b: torch.Tensor, pre: torch
                   idx: torch.Tensor) -> torch.Tensor:
     """relu(xc @ Wᵀ + b) at columns idx [B, m] (strictly increasing per row), differentiable in xc, W and b.
 
-    ``pre`` holds xc @ Wᵀ + b (with or without the ReLU) computed without a graph; only the gathered entries are
-    differentiated, with a sparse backward."""
-    if not _sparse_ok(xc, W, b, pre):
+    ``pre`` holds xc @ Wᵀ + b (with or without the ReLU) computed without a graph, in any float dtype (bf16 under
+    autocast); only the gathered entries are differentiated, with a sparse backward."""
+    if not (_sparse_ok(xc, W, b) and pre.is_floating_point()):
         return F.relu(xc @ W.T + b).gather(1, idx)
     return _GatherEncode.apply(xc, W, b, pre, idx)
 
@@ -147,7 +162,7 @@ def sparse_decode(acts: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, check:
 
     With ``check`` (the default) indices in any order are accepted and rows with repeated indices fall back to the
     dense reference; ``check=False`` trusts that each row is strictly increasing (as ``topk_encode`` returns)."""
-    if not _sparse_ok(acts, W):
+    if not (_sparse_ok(W) and acts.is_floating_point()):
         return torch.einsum("bk,bkd->bd", acts, W[idx])
     if check and not strictly_increasing(idx):
         idx, order = idx.sort(dim=-1)
