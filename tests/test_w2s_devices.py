@@ -86,6 +86,8 @@ def test_feature_cache_is_per_dtype_and_stays_fp32(tmp_path, tiny_bert):
     assert f32.dtype == np.float32 and b16.dtype == np.float32
     assert len(list((tmp_path / "features").iterdir())) == 2  # two keys: a bf16 feature never answers for fp32
     assert not np.array_equal(f32, b16) and np.allclose(f32, b16, atol=0.1)
+    # a process's own torch.device, as Accelerate names it ('cpu:0'), is taken as it is
+    assert np.array_equal(encode_texts(spec, TEXTS[:6], None, progress=False, device=torch.device("cpu", 0)), f32)
 
 
 # ------------------------------------------------------------------------------------------------ losses

@@ -131,8 +131,9 @@ def encode_texts(spec: ModelSpec, texts: list[str], cache_dir: str | Path | None
         raise SuperalignError("no texts to encode", "check the task")
     from .placement import resolve_device, resolve_precision
 
-    device = resolve_device(device)
-    precision = resolve_precision(dtype, device)
+    # a torch.device is taken as it is (Accelerate names a process's CPU 'cpu:0', which --device does not accept)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    precision = resolve_precision(dtype, device.type)
     stats = stats if stats is not None else EncodeStats()
     digests = [text_digest(t) for t in texts]
     store = None
@@ -149,8 +150,8 @@ def encode_texts(spec: ModelSpec, texts: list[str], cache_dir: str | Path | None
     if todo:
         full = ModelSpec(spec.name, spec.kind, spec.path, None)
         t0, c0 = time.perf_counter(), time.process_time()
-        tok, model, causal = load_hf(full, trust_remote_code=trust_remote_code, device=device, dtype=precision)
-        model.eval()
+        tok, model, causal = load_hf(full, trust_remote_code=trust_remote_code, dtype=precision)
+        model.eval().to(device)
         n_params = model_params(model)
         out = []
         n_trunc = 0

@@ -379,7 +379,8 @@ class Experiment:
         is a :class:`~superalign.runs.ledger.Ledger` summary, like every job's (FLOPs per stage under ``flops``),
         plus ``cached_stages`` and the student's ``history``."""
         rt = self.rt
-        with open_ledger(str(rt.device), rt.precision, rt.world_size) as ledger:
+        device = "cpu" if rt.device.type == "cpu" else str(rt.device)  # Accelerate calls a process's CPU 'cpu:0'
+        with open_ledger(device, rt.precision, rt.world_size) as ledger:
             m, preds, stage_flops, cached, history, tokens = self._run_cell(cell)
             if rt.world_size > 1:  # each process counted the work it did: the run's are the sums
                 stage_flops = {k: rt.all_sum(v) for k, v in stage_flops.items()}

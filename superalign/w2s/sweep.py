@@ -105,7 +105,8 @@ def _record_group(exp: Experiment, group_id: str, group_cfg: dict, res: W2SResul
     enc = dataclasses.asdict(exp.encode_stats)
     rt = exp.rt
     compute = {"encode": enc, "wall_s": res.wall_s, "device_s": res.wall_s * rt.world_size,
-               "device": str(rt.device), "dtype": rt.precision, "world_size": rt.world_size,
+               "device": "cpu" if rt.device.type == "cpu" else str(rt.device), "dtype": rt.precision,
+               "world_size": rt.world_size,
                "flops_total": enc.get("flops", 0.0) + sum(r["compute"].get("flops_total") or 0.0
                                                           for r in res.records)}
     exp.store.record(group_id, "w2s-sweep", group_cfg, {"rows": res.rows, "n_runs": len(ids), "n_new": n_new},
