@@ -339,7 +339,7 @@ class Checker:
         if target is None:
             return {"target": None, "result": "error" if "error" in row else "—"}
         measure, threshold = target
-        text = f"{measure.replace('_', ' ')} ≥ {threshold:.0%}"
+        text = f"MFU fit ≥ {threshold:.0%}" if measure == "mfu_fit" else f"≥ {threshold:.0%} of matmul peak"
         if "error" in row:
             return {"target": text, "result": "error"}
         if not self.cuda:
@@ -554,11 +554,15 @@ def _fmt(v, kind: str) -> str:
     return str(v)
 
 
+def _flops(v: float) -> str:
+    return f"{v / 1e12:.1f} TFLOP/s" if v >= 1e12 else f"{v / 1e9:.1f} GFLOP/s"
+
+
 def markdown(result: dict) -> str:
     head = ["pillar", "stage", "size", "tokens", "tokens/s", "peak mem GiB", "MFU fit", "MFU run", "target", "result",
             "note"]
     lines = [f"GPU check on {result['device_name']} ({result['dtype']}), {result['elapsed_s']:.0f} s; "
-             f"measured matmul peak {result['matmul_peak_flops'] / 1e12:.3g} TFLOP/s; MFU fit = the training "
+             f"measured matmul peak {_flops(result['matmul_peak_flops'])}; MFU fit = the training "
              "(caching) FLOPs over the trainer's own wall time, MFU run = all FLOPs over the whole run",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
@@ -574,8 +578,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {a['check']} | {a.get('steps', '—')} | "
                      f"{a['max_rel_diff']:.2e} | {a['tolerance']:g} | {a['result']} |" if "max_rel_diff" in a
                      else f"| {a['check']} | — | — | — | {a['result']} |")
-    for s in result["skipped"]:
-        lines.append(f"\n- {s}")
+    if result["skipped"]:
+        lines += ["", *(f"- {s}" for s in result["skipped"])]
     return "\n".join(lines)
 
 
