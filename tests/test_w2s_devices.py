@@ -54,6 +54,15 @@ def test_unknown_dtype_is_refused(tmp_path, capsys):
     assert e.value.code == 2 and not (tmp_path / "h").exists()
 
 
+def test_ray_under_accelerate_launch_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SuperalignError, match="--executor ray"):
+        w2s.sweep(executor="ray", home=str(tmp_path / "h"), weak=["bow"], strong=["minilm-l1"], loss=["xent"],
+                  seed=[0], progress=False)
+    assert not (tmp_path / "h").exists()
+
+
 # ------------------------------------------------------------------------------------------------ identities
 
 def _keys(**kw):
