@@ -42,6 +42,9 @@ Targets (issue 12, bf16 on an H100/H200): SFT/RM/DPO ≥ 35% MFU at 0.5B; activa
 ≥ 30% of the matmul peak. CPU-vs-CUDA agreement: the same SFT and SAE jobs for a few steps on the CPU in fp32 and on
 CUDA in fp32 (loss curves within 1e-3 relative) and bf16 (within 2e-2).
 
+Status: written and tested on the CPU only (``--device cpu --sizes tiny --quick``, tests/test_gpu_check.py); it has
+not yet run on a GPU, so the CUDA sizing (steps chosen for ~10 s of work per stage) is untested.
+
 Stages that would overrun ``--time-budget-s`` are skipped with a note. Results go to ``--out`` (JSON, atomically)
 and a Markdown table ready for the README is printed at the end.
 """
@@ -114,11 +117,11 @@ class Words:
     def __init__(self, seed: int = 0, n_words: int = 3000):
         rng = np.random.default_rng(seed)
         syl = [c + v for c in "bcdfghklmnprstvwz" for v in "aeiou"] + ["th", "sh", "qu", "an", "er", "on"]
-        self.words = sorted({"".join(rng.choice(syl, rng.integers(1, 4))) for _ in range(n_words)})
+        self.words = np.array(sorted({"".join(rng.choice(syl, rng.integers(1, 4))) for _ in range(n_words)}))
         self.rng = rng
 
     def text(self, n: int, marker: str | None = None) -> str:
-        w = list(self.rng.choice(self.words, n))
+        w = list(self.words[self.rng.integers(0, len(self.words), n)])
         if marker is not None:
             w[int(self.rng.integers(0, n))] = marker
         return " ".join(w)
