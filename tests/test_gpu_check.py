@@ -66,3 +66,17 @@ def test_agreement_compares_loss_curves(tmp_path):
         same, bf16 = by[f"{job} cpu fp32 vs cpu fp32"], by[f"{job} cpu bf16 vs cpu fp32"]
         assert same["result"] == "PASS" and same["max_rel_diff"] == 0.0 and same["steps"] >= 2
         assert 0 < bf16["max_rel_diff"] < 1 and bf16["tolerance"] == 2e-2 and bf16["steps"] == same["steps"]
+
+
+@pytest.mark.cuda
+def test_gpu_check_cuda_quick(tmp_path):
+    """On a CUDA machine: every pillar runs in bf16 and CUDA agrees with the CPU (fp32 and bf16 loss curves)."""
+    out = tmp_path / "gpu_check.json"
+    p = _run(["--device", "cuda", "--sizes", "tiny", "--quick", "--out", str(out)], tmp_path, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["dtype"] == "bf16" and {r["pillar"] for r in result["rows"]} == {"rlhf", "interp", "w2s", "oversight"}
+    for r in result["rows"]:
+        assert "error" not in r and r["peak_mem_gib"] > 0 and r["tokens_per_s"] > 0, r
+    checks = {a["check"]: a["result"] for a in result["agreement"]}
+    assert len(checks) == 4 and set(checks.values()) == {"PASS"}, result["agreement"]
