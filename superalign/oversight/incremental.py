@@ -72,6 +72,7 @@ class IncrementalJudgeOracle(JudgeOracle):
             x = encode(self.flat.expand(len(nz), -1).reshape(len(nz), h, w), mask.reshape(len(nz), h, w))
             with autocast(self.dev, precision):
                 self.stamps = F.conv2d(x.to(self.dev), conv1.weight.detach(), None, padding=2).float()
+            self._stamps_padded = torch.cat([self.stamps, self.stamps.new_zeros(1, *self.stamps.shape[1:])])
             self.flops += 2 * conv1.weight.numel() * h * w * len(nz)
             was_training = judge.training
             judge.eval()
@@ -79,13 +80,15 @@ class IncrementalJudgeOracle(JudgeOracle):
             judge.train(was_training)
 
     def _a1(self, states: Sequence[frozenset]) -> torch.Tensor:
-        """conv1's pre-activations of states: the bias plus their pixels' stamps (one index_add for all states)."""
-        owner = [i for i, s in enumerate(states) for _ in s]
-        rows = [self._row[p] for s in states for p in s]
-        out = self.b1.expand(len(states), -1, *self.shape).clone()
-        if rows:
-            out.index_add_(0, torch.tensor(owner, device=self.dev), self.stamps[torch.tensor(rows, device=self.dev)])
-        return out
+        """conv1's pre-activations of states: the bias plus the sum of their pixels' stamps, for all states in one
+        gather and one sum (rows padded with a zero stamp: adding exact zeros keeps each state's sum bit for bit)."""
+        width = max((len(s) for s in states), default=0)
+        out = self.b1.expand(len(states), -1, *self.shape)
+        if width == 0:
+            return out.clone()
+        pad = len(self._row)  # the zero stamp's row
+        rows = torch.tensor([[self._row[p] for p in s] + [pad] * (width - len(s)) for s in states], device=self.dev)
+        return out + self._stamps_padded[rows].sum(1)
 
     @torch.no_grad()
     def _full(self, states: list[frozenset]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,9 +119,11 @@ class IncrementalJudgeOracle(JudgeOracle):
         stamp = torch.tensor([self._row[p] for p in pixels], device=dev)[:, None, None]
         rows6 = (2 * r0[:, None] + torch.arange(6)).to(dev)[:, :, None]  # their 6×6 pixels
         cols6 = (2 * c0[:, None] + torch.arange(6)).to(dev)[:, None, :]
-        # (B, 6, 6, 32) gathers (advanced indices around a slice put the batch dims first) → (B, 32, 6, 6)
-        a1p = self._a1(uniq)[state, :, rows6, cols6].permute(0, 3, 1, 2)
+        # (B, 6, 6, 32) gathers (advanced indices around a slice put the batch dims first) → (B, 32, 6, 6), made
+        # contiguous: a channels-last input would send the convolution down another kernel (other roundings)
+        a1p = self._a1(uniq)[state, :, rows6, cols6].permute(0, 3, 1, 2).contiguous()
         dh1 = _relu_pool(a1p + self.stamps[stamp, :, rows6, cols6].permute(0, 3, 1, 2)) - _relu_pool(a1p)
+        dh1 = dh1.contiguous()
         with autocast(dev, self.precision):
             da2 = F.conv_transpose2d(dh1, self.w2t).float()  # (B, 64, 7, 7): rows r0-2 … r0+4
         a2 = torch.stack([self._a2[s] for s in uniq])[state[:, 0, 0]]  # stored padded by 2: the 7×7 windows fit
