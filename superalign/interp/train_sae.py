@@ -130,12 +130,13 @@ def train_sae(sae: TopKSAE, acts: torch.Tensor, cfg: SAETrainConfig, progress: b
     fvus, auxs, t0 = [], [], time.perf_counter()
     bar = tqdm(total=steps, desc="SAE", disable=not progress)
     for _ in range(cfg.epochs):
-        order = torch.randperm(len(acts), generator=gen)
+        order = torch.randperm(len(acts), generator=gen).to(data.device)  # one copy per epoch, none per step
         for b in range(0, len(acts), cfg.batch_size):
             rows = order[b:b + cfg.batch_size]
-            xg = data[rows.to(data.device)].to(rt.device, torch.float32, non_blocking=True)  # the global batch
+            xg = data[rows].to(rt.device, torch.float32, non_blocking=True)  # the global batch
             part = rt.shard(range(len(rows)))
-            x = xg if rt.world_size == 1 else xg[torch.as_tensor(part.idx, device=xg.device)]
+            # rt.shard's rows (every world_size-th from rank, or a placeholder) as a view: no index copy to the device
+            x = xg if rt.world_size == 1 else xg[rt.rank::rt.world_size] if part.weight else xg[:1]
             # FVU's denominator from the whole global batch, which every process holds: no communication
             batch = GlobalBatch(centred_sq(xg), len(rows), rt.world_size * part.weight, part.weight, all_sum)
             with rt.autocast():
