@@ -112,6 +112,15 @@ def test_sparse_topk_path_under_bf16_autocast_matches_fp32_gradients(device, mon
         assert float((grads["bf16"][n] - g).norm() / g.norm().clamp(min=1e-12)) < 0.05, n
 
 
+def test_cache_job_records_the_hand_counted_flops(fp32_cache):
+    """Golden: 2·N per cached token, N = the tiny BERT's block parameters (2 layers of q, k, v, o 4·(32·32 + 32),
+    FFN 32·64 + 64 + 64·32 + 32 and two LayerNorms 2·2·32), without embeddings and the pooler (one position/text)."""
+    n_params = 2 * (4 * (32 * 32 + 32) + (32 * 64 + 64 + 64 * 32 + 32) + 2 * 2 * 32)
+    tokens = fp32_cache["metrics"]["tokens"]
+    assert fp32_cache["compute"]["flops"] == {"cache": 2 * n_params * tokens}
+    assert fp32_cache["compute"]["tokens"] == tokens
+
+
 def test_sae_job_records_the_hand_counted_flops(fp32_cache, tmp_path):
     """Golden: TopK training counts 2·d·n (dense encoder forward) + 10·k·d (sparse encoder backward, decoder forward
     and backward) per trained token and epoch; evaluation 2·d·n + 2·k·d per held-out token."""

@@ -168,7 +168,8 @@ def lm_flops(model, tokens: int, logits: int | None = None) -> float:
     """Forward FLOPs of a transformer over ``tokens`` positions, ``logits`` of which (default: all) go through the
     output head: 2·(non-embedding parameters)·tokens + 2·(head parameters)·logits. A head tied to the input
     embedding is still a matmul that runs, so it counts; a model without a head (AutoModel) has none."""
-    body = model_params(model)
+    # an encoder's pooler runs on one position per text, not on every token: left out
+    body = model_params(model) - sum(p.numel() for n, p in model.named_parameters() if n.startswith("pooler."))
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head_n = 0
     if head is not None and getattr(head, "weight", None) is not None:
