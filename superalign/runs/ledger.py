@@ -63,8 +63,8 @@ def _cache_dir() -> Path:
 
 
 def cpu_peak_flops(dtype: str = "fp32") -> float:
-    """This machine's measured matmul FLOP/s in ``dtype`` on all torch threads: measured once (about 0.5 s) and
-    remembered per host, CPU model, thread count and dtype, since a CPU has no data-sheet peak worth trusting."""
+    """This machine's measured matmul FLOP/s in ``dtype`` on all torch threads: measured once (well under a second)
+    and remembered per host, CPU model, thread count and dtype, since a CPU has no data-sheet peak worth trusting."""
     import torch
 
     from .files import write_json_atomic
@@ -79,10 +79,17 @@ def cpu_peak_flops(dtype: str = "fp32") -> float:
     if isinstance(known, dict) and isinstance(known.get(key), (int, float)) and known[key] > 0:
         return float(known[key])
     tdt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
-    n = 1024
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=g).to(tdt), torch.randn(n, n, generator=g).to(tdt)
-    a @ b  # warm-up (thread pool, kernel choice)
+    n, per = 128, 0.0
+    while True:  # grow the matrix until one matmul takes ~20 ms (CPUs without bf16 units are 100x slower in bf16)
+        a, b = torch.randn(n, n, generator=g).to(tdt), torch.randn(n, n, generator=g).to(tdt)
+        a @ b  # warm-up (thread pool, kernel choice)
+        t0 = time.perf_counter()
+        a @ b
+        per = time.perf_counter() - t0
+        if per > 0.02 or n >= 2048:
+            break
+        n *= 2
     reps, t0 = 0, time.perf_counter()
     while reps < 3 or time.perf_counter() - t0 < 0.3:
         a @ b
