@@ -182,3 +182,5 @@ def test_two_processes_train_the_same_sae_as_one(fp32_cache, tmp_path, accelerat
     # each process counted its own rows (rank 0 alone evaluates): together, one process's FLOPs and tokens
     assert row["compute"]["tokens"] == one["compute"]["tokens"]
     assert row["compute"]["flops_total"] == pytest.approx(one["compute"]["flops_total"], rel=1e-12)
+    # the per-stage FLOPs are summed over both processes too, not rank 0's share
+    assert sum(row["compute"]["flops"].values()) == pytest.approx(row["compute"]["flops_total"], rel=1e-9)

@@ -117,7 +117,7 @@ def _recorded(store: RunStore, rid: str) -> dict:
 
 def _run_job_distributed(kind: str, job: JobBase, body, rank: int, size: int) -> dict:
     from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list, reduce
+    from accelerate.utils import broadcast_object_list, gather_object, reduce
 
     device, precision = job.placement()
     # joins the launcher's process group (gloo on CPU, NCCL on GPUs). cpu=True on the CPU: without it Accelerate's
@@ -152,6 +152,12 @@ def _run_job_distributed(kind: str, job: JobBase, body, rank: int, size: int) ->
         tot = reduce(torch.tensor([ledger.flops, float(ledger.tokens)], dtype=torch.float64, device=state.device),
                      reduction="sum").cpu()
         ledger.flops, ledger.tokens = float(tot[0]), int(tot[1])
+        stages: dict[str, float] = {}
+        for part in gather_object([ledger.stages]):  # per-stage FLOPs: every rank's dict, summed
+            for name, f in part.items():
+                stages[name] = stages.get(name, 0.0) + f
+        ledger.stages = stages
+        ledger.flops_known = ledger.flops > 0
     except BaseException as e:
         if rank == 0:
             store.fail(rid, f"{type(e).__name__}: {e}" if isinstance(e, (SuperalignError, KeyboardInterrupt))
