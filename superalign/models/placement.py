@@ -27,6 +27,8 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     if device is None:
         return torch.device("cpu")
     if isinstance(device, torch.device):
+        if device.type == "cpu":  # Accelerate names a process's CPU 'cpu:0'
+            return device
         device = str(device)
     check_device("device", device)
     if device == "auto":
