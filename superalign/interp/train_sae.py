@@ -79,15 +79,6 @@ def _place(acts: torch.Tensor, device: torch.device) -> torch.Tensor:
     return acts.to(device, non_blocking=True) if acts.numel() * acts.element_size() <= free // 2 else acts.pin_memory()
 
 
-def _all_sum_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The sum of a tensor over the data-parallel processes (an all-reduce: no host sync)."""
-    import torch.distributed as dist
-
-    t = t.clone()
-    dist.all_reduce(t)
-    return t
-
-
 def train_sae(sae: TopKSAE, acts: torch.Tensor, cfg: SAETrainConfig, progress: bool = True, rt=None) -> SAEFit:
     """Train ``sae`` on ``acts`` [N, d] (on the host). ``rt``: the :class:`superalign.train.distributed.Runtime` to
     train under (device, bf16/fp16 autocast with fp32 master weights, data-parallel processes); default one process
@@ -124,7 +115,7 @@ def train_sae(sae: TopKSAE, acts: torch.Tensor, cfg: SAETrainConfig, progress: b
     model, opt = rt.prepare(sae, opt)
     inner = rt.unwrap(model)
     data = _place(acts, rt.device)
-    all_sum = _all_sum_tensor if rt.world_size > 1 else None
+    all_sum = rt.all_sum_tensor if rt.world_size > 1 else None
     steps = cfg.epochs * math.ceil(len(acts) / cfg.batch_size)
     model.train()
     fvus, auxs, t0 = [], [], time.perf_counter()

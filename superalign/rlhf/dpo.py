@@ -19,9 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from ..models.lm import completion_batch, completion_logps
+from ..runs.ledger import count_forward, count_training
 from ..train.batches import epoch_batches
+from ..train.distributed import Runtime
 from ..validate import check_int, check_positive, check_range, check_seed, help_field
-from .lm import all_sum_tensor, count_forward, count_training, default_runtime, encode_pairs
+from .lm import encode_pairs
 
 
 def dpo_loss(pi_c: torch.Tensor, pi_r: torch.Tensor, ref_c: torch.Tensor, ref_r: torch.Tensor, beta: float,
@@ -73,7 +75,7 @@ def _ref_logps(ref, data, pad_id: int, batch_size: int, rt=None) -> torch.Tensor
     """log π_ref of every sequence, in fixed batches. Data-parallel: each process computes every world_size-th
     batch and a sum over processes fills in the rest (adding zeros is exact), so every process holds the values one
     process would compute."""
-    rt = rt or default_runtime(ref)
+    rt = rt or Runtime.for_model(ref)
     out = torch.zeros(len(data), device=rt.device)
     for k, b in enumerate(range(0, len(data), batch_size)):
         if k % rt.world_size != rt.rank:
@@ -82,7 +84,7 @@ def _ref_logps(ref, data, pad_id: int, batch_size: int, rt=None) -> torch.Tensor
         with rt.autocast():
             out[b:b + batch_size] = completion_logps(ref, ids, mask, lmask)[0]
         count_forward(ref, ids.numel(), "reference")
-    return all_sum_tensor(rt, out)
+    return rt.all_sum_tensor(out)
 
 
 def train_dpo(model, ref, tok, pairs: list[dict], cfg: DPOConfig, progress: bool = True, rt=None) -> DPOFit:
@@ -90,7 +92,7 @@ def train_dpo(model, ref, tok, pairs: list[dict], cfg: DPOConfig, progress: bool
     :func:`superalign.rlhf.sft.train_sft`); the loss is the global mean over the batch's pairs."""
     from tqdm.auto import tqdm
 
-    rt = rt or default_runtime(model)
+    rt = rt or Runtime.for_model(model)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     prompts = [p["prompt"] for p in pairs]
@@ -99,7 +101,8 @@ def train_dpo(model, ref, tok, pairs: list[dict], cfg: DPOConfig, progress: bool
     ref_c = _ref_logps(ref, chosen, tok.pad_token_id, 2 * cfg.batch_size, rt)
     ref_r = _ref_logps(ref, rejected, tok.pad_token_id, 2 * cfg.batch_size, rt)
     steps = cfg.epochs * math.ceil(len(pairs) / cfg.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    # fused: one kernel per step, ~8x faster than the default per-tensor loop on CPU at 135M parameters
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, fused=True)
     model, opt = rt.prepare(model, opt)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -129,7 +132,7 @@ def train_dpo(model, ref, tok, pairs: list[dict], cfg: DPOConfig, progress: bool
                                 "rewards/margins": (rc - rr).mean().item(),
                                 "rewards/accuracies": (rc > rr).float().mean().item()})
             else:  # global means over the batch's pairs: one collective for all of them
-                sums = all_sum_tensor(rt, part.weight * torch.stack([
+                sums = rt.all_sum_tensor(part.weight * torch.stack([
                     loss_i.detach().sum(), rc.sum(), rr.sum(), (rc - rr).sum(), (rc > rr).float().sum(),
                     torch.tensor(float(n), device=rt.device), torch.tensor(float(local_tokens), device=rt.device)]))
                 tot = sums.tolist()

@@ -36,6 +36,8 @@ from ..models.lm import (
     sample,
     token_logprobs,
 )
+from ..runs.ledger import count_forward, count_training
+from ..train.distributed import Runtime
 from ..validate import (
     check_at_most,
     check_int,
@@ -45,7 +47,6 @@ from ..validate import (
     check_seed,
     help_field,
 )
-from .lm import all_max_int, all_sum_tensor, count_forward, count_training, default_runtime
 from .reward import RewardModel, last_token_index
 
 # ----------------------------------------------------------------------------- formulas (each has a golden test)
@@ -332,7 +333,7 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
     holds rank 0's rows."""
     from tqdm.auto import tqdm
 
-    rt = rt or default_runtime(policy)
+    rt = rt or Runtime.for_model(policy)
     W = rt.world_size
     if not prompts:
         raise SuperalignError("PPO got no prompts", "pass a prompt file with at least one prompt")
@@ -365,8 +366,8 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
     if ptx_rows:
         from .lm import encode_pairs
         ptx = encode_pairs(tok, [r["prompt"] for r in ptx_rows], [r["completion"] for r in ptx_rows], 10 ** 9)
-    across = all_max_int(rt)
-    sums = None if W == 1 else (lambda x: all_sum_tensor(rt, x))
+    across = rt.max_across()
+    sums = None if W == 1 else (lambda x: rt.all_sum_tensor(x))
 
     def my_rollout(global_prompts: list[list[int]]) -> tuple[Rollout, np.ndarray]:
         """This process's rows of a global batch of prompts (positions in the batch, rollout)."""
@@ -481,7 +482,7 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
                     for k, x in named:
                         stats[k].append(float(x.detach()))
                 else:  # each process holds its share of every global mean: their sum is the mean
-                    tot = all_sum_tensor(rt, torch.stack([x.detach().float() for _, x in named])).tolist()
+                    tot = rt.all_sum_tensor(torch.stack([x.detach().float() for _, x in named])).tolist()
                     for (k, _), x in zip(named, tot):
                         stats[k].append(x / W)
 

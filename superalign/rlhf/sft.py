@@ -10,9 +10,11 @@ from typing import NamedTuple
 import torch
 
 from ..models.lm import completion_batch, completion_logps
+from ..runs.ledger import count_training
 from ..train.batches import epoch_batches
+from ..train.distributed import Runtime
 from ..validate import check_int, check_positive, check_seed, help_field
-from .lm import count_training, default_runtime, encode_pairs, global_value, mean_loss
+from .lm import encode_pairs
 
 
 @dataclass
@@ -49,7 +51,7 @@ def train_sft(model, tok, rows: list[dict], cfg: SFTConfig, progress: bool = Tru
     completion-token mean (default: one process on the model's device, fp32). Returns global numbers."""
     from tqdm.auto import tqdm
 
-    rt = rt or default_runtime(model)
+    rt = rt or Runtime.for_model(model)
     torch.manual_seed(cfg.seed)
     data = encode_pairs(tok, [r["prompt"] for r in rows], [r["completion"] for r in rows], cfg.max_len)
     steps = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
@@ -68,13 +70,13 @@ def train_sft(model, tok, rows: list[dict], cfg: SFTConfig, progress: bool = Tru
             with rt.autocast():
                 lp, n = completion_logps(model, ids, mask, lmask)
                 nll_sum, n_tok = -lp.sum(), n.sum()
-                loss = mean_loss(rt, nll_sum, n_tok, part.weight)
+                loss = rt.global_mean(nll_sum, n_tok, part.weight)
             rt.backward(loss)
             rt.step(opt, 1.0)
             sched.step()
             local_tokens = int(mask.sum()) if part.weight else 0
             count_training(rt.unwrap(model), local_tokens)
-            losses.append(loss.item() if rt.world_size == 1 else global_value(rt, nll_sum.item(), n_tok, part.weight))
+            losses.append(loss.item() if rt.world_size == 1 else rt.global_ratio(nll_sum.item(), n_tok, part.weight))
             tokens += local_tokens if rt.world_size == 1 else int(rt.all_sum(local_tokens))
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}")

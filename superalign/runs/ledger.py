@@ -176,6 +176,21 @@ def add_flops(flops: float, tokens: int = 0, stage: str | None = None) -> None:
         ledger.add(flops, tokens, stage)
 
 
+def param_count(model) -> int:
+    """Parameters of a model (shared tensors such as tied embeddings once), for the FLOP estimates."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def count_forward(model, tokens: int, stage: str) -> None:
+    """Add 2·params·tokens (a forward pass of a dense model) to the run's ledger."""
+    add_flops(2.0 * param_count(model) * tokens, tokens=tokens, stage=stage)
+
+
+def count_training(model, tokens: int, stage: str = "train") -> None:
+    """Add 6·params·tokens (forward + backward of a dense model) to the run's ledger."""
+    add_flops(6.0 * param_count(model) * tokens, tokens=tokens, stage=stage)
+
+
 class open_ledger:
     """``with open_ledger(device, dtype, world_size) as ledger:`` makes ``ledger`` current for the block."""
 

@@ -136,12 +136,47 @@ class Runtime:
         t = torch.as_tensor(x, dtype=torch.float64, device=self.device).detach().reshape(1)
         return float(self.accelerator.reduce(t, reduction="sum").item())
 
+    @classmethod
+    def for_model(cls, model: torch.nn.Module) -> Runtime:
+        """The runtime of a trainer called without one: one process on the model's device, fp32 (the library
+        default)."""
+        p = next(model.parameters(), None)
+        return cls(device=p.device if p is not None else torch.device("cpu"), precision="fp32")
+
     def global_mean(self, local_sum: torch.Tensor, local_count: float | torch.Tensor, weight: float = 1.0):
         """The loss whose gradient, averaged over processes by DDP, is that of (sum over the global batch) / (count
-        over the global batch). ``weight`` 0 marks a process that holds no real rows of this batch."""
+        over the global batch). ``weight`` 0 marks a process that holds no real rows of this batch. One process
+        keeps the plain division, bit for bit the single-device result."""
+        if self.world_size == 1:
+            return local_sum / local_count
         local_count = float(local_count) * weight
         total = self.all_sum(local_count) if self.world_size > 1 else local_count
         return local_sum * (weight * self.world_size / max(total, 1e-12))
+
+    def global_ratio(self, local_sum, local_count, weight: float = 1.0) -> float:
+        """A logged number over the global batch: all-summed sum / all-summed count (the local ratio in one
+        process)."""
+        if self.world_size == 1:
+            return float(local_sum / local_count) if torch.is_tensor(local_sum) else local_sum / local_count
+        return self.all_sum(local_sum * weight) / max(self.all_sum(float(local_count) * weight), 1e-12)
+
+    def all_sum_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Elementwise sum of a tensor over the processes (the tensor itself in one process): one collective for a
+        whole vector of statistics."""
+        if self.world_size == 1:
+            return x
+        return self.accelerator.reduce(x.detach().clone(), reduction="sum")
+
+    def max_across(self):
+        """A function giving the maximum of an integer over the processes (None in one process): lets ragged
+        per-process loops (e.g. generation lengths) run the same number of collective steps."""
+        if self.world_size == 1:
+            return None
+
+        def across(v) -> int:
+            t = torch.tensor([int(v)], dtype=torch.long, device=self.device)
+            return int(self.accelerator.gather(t).max())
+        return across
 
     def backward(self, loss: torch.Tensor) -> None:
         if self.accelerator is not None:
