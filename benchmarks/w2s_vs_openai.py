@@ -9,9 +9,9 @@ What runs. The grid is weak → strong for two GPT-2-shaped models built here (d
 principal directions, random blocks, dropout 0; saved once with ``save_pretrained`` together with MiniLM's WordPiece
 tokenizer cut to the tokens the rows use; both sides load those very folders: see build_models), losses
 {xent, logconf ↔ aux_conf}, seeds 0..S-1, on class-balanced SST-2 train rows from the shared data folder
-($SUPERALIGN_DATA or --data). The sizes were chosen so that, with 500 training rows per half, the weak model is
-above chance and the strong one clearly above it (deeper/wider random-block models collapsed to one class at this
-learning rate on this little data) and the whole grid fits in ~20 minutes on 2 busy CPU cores.
+($SUPERALIGN_DATA or --data). The sizes were chosen so that, with 1,000 training rows per half, the weak model is
+well above chance and the strong one above it (deeper/wider random-block models collapsed to one class at this
+learning rate on this little data) and the whole grid (3 seeds) takes ~7 minutes on 2 busy CPU cores.
 
 Per seed and side: the weak model trained on ground truth of the weak half, its soft labels on the strong half,
 the ceiling (strong model on ground truth) and one student per loss; test accuracy of each; PGR per side with
@@ -321,7 +321,7 @@ def main(argv=None):
     ap.add_argument("--openai-repo", default=os.environ.get("W2S_OPENAI_REPO"),
                     help="a checkout of github.com/openai/weak-to-strong (default $W2S_OPENAI_REPO)")
     ap.add_argument("--data", default=None, help="shared datasets folder with sst2/ (default $SUPERALIGN_DATA)")
-    ap.add_argument("--n-train", type=int, default=1000, help="training rows (half weak-train, half weak-label)")
+    ap.add_argument("--n-train", type=int, default=2000, help="training rows (half weak-train, half weak-label)")
     ap.add_argument("--n-val", type=int, default=100, help="superalign's validation rows (early stopping)")
     ap.add_argument("--n-test", type=int, default=500)
     ap.add_argument("--seeds", type=int, default=3)
@@ -360,6 +360,7 @@ def main(argv=None):
     import torch
 
     from superalign import w2s
+    from superalign.train.metrics import auroc
     from superalign.w2s.pgr import bootstrap_pgr
     from superalign.w2s.pipeline import Experiment
 
@@ -430,16 +431,28 @@ def main(argv=None):
         for loss in THEIR_LOSS:
             runs = [r for r in per_seed[side] if r["loss"] == loss]
             est = bootstrap_pgr(runs, "acc", n_boot=1000)
+            est_auc = bootstrap_pgr(runs, "auroc", n_boot=1000)
             acc = {k: float(np.mean([((r[f"p_{k}"] > 0.5) == r["y"]).mean() for r in runs]))
                    for k in ("weak", "student", "ceiling")}
-            rows.append({"side": side, "loss": loss if side == "superalign" else THEIR_LOSS[loss], **acc,
+            auc = {f"{k}_auroc": float(np.mean([auroc(r["y"], r[f"p_{k}"]) for r in runs]))
+                   for k in ("weak", "student", "ceiling")}
+            rows.append({"side": side, "loss": loss if side == "superalign" else THEIR_LOSS[loss], **acc, **auc,
                          "pgr": est.value, "pgr_ci": [est.ci_low, est.ci_high], "pgr_per_seed": est.per_seed,
-                         "note": est.note})
+                         "note": est.note, "pgr_auroc": est_auc.value,
+                         "pgr_auroc_ci": [est_auc.ci_low, est_auc.ci_high],
+                         "pgr_auroc_per_seed": est_auc.per_seed, "note_auroc": est_auc.note,
+                         "acc_per_seed": {k: [float(((r[f"p_{k}"] > 0.5) == r["y"]).mean()) for r in runs]
+                                          for k in ("weak", "student", "ceiling")}})
     ratio = wall["openai"] / wall["superalign"]
-    print(f"\n{'side':11} {'loss':8} {'weak':>6} {'student':>7} {'ceiling':>7} {'PGR':>6}  95% CI")
+    print(f"\n{'side':11} {'loss':8} {'accuracy: weak':>14} {'student':>7} {'ceiling':>7} {'PGR':>6}  95% CI"
+          f"      | AUROC: weak student ceiling    PGR  95% CI")
     for r in rows:
-        print(f"{r['side']:11} {r['loss']:8} {r['weak']:6.3f} {r['student']:7.3f} {r['ceiling']:7.3f} "
-              f"{r['pgr']:6.2f}  [{r['pgr_ci'][0]:.2f}, {r['pgr_ci'][1]:.2f}] {r['note']}")
+        print(f"{r['side']:11} {r['loss']:8} {r['weak']:14.3f} {r['student']:7.3f} {r['ceiling']:7.3f} "
+              f"{r['pgr']:6.2f}  [{r['pgr_ci'][0]:.2f}, {r['pgr_ci'][1]:.2f}] | {r['weak_auroc']:11.3f} "
+              f"{r['student_auroc']:7.3f} {r['ceiling_auroc']:7.3f} {r['pgr_auroc']:6.2f}  "
+              f"[{r['pgr_auroc_ci'][0]:.2f}, {r['pgr_auroc_ci'][1]:.2f}]")
+        for note in dict.fromkeys(n for n in (r["note"], r["note_auroc"]) if n):
+            print(f"{'':21}note: {note}")
     print(f"\nwall seconds for the grid: openai/weak-to-strong {wall['openai']:.1f}, superalign "
           f"{wall['superalign']:.1f} → superalign {ratio:.2f}× faster")
     out = {"benchmark": "w2s_vs_openai", "args": vars(a), "machine": machine(),
