@@ -139,3 +139,19 @@ def test_cpu_peak_measured_once_and_remembered(monkeypatch, tmp_path):
     saved[key] = 123.0
     (tmp_path / "cpu_peak_flops.json").write_text(json.dumps(saved))
     assert L.cpu_peak_flops("fp32") == 123.0  # read back, not measured again
+
+
+def test_every_registered_job_takes_device_and_dtype():
+    """Every job of every pillar has --device and --dtype (auto by default), so no pillar is stuck on one CPU."""
+    from dataclasses import fields
+
+    from superalign.pillars import pillars
+
+    seen = []
+    for pillar in pillars():
+        for job in pillar.jobs:
+            f = {x.name: x for x in fields(job.config_class())}
+            assert "device" in f and "dtype" in f, f"{pillar.name} {job.name} lacks --device/--dtype"
+            assert f["device"].default == "auto" and f["dtype"].default == "auto", (pillar.name, job.name)
+            seen.append(f"{pillar.name} {job.name}")
+    assert {"rlhf sft", "rlhf ppo", "interp sae", "debate train-judge", "w2s run"} <= set(seen)
