@@ -39,7 +39,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 BUILTIN = ("superalign.w2s.pillar", "superalign.rlhf.pillar", "superalign.interp.pillar",
-           "superalign.oversight.pillar")
+           "superalign.oversight.pillar", "superalign.monitor.pillar")
 """modules that declare the built-in pillars, imported (in this order) the first time the registry is read"""
 
 ENTRY_POINT_GROUP = "superalign.pillars"

@@ -93,3 +93,34 @@ def test_zero_shot_is_the_softmax_of_the_two_answers_log_probs(lm):
     for i in range(2):
         a, b = answer_logp(pairs.prompts[i], pairs.neg[i]), answer_logp(pairs.prompts[i], pairs.pos[i])
         assert p[i] == pytest.approx(np.exp(b) / (np.exp(a) + np.exp(b)), rel=1e-4)
+
+
+def test_monitor_probe_job_end_to_end_through_the_cli(tmp_path, tiny_gpt2):
+    import json
+
+    from superalign.cli import main
+    from superalign.runs.store import RunStore
+
+    rng = np.random.default_rng(0)
+    words = ["good", "bad", "nice", "awful", "fine", "poor"]
+    f = tmp_path / "claims.jsonl"
+    f.write_text("".join(json.dumps({"text": " ".join(rng.choice(words, 4)), "label": int(i % 2)}) + "\n"
+                         for i in range(24)))
+    home = tmp_path / "home"
+    args = ["monitor", "probe", "--model", tiny_gpt2, "--dataset", str(f), "--template-text", "{text} ok? {answer}",
+            "--answers", "no", "yes", "--n", "24", "--ccs-restarts", "2", "--ccs-epochs", "20", "--layers", "0", "2",
+            "--home", str(home), "--progress", "false"]
+    main(args)
+    runs = RunStore(home).list()
+    assert len(runs) == 1 and runs[0]["status"] == "done"
+    m = runs[0]["metrics"]
+    assert 0 <= m["zero_shot_acc"] <= 1 and m["ccs_best_layer"] in (0, 2) and m["n_test"] == 12
+    per_layer = json.loads(open(runs[0]["artefacts"]["per_layer"]).read())
+    assert set(per_layer["layers"]) == {"0", "2"} and "acc_ci" in per_layer["layers"]["2"]["ccs"]
+    assert runs[0]["compute"]["flops_total"] > 0
+    main(["report", "--home", str(home), "--out", str(tmp_path / "r.html")])
+    html = (tmp_path / "r.html").read_text()
+    assert "Monitoring" in html and "zero-shot" in html and "accuracy per layer" in html
+    with pytest.raises(SystemExit) as e:  # a layer the 2-block model does not have: one line, exit 2
+        main(args[:-6] + ["--layers", "7", "--home", str(tmp_path / "h2"), "--progress", "false"])
+    assert e.value.code == 2 and not (tmp_path / "h2").exists()  # nothing written

@@ -46,8 +46,8 @@ def store(tmp_path):
                 "w2s-sweep-a")
         s.finish(rid, {"weak_acc": 0.7, "student_acc": 0.78, "ceiling_acc": 0.86, "pgr_acc": NAN},
                  {}, {"wall_s": 1.5, "flops_total": 1e9})
-    s.start("monitor-probe-1", "monitor-probe", {"model": "tiny", "beta": 0.1})
-    s.finish("monitor-probe-1", {"pair_acc": 0.66, "rm_loss": 0.61, "n_pairs": 128, "name": EVIL}, {}, {"wall_s": 3.0})
+    s.start("future-kind-1", "future-kind", {"model": "tiny", "beta": 0.1})
+    s.finish("future-kind-1", {"pair_acc": 0.66, "rm_loss": 0.61, "n_pairs": 128, "name": EVIL}, {}, {"wall_s": 3.0})
     s.start("w2s-bad", "w2s", {"task": "t", "weak": "bow", "strong": "x", "loss": "xent", "seed": 0})
     s.fail("w2s-bad", f"ValueError: {EVIL}")
     return s
@@ -64,7 +64,7 @@ def test_report_escapes_plots_and_nan(store, tmp_path):
     # an unknown kind: its scalar metrics as key=value, strings escaped
     assert "pair_acc=0.660" in text and "rm_loss=0.610" in text and "n_pairs=128" in text
     assert f"name={EVIL_ESC}" in text
-    assert "monitor-probe" in text and "w2s-bad" in text and "failed" in text
+    assert "future-kind" in text and "w2s-bad" in text and "failed" in text
     assert "no runs" not in text.lower()
     assert [p.name for p in out.parent.iterdir()] == ["r.html"]  # no temp file left behind
 
@@ -74,7 +74,7 @@ def test_report_combines_several_sweeps_and_filters_kinds(store, tmp_path):
     text = write_report(store, tmp_path / "r.html").read_text()
     assert text.count("data:image/png;base64,") == 6  # two sweeps + combined
     assert "All 2 sweeps combined" in text
-    only = write_report(store, tmp_path / "rm.html", kinds=["monitor-probe"]).read_text()
+    only = write_report(store, tmp_path / "rm.html", kinds=["future-kind"]).read_text()
     assert "pair_acc=0.660" in only and "data:image/png" not in only and "w2s-bad" not in only
     none = write_report(store, tmp_path / "none.html", kinds=["rlhf-ppo"]).read_text()  # declared, none stored
     assert "No runs of kind rlhf-ppo yet" in none

@@ -114,6 +114,13 @@ def _read_rows(path: Path, limit: int | None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
+def shared_path(dataset: str, split: str, data_dir: str | None = None) -> Path:
+    """The shared-data file of a built-in dataset's split (``data_dir`` or ``$SUPERALIGN_DATA``)."""
+    base = Path(data_dir or os.environ.get("SUPERALIGN_DATA") or "../shared/data") / dataset
+    name = {"boolq": {"train": "train_questions_only"}}.get(dataset, {}).get(split, split)
+    return base / f"{name}.jsonl"
+
+
 def load_pairs(dataset: str, template: str | Template | None = None, split: str = "validation",
                data_dir: str | None = None, limit: int | None = None, columns: dict[str, str] | None = None,
                label_col: str = "label") -> ContrastPairs:
@@ -123,9 +130,7 @@ def load_pairs(dataset: str, template: str | Template | None = None, split: str 
     from ..data.fingerprint import file_fingerprint
 
     if dataset in TEMPLATES:
-        base = Path(data_dir or os.environ.get("SUPERALIGN_DATA") or "../shared/data") / dataset
-        name = {"boolq": {"train": "train_questions_only"}}.get(dataset, {}).get(split, split)
-        path = base / f"{name}.jsonl"
+        path = shared_path(dataset, split, data_dir)
         choices = TEMPLATES[dataset]
         if template is None:
             template = choices[0]

@@ -160,5 +160,5 @@ def fit_ccs(x_pos, x_neg, restarts: int = 10, epochs: int = 1000, lr: float = 1e
         with torch.no_grad():
             final = float(ccs_loss(torch.sigmoid(a @ w + bias), torch.sigmoid(b @ w + bias)))
         if best is None or final < best[0]:
-            best = (final, w.detach().double().numpy().copy(), float(bias))
+            best = (final, w.detach().double().numpy().copy(), float(bias.detach()))
     return Probe("ccs", best[1], best[2], norm, loss=best[0])
