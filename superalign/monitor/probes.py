@@ -99,16 +99,22 @@ class Probe:
         return self
 
 
+def _supervised_inputs(x_pos, x_neg, y, what: str):
+    """(normalised positive side, normalised negative side, 0/1 labels, the normaliser) of labelled pairs that hold
+    both classes."""
+    x_pos, x_neg = _check_pairs(x_pos, x_neg, y)
+    y = np.asarray(y).astype(int)
+    if len(np.unique(y)) < 2:
+        raise SuperalignError(f"{what} needs both true and false pairs", "add pairs of the other label")
+    norm = Normalizer.fit(x_pos, x_neg)
+    return (*norm(x_pos, x_neg), y, norm)
+
+
 def fit_logreg(x_pos, x_neg, y, c: float = 1.0, seed: int = 0) -> Probe:
     """The supervised ceiling: L2-regularised logistic regression on normalised differences."""
     from sklearn.linear_model import LogisticRegression
 
-    x_pos, x_neg = _check_pairs(x_pos, x_neg, y)
-    y = np.asarray(y).astype(int)
-    if len(np.unique(y)) < 2:
-        raise SuperalignError("logistic regression needs both true and false pairs", "add pairs of the other label")
-    norm = Normalizer.fit(x_pos, x_neg)
-    a, b = norm(x_pos, x_neg)
+    a, b, y, norm = _supervised_inputs(x_pos, x_neg, y, "logistic regression")
     clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(a - b, y)
     return Probe("logreg", clf.coef_[0].astype(np.float64), float(clf.intercept_[0]), norm)
 
@@ -117,12 +123,7 @@ def fit_mass_mean(x_pos, x_neg, y, iid: bool = False, ridge: float = 1e-3) -> Pr
     """Marks & Tegmark 2023: θ = mean of true pairs' differences − mean of false pairs', the threshold halfway between
     the class means along θ; with ``iid`` the direction is Σ⁻¹θ (Σ = covariance of the class-centred differences,
     ``ridge``·mean variance added for stability)."""
-    x_pos, x_neg = _check_pairs(x_pos, x_neg, y)
-    y = np.asarray(y).astype(int)
-    if len(np.unique(y)) < 2:
-        raise SuperalignError("a mass-mean probe needs both true and false pairs", "add pairs of the other label")
-    norm = Normalizer.fit(x_pos, x_neg)
-    a, b = norm(x_pos, x_neg)
+    a, b, y, norm = _supervised_inputs(x_pos, x_neg, y, "a mass-mean probe")
     d = a - b
     mu1, mu0 = d[y == 1].mean(0), d[y == 0].mean(0)
     theta = mu1 - mu0
