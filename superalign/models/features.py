@@ -131,8 +131,7 @@ def encode_texts(spec: ModelSpec, texts: list[str], cache_dir: str | Path | None
         raise SuperalignError("no texts to encode", "check the task")
     from .placement import resolve_device, resolve_precision
 
-    # a torch.device is taken as it is (Accelerate names a process's CPU 'cpu:0', which --device does not accept)
-    device = device if isinstance(device, torch.device) else resolve_device(device)
+    device = resolve_device(device)  # also takes a runtime's torch.device ('cpu:0' under Accelerate)
     precision = resolve_precision(dtype, device.type)
     stats = stats if stats is not None else EncodeStats()
     digests = [text_digest(t) for t in texts]

@@ -65,8 +65,7 @@ def load_lm(name: str | ModelSpec, home=None, trust_remote_code: bool = False, d
 
     hf_logging.disable_progress_bar()
     spec = _spec(name, home)
-    # a torch.device is taken as is: it is a runtime's own (under `accelerate launch` a process's CPU reads 'cpu:0')
-    dt, dev = resolve_dtype(dtype), device if isinstance(device, torch.device) else resolve_device(device)
+    dt, dev = resolve_dtype(dtype), resolve_device(device)  # also a runtime's torch.device ('cpu:0' under Accelerate)
     cfg = load_config(spec, trust_remote_code)
     if not is_causal_config(cfg):
         raise SuperalignError(f"model {spec.name!r} ({', '.join(getattr(cfg, 'architectures', None) or ['?'])}) is "
