@@ -115,6 +115,28 @@ def _recorded(store: RunStore, rid: str) -> dict:
     return r
 
 
+_TEARDOWN_REGISTERED = False
+
+
+def _teardown_at_exit() -> None:
+    """Destroy the process group when the process exits: left to the interpreter's shutdown, gloo's threads can abort
+    a finished rank ("terminate called without an active exception") and fail the launch after the run was stored."""
+    global _TEARDOWN_REGISTERED
+    if _TEARDOWN_REGISTERED:
+        return
+    import atexit
+
+    def teardown():
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+    atexit.register(teardown)
+    _TEARDOWN_REGISTERED = True
+
+
 def _run_job_distributed(kind: str, job: JobBase, body, rank: int, size: int) -> dict:
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, gather_object, reduce
@@ -124,6 +146,7 @@ def _run_job_distributed(kind: str, job: JobBase, body, rank: int, size: int) ->
     # shared state, which every later Accelerator reuses, falls back to one process (DistributedType.NO) when no GPU
     # is visible, and the trainers' Runtime would not be data-parallel
     state = PartialState(cpu=device == "cpu")
+    _teardown_at_exit()
     rid = run_id(kind, job.key())
     store = None
     if rank == 0:
