@@ -197,7 +197,7 @@ def _sampling_generator(generator: torch.Generator | None, device: torch.device)
 @torch.no_grad()
 def sample(model, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int, temperature: float,
            eos_id: int, pad_id: int, generator: torch.Generator | None = None, *, check_every: int = 8,
-           rows: tuple[int, torch.Tensor] | None = None, across=None) -> torch.Tensor:
+           rows: tuple[int, torch.Tensor] | None = None, across=None, watch=None) -> torch.Tensor:
     """Batched ancestral sampling with a KV cache. Returns responses [B, T] right-padded with ``pad_id`` after EOS,
     on the model's device (the query is moved there).
 
@@ -214,7 +214,12 @@ def sample(model, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens:
     Data-parallel rollouts: ``rows = (global batch size, this process's row indices)`` draws the noise of the whole
     global batch and keeps this process's rows, so every row gets the noise it would get in one process;
     ``across(int) -> int`` returns the maximum of an integer over the processes (all processes then stop at the same
-    step and keep their generators in step)."""
+    step and keep their generators in step).
+
+    ``watch`` (a :class:`~superalign.models.watch.LinearMonitor` or anything with ``layer``, ``begin(B, device)``,
+    ``observe(h [B, d], alive [B])``): fed, at every step, the hidden state at ``watch.layer`` of the position that
+    emits the step's token (the prompt's last position for the first token), with the rows still generating; the
+    forward passes then also return hidden states. Read its per-sample scores with ``watch.end()``."""
     device = model_device(model)
     query, query_mask = query.to(device), query_mask.to(device)
     gen = _sampling_generator(generator, device)
@@ -223,8 +228,11 @@ def sample(model, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens:
     n_noise, noise_rows = (B, None) if rows is None else (rows[0], torch.as_tensor(rows[1], device=device))
     mask = query_mask.clone()
     pos = positions(mask)
-    out = model(input_ids=query, attention_mask=mask, position_ids=pos, use_cache=True)
+    hs = watch is not None
+    out = model(input_ids=query, attention_mask=mask, position_ids=pos, use_cache=True, output_hidden_states=hs)
     past, logits = out.past_key_values, out.logits[:, -1].float()
+    if hs:
+        watch.begin(B, device)
     pos = pos[:, -1:]
     done = torch.zeros(B, dtype=torch.bool, device=device)
     first_all_done = torch.full((), max_new_tokens - 1, dtype=torch.long, device=device)
@@ -244,6 +252,8 @@ def sample(model, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens:
             tok = (probs / noise).argmax(-1)
             if keep_states:
                 states[t] = gen.get_state()
+        if hs:  # the state that chose this token; rows already ended emit padding and are not scored
+            watch.observe(out.hidden_states[watch.layer][:, -1], ~done)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         toks.append(tok)
         done = done | (tok == eos_id)
@@ -259,7 +269,8 @@ def sample(model, query: torch.Tensor, query_mask: torch.Tensor, max_new_tokens:
             states = {}  # the step to go back to is never before this check
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pos = pos + 1
-        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
+        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True,
+                    output_hidden_states=hs)
         past, logits = out.past_key_values, out.logits[:, -1].float()
     stop = int(first_all_done)
     if across is not None:

@@ -241,21 +241,24 @@ class Rollout(NamedTuple):
     mask: torch.Tensor
     texts: list[str]
     ended: list[bool]
+    monitor: torch.Tensor | None = None
+    """[B] per-sample scores of the ``watch`` monitor that watched the sampling, when one did"""
 
 
 def rollout(policy, tok, prompt_ids: list[list[int]], cfg: PPOConfig, gen: torch.Generator,
-            temperature: float | None = None, rows=None, across=None) -> Rollout:
+            temperature: float | None = None, rows=None, across=None, watch=None) -> Rollout:
     """Sample responses on the policy's device (tensors stay there; texts are decoded once at the end). ``rows`` and
-    ``across``: data-parallel sampling, see :func:`superalign.models.lm.sample`."""
+    ``across``: data-parallel sampling; ``watch``: a monitor scoring every sample as it is generated; see
+    :func:`superalign.models.lm.sample`."""
     q, qm = left_pad(prompt_ids, tok.pad_token_id)
     device = model_device(policy)
     q, qm = q.to(device), qm.to(device)
     resp = sample(policy, q, qm, cfg.response_len, cfg.temperature if temperature is None else temperature,
-                  tok.eos_token_id, tok.pad_token_id, gen, rows=rows, across=across)
+                  tok.eos_token_id, tok.pad_token_id, gen, rows=rows, across=across, watch=watch)
     count_forward(policy, q.numel() + resp.numel(), "rollout")  # prefill + one step per generated column
     mask = response_mask(resp, tok.eos_token_id, tok.pad_token_id)
     texts, ended = decode_responses(tok, resp, mask)
-    return Rollout(q, qm, resp, mask, texts, ended)
+    return Rollout(q, qm, resp, mask, texts, ended, watch.end() if watch is not None else None)
 
 
 @torch.no_grad()
@@ -317,7 +320,7 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
               value_model: RewardModel | None = None,
               gold: Callable[[list[str], list[str], list[bool]], np.ndarray] | None = None,
               ptx_rows: list[dict] | None = None, eval_hook: Callable[[int, torch.nn.Module], dict] | None = None,
-              progress: bool = True, rt=None) -> PPOResult:
+              progress: bool = True, rt=None, watch=None) -> PPOResult:
     """Optimise ``policy`` in place against ``rm`` with a KL penalty to ``ref``.
 
     ``value_model`` defaults to a copy of the reward model (InstructGPT), in fp32 even when ``rm`` is kept in a low
@@ -330,7 +333,11 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
     whitening, KL controller and logged metrics use global statistics (sums over the processes), and each loss is a
     global token mean. So N processes compute what one process computes with the same global batch, up to float
     rounding (a shard's prompts are padded to its own longest prompt, which may round differently); the sample table
-    holds rank 0's rows."""
+    holds rank 0's rows.
+
+    ``watch`` (:class:`~superalign.models.watch.LinearMonitor`): scores every training sample as it is generated;
+    each update then logs ``monitor/score`` (mean sample score) and, when the monitor has a threshold,
+    ``monitor/flag_rate`` (share of samples flagged), and the sample table gets each sample's ``monitor`` score."""
     from tqdm.auto import tqdm
 
     rt = rt or Runtime.for_model(policy)
@@ -369,13 +376,13 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
     across = rt.max_across()
     sums = None if W == 1 else (lambda x: rt.all_sum_tensor(x))
 
-    def my_rollout(global_prompts: list[list[int]]) -> tuple[Rollout, np.ndarray]:
+    def my_rollout(global_prompts: list[list[int]], watch=None) -> tuple[Rollout, np.ndarray]:
         """This process's rows of a global batch of prompts (positions in the batch, rollout)."""
         pos = rt.shard(np.arange(len(global_prompts))).idx
         rows = None if W == 1 else (len(global_prompts), pos)
         with rt.autocast():
             ro = rollout(rt.unwrap(models).policy, tok, [global_prompts[i] for i in pos], cfg, gen, rows=rows,
-                         across=across)
+                         across=across, watch=watch)
         return ro, pos
 
     def row_mean(x: torch.Tensor, n_global: int) -> float:
@@ -403,7 +410,7 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
         while len(order) < cfg.batch_size:
             order += torch.randperm(len(prompt_ids), generator=gen).tolist()
         idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
-        ro, pos = my_rollout([prompt_ids[i] for i in idx])
+        ro, pos = my_rollout([prompt_ids[i] for i in idx], watch)
         batch_prompts = [prompts[idx[p]] for p in pos]
         mask = ro.mask.float()
         ended = _ended(ro)
@@ -518,11 +525,16 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
             "loss/ptx": float(np.mean(stats["ptx_loss"])) if stats["ptx_loss"] else None,
             "time_s": time.perf_counter() - t0,
         }
+        if ro.monitor is not None:
+            row["monitor/score"] = row_mean(ro.monitor, B)
+            if watch.threshold is not None:
+                row["monitor/flag_rate"] = row_mean((ro.monitor > watch.threshold).float(), B)
         history.append(row)
         if cfg.sample_every and (update % cfg.sample_every == 0 or update == 1):
             for i in range(min(4, len(pos))):
                 samples.append({"update": update, "prompt": batch_prompts[i], "response": ro.texts[i],
-                                "score": float(scores[i]), "gold": float(g[i]) if g is not None else None})
+                                "score": float(scores[i]), "gold": float(g[i]) if g is not None else None,
+                                **({"monitor": float(ro.monitor[i])} if ro.monitor is not None else {})})
         if eval_hook is not None and cfg.eval_every and update % cfg.eval_every == 0:
             evals.append({"update": update, **eval_hook(update, ema if ema is not None else policy)})
         bar.update()
