@@ -4,16 +4,33 @@ A :class:`Template` is text with ``{field}`` placeholders for dataset columns an
 (false first, true second): ``"{text}\\nSentiment: {answer}"`` with ``("negative", "positive")``. Filling row i gives
 ``neg[i]`` and ``pos[i]``; the label says which of the two is the truth. The template (text and answers) is part of
 the dataset's identity (:attr:`ContrastPairs.fingerprint`), so a cache of hidden states never mixes templates.
+
+Sources: the shared SST-2 and BoolQ files, the built-in offline tasks of :mod:`superalign.data.tasks` (``vader``,
+``textblob-polarity``, … : any registered task, with a built-in template where :data:`TEMPLATES` has one), and local
+``.jsonl``/``.csv`` files with a column mapping.
+
+Two robustness checks from the literature change the texts (and so the fingerprint):
+
+- a **misleading prefix** (Burns et al. 2022, §3.3): ``k`` demonstrations from rows that are not evaluated (the
+  ``k`` rows right after the evaluated ones), each filled with its WRONG answer, prepended to both sides and to the
+  zero-shot prompt (:func:`misleading_prefix`);
+- a **distractor feature** (Farquhar et al. 2023, §4.1, "banana/shed"): each pair gets one arbitrary word appended
+  to one side and another word to the other side, at random per pair; the side that got the first word is a binary
+  feature that satisfies CCS's consistency structure as well as the truth does (:func:`add_distractor`).
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
+import random
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import SuperalignError
 
@@ -52,8 +69,24 @@ TEMPLATES: dict[str, tuple[Template, ...]] = {
              Template("review-was", "Review: {text}\nThe review was {answer}.", ("bad", "good"))),
     "boolq": (Template("qa", "Q: {question}?\nA: {answer}", ("no", "yes")),
               Template("true-false", "Question: {question}?\nIs the answer yes? {answer}", ("false", "true"))),
+    "vader": (Template("word-is", "The word \"{text}\" is {answer}.", ("negative", "positive")),
+              Template("word-sentiment", "Word: {text}\nSentiment: {answer}", ("negative", "positive"))),
+    "textblob-polarity": (Template("sense-is", "The adjective sense \"{text}\" is {answer}.",
+                                   ("negative", "positive")),),
 }
 """the built-in templates per dataset (several each, since CCS results vary with the template)"""
+
+SHARED_FILES = ("sst2", "boolq")
+"""datasets read from one split file of the shared data folder; the other names in :data:`TEMPLATES` (and any task
+of :func:`superalign.data.tasks.list_tasks`) are built-in tasks"""
+
+PREFIXES = ("none", "misleading")
+DISTRACTORS: dict[str, tuple[str, str]] = {"none": ("", ""), "banana-shed": ("Banana.", "Shed.")}
+"""name → (the word whose side the distractor label marks, the other word) appended after the filled answer"""
+
+AMBIGUOUS_RATING = 1.0
+"""a rated task's rows (VADER: ten human ratings from −4 to +4) whose mean rating is closer to neutral than this are
+dropped as ambiguous; the rest are binarised by the sign of the mean"""
 
 
 @dataclass
@@ -66,6 +99,14 @@ class ContrastPairs:
     template: Template
     source: str
     """what the rows came from (a path with its content hash, or a dataset name)"""
+    prefix: str = ""
+    """text prepended to every side and prompt (the misleading few-shot demonstrations; empty for none)"""
+    distractor: list[int] | None = None
+    """per pair, 1 when the ``pos`` side carries the distractor's first word (None without a distractor)"""
+    distractor_name: str = "none"
+    scored: tuple[list[str], list[str]] | None = None
+    """(neg, pos) up to the end of the answer: the zero-shot baseline scores the tokens between the prompt and there,
+    not an appended distractor word (None: the whole of ``neg``/``pos``)"""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -73,13 +114,14 @@ class ContrastPairs:
     @property
     def fingerprint(self) -> str:
         h = hashlib.sha256(json.dumps([self.source, self.template.text, self.template.answers, self.neg, self.pos,
-                                       self.labels]).encode())
+                                       self.labels, self.prefix, self.distractor_name, self.distractor]).encode())
         return h.hexdigest()[:16]
 
 
-def make_pairs(rows: list[dict], template: Template, label_col: str = "label", source: str = "rows") -> ContrastPairs:
-    """Fill ``template`` with each row's two answers. Labels must be 0/1 (or booleans); columns the template reads
-    must exist in every row."""
+def make_pairs(rows: list[dict], template: Template, label_col: str = "label", source: str = "rows",
+               prefix: str = "") -> ContrastPairs:
+    """Fill ``template`` with each row's two answers (``prefix`` prepended to both and to the prompt). Labels must be
+    0/1 (or booleans); columns the template reads must exist in every row."""
     if not rows:
         raise SuperalignError(f"no rows for contrast pairs from {source}", "check the file and its filters")
     need = template.fields() - {"answer"}
@@ -94,11 +136,35 @@ def make_pairs(rows: list[dict], template: Template, label_col: str = "label", s
             y = int(y)
         if y not in (0, 1):
             raise SuperalignError(f"{source} row {i}: label {y!r} is not binary", "map the labels to 0 and 1")
-        neg.append(template.fill(r, template.answers[0]))
-        pos.append(template.fill(r, template.answers[1]))
-        prompts.append(template.prompt(r))
+        neg.append(prefix + template.fill(r, template.answers[0]))
+        pos.append(prefix + template.fill(r, template.answers[1]))
+        prompts.append(prefix + template.prompt(r))
         labels.append(int(y))
-    return ContrastPairs(neg, pos, prompts, labels, template, source)
+    return ContrastPairs(neg, pos, prompts, labels, template, source, prefix=prefix)
+
+
+def misleading_prefix(demo_rows: list[dict], template: Template, label_col: str = "label",
+                      source: str = "demonstrations") -> str:
+    """Few-shot demonstrations answered WRONGLY (Burns et al. 2022, §3.3): each row filled with the answer its label
+    says is false, one demonstration per paragraph, ending with a blank line before the evaluated text."""
+    demos = make_pairs(demo_rows, template, label_col, source)
+    return "".join((n if y == 1 else p) + "\n\n" for n, p, y in zip(demos.neg, demos.pos, demos.labels))
+
+
+def add_distractor(pairs: ContrastPairs, name: str, seed: int) -> ContrastPairs:
+    """The pairs with a distractor feature (Farquhar et al. 2023, §4.1): for each pair a fair coin (numpy
+    ``default_rng(seed)``) says which side gets the first word (``"Banana."``) and which the second (``"Shed."``),
+    appended after the filled answer; ``distractor[i]`` = 1 when ``pos`` got the first word. A probe that reads the
+    word instead of the truth predicts the distractor label, not the truth label."""
+    if name not in DISTRACTORS:
+        raise SuperalignError(f"unknown distractor {name!r}", f"use one of {', '.join(DISTRACTORS)}")
+    if name == "none":
+        return pairs
+    first, second = DISTRACTORS[name]
+    d = np.random.default_rng(seed).integers(0, 2, len(pairs)).tolist()
+    neg = [f"{t} {second if k else first}" for t, k in zip(pairs.neg, d)]
+    pos = [f"{t} {first if k else second}" for t, k in zip(pairs.pos, d)]
+    return replace(pairs, neg=neg, pos=pos, distractor=d, distractor_name=name, scored=(pairs.neg, pairs.pos))
 
 
 def _read_rows(path: Path, limit: int | None) -> list[dict]:
@@ -121,30 +187,104 @@ def shared_path(dataset: str, split: str, data_dir: str | None = None) -> Path:
     return base / f"{name}.jsonl"
 
 
+def task_rows(name: str) -> tuple[list[dict], str]:
+    """Rows ``{"text", "label"}`` of a built-in task of :mod:`superalign.data.tasks`, and its identity. The task's
+    labels are already binary; where it carries per-row human ratings (VADER's ten ratings per word) rows whose mean
+    rating lies within :data:`AMBIGUOUS_RATING` of neutral are dropped as ambiguous. The rows are shuffled with a fixed
+    seed (lexicons come sorted, so "the first n" would be one corner of the alphabet), the same in every run."""
+    from ..data.tasks import load_task
+
+    task = load_task(name)
+    keep = list(range(len(task)))
+    ratings = task.meta.get("ratings")
+    if ratings is not None:
+        keep = [i for i in keep if abs(float(np.mean(ratings[i]))) >= AMBIGUOUS_RATING]
+    rows = [{"text": task.texts[i], "label": int(task.labels[i])} for i in keep]
+    random.Random(0).shuffle(rows)
+    return rows, f"task:{name}#{task.fingerprint()}"
+
+
+def dataset_kind(dataset: str) -> str:
+    """'shared' (a split file of the shared data folder), 'task' (a built-in task) or 'file'; an unknown name that is
+    not an existing file is a one-line error naming the close matches."""
+    from ..data.tasks import list_tasks
+
+    if dataset in SHARED_FILES:
+        return "shared"
+    tasks = list_tasks()
+    if dataset in TEMPLATES or (dataset in tasks and not dataset.startswith(("hf:", "file:"))):
+        return "task"
+    path = Path(dataset)
+    if path.suffix in (".jsonl", ".json", ".csv") or path.exists() or "/" in dataset:
+        return "file"
+    names = sorted(set(SHARED_FILES) | set(TEMPLATES) | set(tasks))
+    close = difflib.get_close_matches(dataset, names, n=3)
+    raise SuperalignError(f"unknown dataset {dataset!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""),
+                          f"use one of {', '.join(names)} or a .jsonl/.csv file")
+
+
+def parse_columns(columns: list[str] | dict[str, str] | None) -> dict[str, str]:
+    """``["review=text", "truth=label"]`` (the CLI's ``--columns``) → ``{file column: template field}``."""
+    if not columns:
+        return {}
+    if isinstance(columns, dict):
+        return dict(columns)
+    out = {}
+    for c in columns:
+        src, eq, dst = c.partition("=")
+        if not eq or not src.strip() or not dst.strip():
+            raise SuperalignError(f"--columns entry {c!r} is not file_column=field",
+                                  "pass e.g. --columns review=text truth=label")
+        out[src.strip()] = dst.strip()
+    return out
+
+
 def load_pairs(dataset: str, template: str | Template | None = None, split: str = "validation",
                data_dir: str | None = None, limit: int | None = None, columns: dict[str, str] | None = None,
-               label_col: str = "label") -> ContrastPairs:
+               label_col: str = "label", prefix: str = "none", prefix_k: int = 4) -> ContrastPairs:
     """Contrast pairs of a built-in dataset (``sst2``, ``boolq`` from the shared data folder: ``data_dir`` or
-    ``$SUPERALIGN_DATA``) or a local ``.jsonl``/``.csv`` file (``template`` required; ``columns`` renames
-    {file column: template field})."""
+    ``$SUPERALIGN_DATA``), a built-in task (``vader``, …: :func:`task_rows`) or a local ``.jsonl``/``.csv`` file
+    (``template`` required; ``columns`` renames {file column: template field}). The first ``limit`` rows are
+    evaluated; ``prefix="misleading"`` prepends :func:`misleading_prefix` of the ``prefix_k`` rows after them (so the
+    demonstrations are never evaluated rows, and the evaluated rows are the same as without a prefix)."""
     from ..data.fingerprint import file_fingerprint
 
-    if dataset in TEMPLATES:
-        path = shared_path(dataset, split, data_dir)
-        choices = TEMPLATES[dataset]
+    if prefix not in PREFIXES:
+        raise SuperalignError(f"unknown prefix {prefix!r}", f"use one of {', '.join(PREFIXES)}")
+    kind = dataset_kind(dataset)
+    if kind != "file":
+        choices = TEMPLATES.get(dataset, ())
+        if template is None and not choices:
+            raise SuperalignError(f"task {dataset!r} has no built-in template",
+                                  "pass a template with {text} and {answer} (--template-text and --answers)")
         if template is None:
             template = choices[0]
         elif isinstance(template, str):
             by_name = {t.name: t for t in choices}
             if template not in by_name:
                 raise SuperalignError(f"unknown template {template!r} for {dataset}",
-                                      f"use one of {', '.join(by_name)} or pass a Template")
+                                      f"use one of {', '.join(by_name) or '(none built in)'} or pass a Template")
             template = by_name[template]
+    elif not isinstance(template, Template):
+        raise SuperalignError(f"{dataset}: a local file needs a Template", "pass template=Template(...)")
+    k = prefix_k if prefix == "misleading" else 0
+    if prefix == "misleading" and k < 1:
+        raise SuperalignError(f"a misleading prefix needs at least one demonstration, got {prefix_k}",
+                              "pass e.g. --prefix-k 4")
+    want = limit + k if limit else None
+    if kind == "task":
+        rows, source = task_rows(dataset)
+        rows = rows[:want] if want else rows
     else:
-        path = Path(dataset)
-        if not isinstance(template, Template):
-            raise SuperalignError(f"{dataset}: a local file needs a Template", "pass template=Template(...)")
-    rows = _read_rows(path, limit)
+        path = shared_path(dataset, split, data_dir) if kind == "shared" else Path(dataset)
+        rows = _read_rows(path, want)
+        source = f"{path}#{file_fingerprint(path)[:16]}"
     if columns:
-        rows = [{columns.get(k, k): v for k, v in r.items()} for r in rows]
-    return make_pairs(rows, template, label_col, source=f"{path}#{file_fingerprint(path)[:16]}")
+        rows = [{columns.get(c, c): v for c, v in r.items()} for r in rows]
+    n_eval = limit if limit else len(rows) - k
+    if k and (len(rows) < n_eval + k or n_eval < 1):
+        raise SuperalignError(f"the misleading prefix asks for {k} demonstrations beyond the {n_eval} evaluated rows, "
+                              f"but {dataset} has only {len(rows)} rows",
+                              "lower --prefix-k or --n (the demonstrations are never evaluated rows)")
+    demo = misleading_prefix(rows[n_eval:n_eval + k], template, label_col, f"{source} demonstrations") if k else ""
+    return make_pairs(rows[:n_eval], template, label_col, source=source, prefix=demo)
