@@ -190,7 +190,8 @@ def shared_path(dataset: str, split: str, data_dir: str | None = None) -> Path:
 def task_rows(name: str) -> tuple[list[dict], str]:
     """Rows ``{"text", "label"}`` of a built-in task of :mod:`superalign.data.tasks`, and its identity. The task's
     labels are already binary; where it carries per-row human ratings (VADER's ten ratings per word) rows whose mean
-    rating lies within :data:`AMBIGUOUS_RATING` of neutral are dropped as ambiguous. The rows are shuffled with a fixed
+    rating lies within :data:`AMBIGUOUS_RATING` of neutral are dropped as ambiguous, and so is a text listed twice
+    with opposite labels (a text listed twice with one label is kept once). The rows are shuffled with a fixed
     seed (lexicons come sorted, so "the first n" would be one corner of the alphabet), the same in every run."""
     from ..data.tasks import load_task
 
@@ -199,7 +200,15 @@ def task_rows(name: str) -> tuple[list[dict], str]:
     ratings = task.meta.get("ratings")
     if ratings is not None:
         keep = [i for i in keep if abs(float(np.mean(ratings[i]))) >= AMBIGUOUS_RATING]
-    rows = [{"text": task.texts[i], "label": int(task.labels[i])} for i in keep]
+    seen: dict[str, set[int]] = {}
+    for i in keep:
+        seen.setdefault(task.texts[i], set()).add(int(task.labels[i]))
+    rows, done = [], set()
+    for i in keep:  # a text listed twice becomes one pair; one listed with both labels is dropped as ambiguous
+        t = task.texts[i]
+        if len(seen[t]) == 1 and t not in done:
+            rows.append({"text": t, "label": int(task.labels[i])})
+            done.add(t)
     random.Random(0).shuffle(rows)
     return rows, f"task:{name}#{task.fingerprint()}"
 

@@ -20,7 +20,9 @@ def monitor_section(runs: list[dict]) -> str:
     for r in runs:
         c, m = r.get("config") or {}, r.get("metrics") or {}
         rows.append([f"<code>{esc(r['id'][:16])}</code>", esc(c.get("model")), esc(c.get("dataset")),
-                     esc(c.get("template") or "default"), fmt(m.get("n_test")), fmt(m.get("zero_shot_acc"), pct=True)]
+                     esc(" ".join([c.get("template") or "default"] + [f"{k}={c[k]}" for k in ("prefix", "distractor")
+                                                                       if c.get(k, "none") != "none"])),
+                     fmt(m.get("n_test")), fmt(m.get("zero_shot_acc"), pct=True)]
                     + [f"{fmt(m.get(f'{k}_best_acc'), pct=True)} (layer {fmt(m.get(f'{k}_best_layer'))})"
                        for k, _ in METHODS])
     heads = ["run", "model", "dataset", "template", "test pairs", "zero-shot"] + [n for _, n in METHODS]
@@ -36,6 +38,9 @@ def monitor_section(runs: list[dict]) -> str:
                 ax.plot([int(x) for x in layers],
                         [per["layers"][x][k]["acc"] for x in layers], marker="o", label=name)
             ax.axhline(per["zero_shot"]["acc"], ls="--", c="gray", label="zero-shot")
+            if per.get("distractor", "none") != "none":  # what CCS found: truth vs the distractor, either sign
+                ax.plot([int(x) for x in layers], [per["layers"][x]["ccs"]["distractor_acc_any_sign"] for x in layers],
+                        ls=":", marker="x", c="red", label=f"CCS vs {per['distractor']} distractor (either sign)")
             ax.set_xlabel("layer")
             ax.set_ylabel("held-out accuracy")
             ax.legend(fontsize=7)
