@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import SuperalignError
-from ..models.lm import left_pad, load_lm, model_inputs, sample
+from ..models.lm import left_pad, load_lm, model_inputs, response_mask, sample
 from ..models.placement import resolve_device, resolve_precision
 from ..runs.files import write_json_atomic
 from ..runs.ledger import add_flops
@@ -113,28 +113,35 @@ class HFLocalLLM(LLM):
 
     Prompts are encoded as in RLHF (:func:`superalign.models.lm.encode_prompts`): a tokenizer without a BOS token
     (GPT-2 style) gets EOS in front, as in pretraining. A chat-rendered prompt that already starts with the BOS
-    text gets no second one. Batches are left-padded with positions taken from the attention mask."""
+    text gets no second one. Batches are left-padded with positions taken from the attention mask.
+
+    ``watch`` (a :class:`~superalign.models.watch.LinearMonitor`, e.g. ``LinearMonitor.load(dir)`` of a monitor
+    saved by ``superalign monitor watch``): scores every completion as :meth:`generate` samples it; after each call,
+    ``monitor_scores`` holds one score per prompt (and ``monitor_flags`` whether it is above the monitor's threshold,
+    when it has one), ``generated_tokens`` the tokens sampled per prompt up to and including EOS (the tokens
+    scored)."""
 
     supports_next_token_logprobs = True
     supports_echo_logprobs = True
 
     def __init__(self, model: str, device: str = "auto", dtype: torch.dtype | str | None = "auto", batch_size: int = 8,
-                 trust_remote_code: bool = False, max_length: int | None = None):
+                 trust_remote_code: bool = False, max_length: int | None = None, watch=None):
         dev = resolve_device(device)  # 'auto' → a GPU when there is one
         # inference only: the weights load directly in the precision ('auto': bf16 on a GPU, fp32 on the CPU)
         precision = dtype if isinstance(dtype, torch.dtype) else resolve_precision(dtype, dev)
         tok, lm = load_lm(model, trust_remote_code=trust_remote_code, dtype=precision, device=dev)
-        self._setup(tok, lm, model, str(dev), batch_size, max_length)
+        self._setup(tok, lm, model, str(dev), batch_size, max_length, watch)
 
     @classmethod
     def from_model(cls, tok, model, name: str = "custom", device: str | None = None, batch_size: int = 8,
-                   max_length: int | None = None) -> HFLocalLLM:
+                   max_length: int | None = None, watch=None) -> HFLocalLLM:
         """Wrap an already-loaded (tokenizer, causal LM) pair; the model is put in eval mode."""
         self = cls.__new__(cls)
-        self._setup(tok, model, name, device or str(next(model.parameters()).device), batch_size, max_length)
+        self._setup(tok, model, name, device or str(next(model.parameters()).device), batch_size, max_length, watch)
         return self
 
-    def _setup(self, tok, model, name: str, device: str, batch_size: int, max_length: int | None) -> None:
+    def _setup(self, tok, model, name: str, device: str, batch_size: int, max_length: int | None,
+               watch=None) -> None:
         if batch_size < 1:
             raise SuperalignError(f"batch_size must be >= 1, got {batch_size}", "pass batch_size=8")
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -147,6 +154,12 @@ class HFLocalLLM(LLM):
         self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
         eos = model.generation_config.eos_token_id  # chat models often end turns with their own token(s)
         self.eos_ids = sorted({tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None})
+        if watch is not None:
+            from ..monitor.runtime import check_monitor_on
+
+            check_monitor_on(getattr(watch, "monitor", watch), model)
+        self.watch = watch
+        self.monitor_scores = self.monitor_flags = self.generated_tokens = None
 
     def __repr__(self) -> str:
         return f"HFLocalLLM({self.name!r}, device={str(self.device)!r})"
@@ -221,16 +234,24 @@ class HFLocalLLM(LLM):
         eos = self.tok.eos_token_id if self.tok.eos_token_id is not None else self.eos_ids[0]
         gen = torch.Generator(device=self.device).manual_seed(seed)
         out, rows = [""] * len(prompts), {}
+        scores, n_tok = np.full(len(prompts), np.nan), np.zeros(len(prompts), dtype=np.int64)
         for idx in self._batches(seqs):
             ids, mask = left_pad([seqs[i] for i in idx], self.pad_id)
             resp = sample(self.model, ids.to(self.device), mask.to(self.device), max_new_tokens, temperature,
-                          eos_id=eos, pad_id=self.pad_id, generator=gen)
+                          eos_id=eos, pad_id=self.pad_id, generator=gen, watch=self.watch)
+            n_tok[idx] = response_mask(resp, eos, self.pad_id).sum(1).cpu().numpy()
+            if self.watch is not None:  # the monitor saw the tokens up to the sampler's EOS (see the class doc)
+                scores[idx] = self.watch.end().numpy()
             add_flops(lm_flops(self.model, ids.numel() + resp.numel()), tokens=ids.numel() + resp.numel(),
                       stage="llm")
             rows.update(zip(idx, resp.tolist(), strict=True))  # one copy to the host per batch
         for i, row in rows.items():
             end = next((k for k, t in enumerate(row) if t in self.eos_ids), len(row))
             out[i] = cut_at_stop(self.tok.decode(row[:end], skip_special_tokens=True), stop)
+        self.generated_tokens = n_tok
+        self.monitor_scores = scores if self.watch is not None else None
+        threshold = getattr(getattr(self.watch, "monitor", self.watch), "threshold", None)
+        self.monitor_flags = scores > threshold if self.monitor_scores is not None and threshold is not None else None
         return out
 
     @torch.inference_mode()

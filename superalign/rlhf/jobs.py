@@ -116,12 +116,17 @@ class PPOJob(PPOConfig, JobBase):
     prompts: str = _f("testbed", "prompts: testbed or a file with a prompt column")
     prompt_col: str = _f("prompt", "prompt column of a prompt file")
     lr: float = _f(3e-5, "AdamW learning rate of the policy")
+    monitor: str | None = _f(None, "a saved activation monitor (`superalign monitor watch` artefact) that scores every "
+                                   "rollout sample: history rows get monitor/score and monitor/flag_rate")
 
     def __post_init__(self):
         super().__post_init__()
         for name, example in (("policy", "testbed-sft"), ("reward", "testbed-rm"), ("prompts", "testbed"),
                               ("prompt_col", "prompt")):
             check_nonempty(name, getattr(self, name), example)
+
+    def key(self) -> dict:
+        return _monitor_key(super().key(), self.monitor)
 
 
 DPO_CLI_OVERRIDES = {
@@ -163,6 +168,10 @@ class BoNJob(JobBase):
     response_len: int = _f(24, "maximum new tokens per sample")
     temperature: float = _f(1.0, "sampling temperature")
     seed: int = _f(0, "sampling seed")
+    monitor: str | None = _f(None, "a saved activation monitor (`superalign monitor watch` artefact): every sample's "
+                                   "score is stored")
+    drop_flagged: bool = _f(False, "drop samples the monitor flags before choosing the best (a prompt whose samples "
+                                   "are all flagged keeps its lowest-scoring one)")
 
     def __post_init__(self):
         for name, example in (("policy", "testbed-sft"), ("reward", "testbed-rm"), ("prompts", "testbed"),
@@ -173,6 +182,40 @@ class BoNJob(JobBase):
         check_int("response_len", self.response_len, example=24)
         check_positive("temperature", self.temperature, example=1.0)
         check_seed("seed", self.seed)
+        if self.drop_flagged and not self.monitor:
+            raise SuperalignError("--drop-flagged needs --monitor", "pass the folder of a calibrated monitor")
+
+    def key(self) -> dict:
+        d = _monitor_key(super().key(), self.monitor)
+        if not d.get("drop_flagged"):
+            d.pop("drop_flagged", None)
+        return d
+
+
+def _monitor_key(d: dict, monitor: str | None) -> dict:
+    """A run id with a monitor includes the content of its files (a recalibrated monitor is a new run); without one
+    it is the id the job had before monitors existed."""
+    from pathlib import Path
+
+    from ..monitor.runtime import monitor_fingerprint
+
+    if not monitor:
+        d.pop("monitor", None)
+    else:
+        d["monitor_fingerprint"] = monitor_fingerprint(monitor) if Path(monitor).is_dir() else None
+    return d
+
+
+def _load_watch(monitor: str | None, policy: str, home, trust_remote_code: bool, need_threshold: bool = False):
+    """The saved monitor, checked against the policy's config (hidden size, layer) before anything is written."""
+    if not monitor:
+        return None
+    from ..monitor.runtime import load_monitor
+
+    mon = load_monitor(monitor, policy, home, trust_remote_code)
+    if need_threshold and mon.threshold is None:
+        raise SuperalignError(f"the monitor in {monitor} has no threshold", "calibrate it (superalign monitor watch)")
+    return mon
 
 
 # ----------------------------------------------------------------------------- running and recording
@@ -365,6 +408,7 @@ def _prompts(source: str, col: str, n: int | None, seed: int) -> list[str]:
 def run_ppo(job: PPOJob, eval_prompts: list[str] | None = None) -> dict:
     prompts = _prompts(job.prompts, job.prompt_col, None, job.seed)
     check_models(job.policy, job.ref, job.reward, job.value, trust_remote_code=job.trust_remote_code)
+    watch = _load_watch(job.monitor, job.policy, job.home, job.trust_remote_code)
 
     def body(store, out):
         torch.manual_seed(job.seed)
@@ -389,8 +433,12 @@ def run_ppo(job: PPOJob, eval_prompts: list[str] | None = None) -> dict:
                 return evaluate_policy(m, ref, rm, tok, evp, job.response_len, job.temperature, gold,
                                        seed=job.seed + 7)
 
+        if watch is not None:
+            from ..monitor.runtime import check_monitor_on
+
+            check_monitor_on(watch, policy)
         res = train_ppo(policy, ref, rm, tok, prompts, job, value_model=value, gold=gold, ptx_rows=ptx,
-                        eval_hook=lambda u, m: evaluate(m), progress=job.progress, rt=rt)
+                        eval_hook=lambda u, m: evaluate(m), progress=job.progress, rt=rt, watch=watch)
         _save_policy(rt, res.ema if res.ema is not None else policy, tok, out / "model",
                      {"kind": "rlhf-ppo", "config": job.key()})
         final = evaluate(res.ema if res.ema is not None else policy)
@@ -399,6 +447,7 @@ def run_ppo(job: PPOJob, eval_prompts: list[str] | None = None) -> dict:
         metrics = {"final_" + k: v for k, v in final.items()} | {"initial_" + k: v for k, v in initial.items()}
         metrics |= {"kl": last["objective/kl"], "score": last["objective/scores"], "eos_rate": last["eos_rate"],
                     "wall_s": res.wall_s, "episodes": last["episodes"]}
+        metrics |= {k.replace("/", "_"): last[k] for k in ("monitor/score", "monitor/flag_rate") if k in last}
         metrics |= {"history": res.history, "samples": res.samples, "evals": res.evals}
         return metrics, {"model": str(out / "model"), "reward": rm_path}
     return run_job("rlhf-ppo", job, body)
@@ -444,15 +493,19 @@ def run_dpo(job: DPOJob) -> dict:
 
 @torch.no_grad()
 def best_of_n_samples(policy, rm, tok, prompts: list[str], n: int, response_len: int, temperature: float,
-                      seed: int) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
-    """(texts [P][n], proxy scores [P, n], ended flags [P, n]) for n samples of each prompt."""
+                      seed: int, watch=None,
+                      monitor_scores: list | None = None) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
+    """(texts [P][n], proxy scores [P, n], ended flags [P, n]) for n samples of each prompt. With ``watch`` (a
+    monitor), every sample's monitor score is appended to ``monitor_scores`` (prompt-major: reshape to [P, n])."""
     gen = torch.Generator().manual_seed(seed)
     cfg = PPOConfig(response_len=response_len, temperature=temperature, batch_size=1, minibatch_size=1)
     ids = encode_prompts(tok, prompts)
     flat = [i for i in range(len(prompts)) for _ in range(n)]
     texts, scores, ended = [], [], []
     for b in range(0, len(flat), 256):
-        ro = rollout(policy, tok, [ids[i] for i in flat[b:b + 256]], cfg, gen)
+        ro = rollout(policy, tok, [ids[i] for i in flat[b:b + 256]], cfg, gen, watch=watch)
+        if watch is not None:
+            monitor_scores += ro.monitor.tolist()
         texts += ro.texts
         ended += ro.ended
         scores += score_rollout(rm, ro).tolist()
@@ -464,6 +517,7 @@ def best_of_n_samples(policy, rm, tok, prompts: list[str], n: int, response_len:
 def run_bon(job: BoNJob) -> dict:
     prompts = _prompts(job.prompts, job.prompt_col, job.n_prompts, job.seed)
     check_models(job.policy, job.reward, trust_remote_code=job.trust_remote_code)
+    watch = _load_watch(job.monitor, job.policy, job.home, job.trust_remote_code, need_threshold=job.drop_flagged)
 
     def body(store, out):
         rt = _runtime(job)  # sampling and scoring only: every model in the low precision on a GPU
@@ -471,14 +525,36 @@ def run_bon(job: BoNJob) -> dict:
                               device=rt.device, dtype=_frozen_dtype(rt))
         _, rm = load_reward_model(resolve_reward(job.reward, job.home, job.progress), job.home, job.trust_remote_code,
                                   device=rt.device, dtype=_frozen_dtype(rt))
+        if watch is not None:
+            from ..monitor.runtime import check_monitor_on
+
+            check_monitor_on(watch, policy)
+        mon_flat: list[float] = []
         with rt.autocast():
             texts, proxy, ended = best_of_n_samples(policy, rm, tok, prompts, job.n, job.response_len,
-                                                    job.temperature, job.seed)
+                                                    job.temperature, job.seed, watch=watch, monitor_scores=mon_flat)
         best = proxy.argmax(1)
+        monitor_metrics, mon = {}, None
+        if watch is not None:
+            mon = np.asarray(mon_flat).reshape(proxy.shape)
+            monitor_metrics = {"monitor_mean": float(mon.mean())}
+            if watch.threshold is not None:
+                flagged = mon > watch.threshold
+                monitor_metrics |= {"flag_rate": float(flagged.mean()),
+                                    "best_flag_rate_unfiltered": float(flagged[np.arange(len(best)), best].mean())}
+                if job.drop_flagged:  # flagged samples cannot win; all flagged: the least suspicious one is kept
+                    best = np.where(flagged.all(1), mon.argmin(1), np.where(flagged, -np.inf, proxy).argmax(1))
+                    monitor_metrics |= {"dropped_share": float(flagged.mean()),
+                                        "prompts_all_flagged": float(flagged.all(1).mean())}
+                monitor_metrics["best_flag_rate"] = float(flagged[np.arange(len(best)), best].mean())
         rows = [{"prompt": p, "best": t[b], "score": float(s[b]), "n": job.n}
                 for p, t, s, b in zip(prompts, texts, proxy, best)]
-        metrics = {"proxy_best": float(proxy.max(1).mean()), "proxy_mean": float(proxy.mean()),
-                   "kl_bon": float(math.log(job.n) - (job.n - 1) / job.n)}
+        if mon is not None:
+            for r, m, b in zip(rows, mon, best):
+                r |= {"monitor": float(m[b]), "monitor_scores": [float(x) for x in m]}
+        chosen = proxy[np.arange(len(best)), best]
+        metrics = {"proxy_best": float(chosen.mean()), "proxy_mean": float(proxy.mean()),
+                   "kl_bon": float(math.log(job.n) - (job.n - 1) / job.n)} | monitor_metrics
         if job.prompts == "testbed":
             gold = GoldReward()
             g = np.array([gold.batch([p] * job.n, t, list(e)) for p, t, e in zip(prompts, texts, ended)])
