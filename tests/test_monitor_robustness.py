@@ -197,3 +197,23 @@ def test_probe_job_with_misleading_prefix_and_distractor_end_to_end(tmp_path, ti
                  "--home", str(tmp_path / "h2"), "--progress", "false"])
     assert code == 2 and not (tmp_path / "h2").exists()  # too many demonstrations: one line, nothing written
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_ccs_benchmark_quick_mode(tmp_path, tiny_gpt2):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "monitor_ccs.py"
+    spec = importlib.util.spec_from_file_location("monitor_ccs_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        res = bench.main(["--quick", "--model", tiny_gpt2, "--home", str(tmp_path / "home"),
+                          "--out", str(tmp_path / "ccs.json"), "--threads", str(threads)])
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads((tmp_path / "ccs.json").read_text())
+    assert set(saved["summary"]["vader"]) == {"plain", "misleading", "distractor"}
+    assert 0 <= saved["summary"]["vader"]["distractor"]["ccs_distractor_acc"] <= 1
+    assert "Misleading prefix" in res["table"] and "| vader | distractor |" in res["table"]
