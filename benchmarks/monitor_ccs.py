@@ -1,7 +1,7 @@
 """Latent-knowledge probes on SmolLM2-135M: zero-shot vs CCS vs mass-mean vs logistic regression, plain and under
 the two robustness checks from the literature.
 
-    python benchmarks/monitor_ccs.py [--model smollm2] [--datasets sst2 boolq vader] [--n 120] [--prefix-k 3]
+    python benchmarks/monitor_ccs.py [--model smollm2] [--datasets vader boolq sst2] [--n 100] [--prefix-k 3]
                                      [--layers 0 5 10 15 20 25 30] [--home DIR] [--data-dir DIR] [--threads 1]
     python benchmarks/monitor_ccs.py --quick --model <tiny causal LM>   # CI-sized, a few seconds
 
@@ -17,8 +17,8 @@ costs nothing):
 - **banana/shed distractor** (Farquhar et al. 2023, §4.1): 'Banana.' appended to one side of each pair and 'Shed.'
   to the other at random — does CCS find the truth or the distractor?
 
-Sizes were cut to fit ≤ 15 minutes on 2 shared CPU cores: 120 pairs per dataset (60 fit / 60 held out, so a CI is
-about ±12 points), 3 demonstrations in the prefix, 7 of the 31 layers (every 5th), CCS with 10 restarts × 1000
+Sizes were cut to fit ≤ 15 minutes on 2 CPU cores: 100 pairs per dataset (50 fit / 50 held out, so a 95% CI is
+about ±13 points), 3 demonstrations in the prefix, 7 of the 31 layers (every 5th), CCS with 10 restarts × 1000
 steps (Burns et al.'s settings). "Best layer" is chosen on the held-out pairs, so it is optimistic for every probe
 alike; the per-layer table shows the whole curve. Writes a Markdown table and benchmarks/results/monitor_ccs.json.
 """
@@ -72,18 +72,19 @@ def run_dataset(ds: str, a, home: Path) -> dict | None:
 
 def tables(res: dict, layers: list[int]) -> str:
     lines = ["### Held-out accuracy (%) at each method's best layer",
-             "", "| dataset | condition | pairs (test) | zero-shot | CCS | mass-mean | logistic reg. |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| dataset | condition | pairs (test) | zero-shot | zero-shot calibrated | CCS | mass-mean | "
+             "logistic reg. |", "|---|---|---|---|---|---|---|---|"]
     for ds, conds in res.items():
         for cond, r in conds.items():
             m = r["metrics"]
             lines.append(f"| {ds} | {cond} | {m['n_pairs']} ({m['n_test']}) | {pct(m['zero_shot_acc'])} | "
+                         f"{pct(m['zero_shot_calibrated_acc'])} | "
                          + " | ".join(f"{pct(m[f'{k}_best_acc'])} (L{m[f'{k}_best_layer']})"
                                       for k in ("ccs", "mass_mean", "logreg")) + " |")
-    lines += ["", "### Misleading prefix: accuracy drop (plain − misleading, points; Burns et al.: zero-shot drops by "
-              "up to ~9.5 while CCS holds)", "",
-              "| dataset | zero-shot | CCS (best layer) | CCS (plain's best layer) | mass-mean | logistic reg. |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "### Misleading prefix: accuracy drop (plain − misleading, points; positive = worse with the prefix; "
+              "Burns et al.: zero-shot drops by up to ~9.5 while CCS holds)", "",
+              "| dataset | zero-shot | zero-shot calibrated | CCS (best layer) | CCS (plain's best layer) | "
+              "mass-mean | logistic reg. |", "|---|---|---|---|---|---|---|"]
     for ds, conds in res.items():
         p, q = conds["plain"]["metrics"], conds["misleading"]["metrics"]
         fixed = str(p["ccs_best_layer"])
@@ -91,6 +92,7 @@ def tables(res: dict, layers: list[int]) -> str:
                      - conds["misleading"]["per_layer"]["layers"][fixed]["ccs"]["acc"])
         lines.append(f"| {ds} | {100 * (p['zero_shot_acc'] - q['zero_shot_acc']):+.1f} "
                      f"({pct(p['zero_shot_acc'])} → {pct(q['zero_shot_acc'])}) | "
+                     f"{100 * (p['zero_shot_calibrated_acc'] - q['zero_shot_calibrated_acc']):+.1f} | "
                      f"{100 * (p['ccs_best_acc'] - q['ccs_best_acc']):+.1f} | {100 * ccs_fixed:+.1f} (L{fixed}) | "
                      + " | ".join(f"{100 * (p[f'{k}_best_acc'] - q[f'{k}_best_acc']):+.1f}"
                                   for k in ("mass_mean", "logreg")) + " |")
@@ -121,8 +123,8 @@ def tables(res: dict, layers: list[int]) -> str:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--datasets", nargs="+", default=["sst2", "boolq", "vader"])
-    ap.add_argument("--n", type=int, default=120, help="contrast pairs per dataset (half held out)")
+    ap.add_argument("--datasets", nargs="+", default=["vader", "boolq", "sst2"], help="cheapest first")
+    ap.add_argument("--n", type=int, default=100, help="contrast pairs per dataset (half held out)")
     ap.add_argument("--prefix-k", type=int, default=3, help="wrongly answered demonstrations in the prefix")
     ap.add_argument("--layers", type=int, nargs="+", default=[0, 5, 10, 15, 20, 25, 30])
     ap.add_argument("--ccs-restarts", type=int, default=10)
@@ -141,20 +143,26 @@ def main(argv: list[str] | None = None) -> dict:
         a.datasets, a.n, a.prefix_k, a.layers, a.ccs_restarts, a.ccs_epochs = ["vader"], 16, 2, [0, 2], 2, 30
     home = Path(a.home) if a.home else Path(tempfile.mkdtemp(prefix="monitor_ccs_"))
     t = time.perf_counter()
+    out = Path(a.out)
+    if a.quick and a.out == ap.get_default("out"):
+        out = out.with_name(out.stem + "_quick.json")
     res = {}
+
+    def save(complete: bool) -> tuple[dict, str]:
+        """The results so far, written after every dataset (atomically), so a cut-short run still leaves its tables."""
+        table = tables(res, a.layers) if res else "no dataset was available"
+        summary = {ds: {cond: r["metrics"] for cond, r in conds.items()} for ds, conds in res.items()}
+        write_json(out, {"args": vars(a), "complete": complete, "wall_s": time.perf_counter() - t,
+                         "machine": machine(), "summary": summary, "table": table, "results": res})
+        return summary, table
+
     for ds in a.datasets:
         r = run_dataset(ds, a, home)
         if r is not None:
             res[ds] = r
-    wall = time.perf_counter() - t
-    table = tables(res, a.layers) if res else "no dataset was available"
-    print("\n" + table + f"\n\nwall {wall / 60:.1f} min, model {a.model}, home {home}")
-    out = Path(a.out)
-    if a.quick and a.out == ap.get_default("out"):
-        out = out.with_name(out.stem + "_quick.json")
-    summary = {ds: {cond: r["metrics"] for cond, r in conds.items()} for ds, conds in res.items()}
-    write_json(out, {"args": vars(a), "wall_s": wall, "machine": machine(), "summary": summary, "table": table,
-                     "results": res})
+            save(False)
+    summary, table = save(True)
+    print("\n" + table + f"\n\nwall {(time.perf_counter() - t) / 60:.1f} min, model {a.model}, home {home}")
     print(f"wrote {out}")
     return {"summary": summary, "table": table, "out": str(out)}
 

@@ -156,7 +156,13 @@ def test_probe_layers_says_what_ccs_found():
     h_neg, h_pos, y, z = _planted(4.0, 0.0)  # the truth dominates
     m, _ = probe_layers(h_neg, h_pos, np.full(len(y), 0.5), y, distractor=z, **kw)
     assert m["ccs_finds_distractor"] == 0.0 and m["ccs_truth_acc"] > 0.9 and m["ccs_distractor_acc"] < 0.75
-    m, rec = probe_layers(h_neg, h_pos, np.full(len(y), 0.5), y, **kw)  # no distractor: no distractor metrics
+    # calibrated zero-shot (golden): a model that always prefers the first answer but ranks the pairs perfectly is
+    # at the base rate uncalibrated and exact once thresholded at the median held-out log-odds
+    p_zero = np.where(y == 1, 0.4, 0.1) + 1e-3 * np.arange(len(y)) / len(y)  # distinct values, ranked perfectly
+    m, rec = probe_layers(h_neg, h_pos, p_zero, y, **kw)  # no distractor: no distractor metrics
+    te = np.random.default_rng(0).permutation(len(y))[:len(y) // 2]
+    assert m["zero_shot_acc"] == pytest.approx(1 - y[te].mean()) and m["zero_shot_auroc"] == 1.0
+    assert m["zero_shot_calibrated_acc"] == pytest.approx(1.0 - abs(y[te].mean() - 0.5))
     assert "ccs_distractor_acc" not in m and "vs_distractor" not in rec["layers"]["1"]["ccs"]
     assert torch.get_num_threads() == threads  # CCS's one-thread section gives the threads back
 

@@ -100,7 +100,7 @@ def zero_shot(model, tok, pairs: ContrastPairs, batch_size: int = 16) -> np.ndar
 
 @torch.no_grad()
 def pair_features(model, tok, pairs: ContrastPairs, pool: str = "last", batch_size: int = 16,
-                  max_batch_tokens: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  max_batch_tokens: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(hidden states of the false-answer texts, of the true-answer texts, each [n_layers + 1, N, d]; the zero-shot
     P(true) [N]) from ONE forward pass per text: the same numbers as :func:`hidden_states` on ``neg`` and ``pos`` and
     :func:`zero_shot`, at half the model cost. The answer's log-probs are read only at its own positions (not a log-

@@ -200,8 +200,13 @@ def probe_layers(h_neg: np.ndarray, h_pos: np.ndarray, p_zero: np.ndarray, label
         res["ccs"]["loss"] = ccs.loss
         per_layer[str(layer)] = res
     zs = score(p_zero[te])
+    # Burns et al.'s calibrated zero-shot: the median held-out log-odds as the threshold, so that a model's prior for
+    # one answer word does not count as an error (no labels used; AUROC is unchanged by it)
+    log_odds = np.log(np.clip(p_zero[te], 1e-12, 1)) - np.log(np.clip(1 - p_zero[te], 1e-12, 1))
+    zs["calibrated_acc"] = float(((log_odds > np.median(log_odds)).astype(int) == y[te]).mean())
     best = {m: max(per_layer, key=lambda k: per_layer[k][m]["acc"]) for m in PROBES}
-    metrics = {"zero_shot_acc": zs["acc"], "zero_shot_auroc": zs["auroc"], "n_pairs": int(len(y)),
+    metrics = {"zero_shot_acc": zs["acc"], "zero_shot_calibrated_acc": zs["calibrated_acc"],
+               "zero_shot_auroc": zs["auroc"], "n_pairs": int(len(y)),
                "n_test": int(len(te)),
                **{f"{m}_best_acc": per_layer[best[m]][m]["acc"] for m in best},
                **{f"{m}_best_auroc": per_layer[best[m]][m]["auroc"] for m in best},
