@@ -9,6 +9,8 @@ zero-shot answer.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -119,6 +121,7 @@ def pair_features(model, tok, pairs: ContrastPairs, pool: str = "last", batch_si
         end = len(ids)  # an appended distractor is read by the probes, not scored as part of the answer
         seqs.append((tok(text, add_special_tokens=False)["input_ids"] if text != scored else ids, p_len, end))
     order = np.argsort([len(s[0]) for s in seqs], kind="stable")
+    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
     out, logp = None, np.zeros(len(seqs))
     s = 0
     while s < len(order):
@@ -127,7 +130,12 @@ def pair_features(model, tok, pairs: ContrastPairs, pool: str = "last", batch_si
         s += len(idx)
         ids, mask = right_pad([seqs[i][0] or [tok.pad_token_id] for i in idx], tok.pad_token_id)
         ids, mask = ids.to(device), mask.to(device)
-        res = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        # the LM head (~20% of a small model's FLOPs) only at the positions that score an answer, where the model
+        # takes the positions to keep (transformers' logits_to_keep); every position otherwise
+        need = sorted({t for i in idx for t in range(seqs[i][1] - 1, seqs[i][2] - 1)})
+        keep = {"logits_to_keep": torch.tensor(need or [0], device=device)} if keeps_logits else {}
+        res = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, **keep)
+        col = {t: k for k, t in enumerate(need or [0])} if keeps_logits else None
         count_forward(model, int(mask.sum()), "hidden-states")
         h = torch.stack(res.hidden_states).float()  # [L+1, B, T, d]
         if pool == "last":
@@ -141,7 +149,8 @@ def pair_features(model, tok, pairs: ContrastPairs, pool: str = "last", batch_si
         for j, i in enumerate(idx):
             _, p_len, end = seqs[i]
             pos = torch.arange(p_len - 1, end - 1, device=device)  # logits at t predict token t + 1
-            lp = torch.log_softmax(res.logits[j, pos].float(), -1)
+            cols = pos if col is None else torch.tensor([col[t] for t in pos.tolist()], device=device, dtype=torch.long)
+            lp = torch.log_softmax(res.logits[j, cols].float(), -1)
             logp[i] = float(lp.gather(1, ids[j, pos + 1, None]).sum())
     lp = torch.as_tensor(logp).view(-1, 2)  # [N, (false, true)]
     return out[:, 0::2], out[:, 1::2], torch.softmax(lp, dim=-1)[:, 1].numpy()
