@@ -83,6 +83,12 @@ def test_job_config_rejects_unknown_conditions():
                       ({"distractor": "apple"}, "--distractor must be one of"), ({"prefix_k": 0}, "prefix-k")):
         with pytest.raises(SuperalignError, match=match):
             ProbeJob(**kw)
+    from superalign.runs.store import run_id
+
+    ids = {run_id("monitor-probe", ProbeJob(dataset="vader", **kw).key())
+           for kw in ({}, {"prefix": "misleading"}, {"prefix": "misleading", "prefix_k": 2},
+                      {"distractor": "banana-shed"})}
+    assert len(ids) == 4  # each condition is a run of its own
 
 
 def test_vader_task_pairs_binarised_ambiguous_dropped_and_stable():
