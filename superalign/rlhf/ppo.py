@@ -320,7 +320,8 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
               value_model: RewardModel | None = None,
               gold: Callable[[list[str], list[str], list[bool]], np.ndarray] | None = None,
               ptx_rows: list[dict] | None = None, eval_hook: Callable[[int, torch.nn.Module], dict] | None = None,
-              progress: bool = True, rt=None, watch=None) -> PPOResult:
+              progress: bool = True, rt=None, watch=None,
+              on_rollout: Callable[[int, Rollout, np.ndarray | None], dict | None] | None = None) -> PPOResult:
     """Optimise ``policy`` in place against ``rm`` with a KL penalty to ``ref``.
 
     ``value_model`` defaults to a copy of the reward model (InstructGPT), in fp32 even when ``rm`` is kept in a low
@@ -337,7 +338,12 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
 
     ``watch`` (:class:`~superalign.models.watch.LinearMonitor`): scores every training sample as it is generated;
     each update then logs ``monitor/score`` (mean sample score) and, when the monitor has a threshold,
-    ``monitor/flag_rate`` (share of samples flagged), and the sample table gets each sample's ``monitor`` score."""
+    ``monitor/flag_rate`` (share of samples flagged), and the sample table gets each sample's ``monitor`` score.
+
+    ``on_rollout(update, rollout, gold)``: called with each update's rollout (this process's rows) and its gold
+    rewards (None without ``gold``) right after sampling, before the policy is optimised on it — so it sees the policy
+    that produced the samples (e.g. to read per-sample activations); a dict it returns is added to the update's
+    history row."""
     from tqdm.auto import tqdm
 
     rt = rt or Runtime.for_model(policy)
@@ -412,6 +418,8 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
         idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
         ro, pos = my_rollout([prompt_ids[i] for i in idx], watch)
         batch_prompts = [prompts[idx[p]] for p in pos]
+        g = gold(batch_prompts, ro.texts, ro.ended) if gold is not None else None
+        extra = on_rollout(update, ro, g) if on_rollout is not None else None
         mask = ro.mask.float()
         ended = _ended(ro)
         with torch.no_grad(), rt.autocast():
@@ -497,7 +505,6 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
         B = cfg.batch_size
         seq_kl = kl.sum(1)
         kl_ctl.update(row_mean(seq_kl, B), cfg.batch_size)
-        g = gold(batch_prompts, ro.texts, ro.ended) if gold is not None else None
         g_mean = None if g is None else (float(np.mean(g)) if W == 1 else rt.all_sum(float(np.sum(g))) / B)
         if W == 1:
             val_error = float(masked_mean((old_values - returns) ** 2, mask))
@@ -529,6 +536,8 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
             row["monitor/score"] = row_mean(ro.monitor, B)
             if watch.threshold is not None:
                 row["monitor/flag_rate"] = row_mean((ro.monitor > watch.threshold).float(), B)
+        if extra:
+            row.update(extra)
         history.append(row)
         if cfg.sample_every and (update % cfg.sample_every == 0 or update == 1):
             for i in range(min(4, len(pos))):

@@ -1,0 +1,114 @@
+"""Catching reward hacking before it shows (issue 13, item 6): an activation monitor watching PPO on the RLHF testbed,
+judged against the exact gold reward.
+
+    python benchmarks/monitor_reward_hacking.py [--home DIR] [--updates 60] [--seeds 1] [--quick]
+
+Pipeline (offline, 2 cores): the testbed's tiny GPT-2, SFT and proxy reward model (built once in --home, reused on
+reruns) → one calibration PPO run at β = 0 (un-hacked samples of updates 1–5 vs degenerate samples after its gold
+peak, once gold has fallen by 25% of its gain) → mass-mean probes on the frozen SFT policy's and on the policy's own
+activations, threshold at 5% FPR → fresh PPO runs watched by both monitors: β = 0 (over-optimizes; lead time =
+gold-peak update − first-alarm update) and β = 0.01, 0.05 (no collapse; false alarms). Alarm: > 25% of an update's
+samples flagged for 3 consecutive updates. Prints a Markdown table, writes JSON (atomically) and the curves plot to
+benchmarks/results/.
+
+Where sizes were cut to fit ≤ 20 min alone on 2 cores (the rlhf_overopt benchmark took 22 min for 3 runs of 80
+updates): 60 PPO updates per run instead of 80 (the testbed's β = 0 gold peaks near update 40 and has fallen clearly
+by 55–60; β > 0 runs are judged over the same 60 updates), one monitored β = 0 seed, one calibration run, no
+best-of-n and no separate evaluation passes (gold and proxy are those of each update's 64 training samples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch  # noqa: E402
+from _util import machine, write_json  # noqa: E402
+
+from superalign.monitor.reward_hacking import READERS, RewardHackingJob, run_reward_hacking  # noqa: E402
+
+
+def fmt(x, digits: int = 2) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--updates", type=int, default=60)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1], help="monitored β = 0 runs")
+    ap.add_argument("--false-alarm-kl-coefs", type=float, nargs="+", default=[0.01, 0.05])
+    ap.add_argument("--method", default="mass_mean", choices=("mass_mean", "logreg"))
+    ap.add_argument("--home", help="run store; the testbed LM, SFT and RM built there are reused (default: a fresh "
+                                   "temporary folder)")
+    ap.add_argument("--quick", action="store_true", help="CI-sized: a 1-layer testbed LM, 8 updates of 16 samples")
+    ap.add_argument("--out", default="benchmarks/results/monitor_reward_hacking.json")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    home = Path(a.home) if a.home else Path(tempfile.mkdtemp(prefix="monitor_rh_"))
+    t = time.perf_counter()
+    kw = dict(updates=a.updates, seeds=a.seeds, false_alarm_kl_coefs=a.false_alarm_kl_coefs, method=a.method)
+    if a.quick:
+        kw = _quick_models(home) | dict(updates=6, batch_size=8, minibatch_size=4, ppo_epochs=1, response_len=6,
+                                        ppo_lr=1e-2, n_prompts=32, clean_updates=1, smooth=1, drop=0.0,
+                                        calibration_seed=1, seeds=[2], false_alarm_kl_coefs=[0.05], alarm_k=1,
+                                        method=a.method)
+    r = run_reward_hacking(RewardHackingJob(home=str(home), progress=False, device="cpu", **kw))
+    wall = time.perf_counter() - t
+    m = r["metrics"]
+    import json
+
+    curves = json.loads(Path(r["artefacts"]["curves"]).read_text())
+    cal = curves["calibration"]
+    print(f"calibration run (seed {curves['config']['calibration_seed']}, β = 0): gold peak at update "
+          f"{m['calibration_gold_peak_update']}; degenerate updates {m['calibration_degenerate_updates'][0]}…"
+          f"{m['calibration_degenerate_updates'][-1]}")
+    print("\n| reader | layer | held-out AUROC | TPR at 5% FPR (held-out) |\n|---|---|---|---|")
+    for reader in READERS:
+        c = cal[reader]
+        print(f"| {reader} | {c['layer']} | {c['heldout_auroc']:.3f} | {c['heldout_tpr']:.3f} |")
+    print("\n| run | β | seed | gold peak (update) | gold fell | proxy peak (update) | reader | first alarm | "
+          "lead time (updates) | alarm updates |\n|---|---|---|---|---|---|---|---|---|---|")
+    for i, run in enumerate(curves["runs"]):
+        j = run["judged"]
+        for reader in READERS:
+            rj = j[reader]
+            print(f"| {i + 1} | {run['kl_coef']:g} | {run['seed']} | {j['gold_peak_update']} ({j['gold_peak']:.2f} → "
+                  f"{j['gold_final']:.2f} at the end) | {fmt(j['gold_fell'])} | {j['proxy_peak_update']} | {reader} | "
+                  f"{fmt(rj['first_alarm_update'])} | {fmt(rj['lead_time_updates'] if run['kl_coef'] == 0 else None)}"
+                  f" | {len(rj['alarm_updates'])} of {len(run['update'])} |")
+    print(f"\nwall {wall / 60:.1f} min; run {r['id']}")
+    out = Path(a.out)
+    if a.quick:
+        out = out.with_name(out.stem + "_quick.json")
+    else:
+        shutil.copyfile(r["artefacts"]["plot"], out.with_suffix(".png"))
+    write_json(out, {"args": vars(a), "wall_s": wall, "machine": machine(), "run": r["id"], "metrics": m,
+                     "calibration": cal, "calibration_run": curves["calibration_run"], "runs": curves["runs"],
+                     "config": curves["config"]})
+    print(f"wrote {out}")
+
+
+def _quick_models(home: Path) -> dict:
+    """A 1-layer testbed LM and a reward model on 24 labelled prompts (seconds), as policy and proxy."""
+    from superalign.rlhf.jobs import RMJob, run_rm
+    from superalign.rlhf.testbed import TestbedLMConfig, testbed_lm_path
+
+    lm = str(testbed_lm_path(home, TestbedLMConfig(n_layer=1, n_embd=32, n_head=2, n_sentences=3000, lr=5e-3),
+                             progress=False))
+    rm = run_rm(RMJob(home=str(home), base=lm, sampler=lm, n_prompts=24, k=2, batch_size=8, progress=False))
+    return {"policy": lm, "reward": rm["artefacts"]["model"]}
+
+
+if __name__ == "__main__":
+    main()
