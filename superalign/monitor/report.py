@@ -16,6 +16,9 @@ def monitor_section(runs: list[dict]) -> str:
     from .watch_job import watch_section  # run-time monitors: TPR at fixed FPR, cost per token
 
     head += watch_section(runs)
+    from .reward_hacking import reward_hacking_section  # a monitor watching PPO against the exact gold reward
+
+    head += reward_hacking_section(runs)
     runs = [r for r in runs if r.get("kind") == "monitor-probe" and r.get("status") == "done"]
     if not runs:
         return head + "<p>No finished probe runs yet: <code>superalign monitor probe</code>.</p>"
