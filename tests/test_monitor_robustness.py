@@ -197,8 +197,10 @@ def test_probe_job_with_misleading_prefix_and_distractor_end_to_end(tmp_path, ti
     per = json.loads(open(run["artefacts"]["per_layer"]).read())
     assert per["distractor"] == "banana-shed" and per["prefix"].count("ok? ") == 2
     assert "vs_distractor" in per["layers"]["2"]["ccs"] and per["example"]["pos"].startswith(per["prefix"])
-    main(["report", "--home", str(home), "--out", str(tmp_path / "r.html")])
-    assert "distractor" in (tmp_path / "r.html").read_text()
+    from superalign.monitor.report import monitor_section
+
+    html = monitor_section([run])  # the section alone: the table names the conditions, the plot has the curve
+    assert "prefix=misleading distractor=banana-shed" in html and "accuracy per layer" in html
     # what is probed, printed and written by `superalign monitor pairs` (same flags)
     out = tmp_path / "pairs.jsonl"
     main(["monitor", "pairs", *data, "--out", str(out), "--show", "1"])
