@@ -1,17 +1,20 @@
 """Run-time activation monitors on SmolLM2-135M-Instruct (issue 13, item 5): TPR at 1% / 5% FPR, AUROC and the cost
 per scored token of a linear monitor watching generation.
 
-    python benchmarks/monitor_watch.py [--monitors mean_diff mass_mean] [--n-prompts 80] [--quick] [--home DIR]
+    python benchmarks/monitor_watch.py [--monitors mean_diff mass_mean] [--n-prompts 32] [--quick] [--home DIR]
 
 Scenario (offline): the model is asked for a short *negative* (flagged) or *positive* (clean) review of one of 40
-things, two phrasings each (`demo-negative` / `demo-positive`, identical but for the tone). Monitors read the middle
-layer (15 of 30) and are fitted on SST-2 train (the first 400 rows): `mean_diff` = negative − positive mean of the
-reviews' mean-pooled hidden states; `mass_mean` = the mass-mean probe on SST-2 contrast pairs ("… Sentiment:
-negative/positive", last token) turned into a one-state monitor (monitor.runtime.probe_monitor). Each monitor watches
-the same samples (same prompts and seed); half of the clean samples set the thresholds, the rest and all flagged ones
-evaluate. Sizes cut for the shared 2-core machine: 80 prompts per set, 32 new tokens, timing on one unwatched/watched
-pair for the second monitor (two for the first); ~5–10 min alone. `--quick`: 8 prompts per set, 8 tokens, 40 fitting
-rows, one monitor (CI-sized, a minute or two).
+things, two phrasings each (`demo-negative` / `demo-positive`, identical but for the tone; the first --n-prompts of
+each). The monitor reads the middle layer (15 of 30; not tuned on these prompts) and is fitted on the first --n-fit
+SST-2 train reviews: `mean_diff` = the whitened negative − positive difference of the reviews' mean-pooled hidden
+states (monitor.runtime.mean_difference_monitor); `mass_mean` / `logreg` / `ccs` = a probe on SST-2 contrast pairs
+("… Sentiment: negative/positive", last token) turned into a one-state monitor (monitor.runtime.probe_monitor).
+Every monitor watches the same samples (same prompts and seed, T = 0.7); half of the clean samples set the
+thresholds, the other half and all flagged ones evaluate. The same prompts are also sampled unwatched for the cost.
+
+Sizes cut for the shared 2-core machine (generation of SmolLM2 on CPU dominates): 32 prompts per set (so 16 clean
+samples calibrate and 16 evaluate: TPR at 1% FPR is then TPR above the largest calibration score), 20 new tokens,
+200 fitting reviews, one monitor; a few minutes alone. `--quick`: 8 prompts per set, 8 tokens, 40 fitting rows.
 """
 
 from __future__ import annotations
@@ -34,12 +37,12 @@ COLS = ("auroc", "tpr_at_1pct", "fpr_at_1pct", "tpr_at_5pct", "fpr_at_5pct")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--monitors", nargs="+", default=["mean_diff", "mass_mean"],
+    ap.add_argument("--monitors", nargs="+", default=["mean_diff"],
                     choices=["mean_diff", "mass_mean", "logreg", "ccs"])
     ap.add_argument("--layer", type=int, default=15)
-    ap.add_argument("--n-prompts", type=int, default=80)
-    ap.add_argument("--n-fit", type=int, default=400)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--n-prompts", type=int, default=32)
+    ap.add_argument("--n-fit", type=int, default=200)
+    ap.add_argument("--max-new-tokens", type=int, default=20)
     ap.add_argument("--home", help="run store (default: a fresh temporary folder)")
     ap.add_argument("--quick", action="store_true", help="CI-sized: 8 prompts per set, 8 tokens, one monitor")
     ap.add_argument("--out", default="benchmarks/results/monitor_watch.json")

@@ -69,11 +69,20 @@ def test_fitted_probe_monitor_orders_pairs_like_the_probe():
 def test_mean_difference_monitor_golden():
     h_flag = np.array([[2.0, 0.0], [4.0, 2.0]])  # mean [3, 1]
     h_clean = np.array([[1.0, 1.0], [-1.0, 1.0]])  # mean [0, 1]; Δ = [3, 0], c = [1.5, 1], v = 2Δ/9
-    mon = mean_difference_monitor(h_flag, h_clean, layer=2, pool="max")
+    mon = mean_difference_monitor(h_flag, h_clean, layer=2, pool="max", whiten=False)
     assert np.allclose(mon.direction, [2 / 3, 0]) and np.allclose(mon.center, [1.5, 1.0]) and mon.pool == "max"
     assert np.allclose(_score(mon, [[3, 1], [0, 1], [1.5, 7]]), [1, -1, 0])
     with pytest.raises(Exception, match="same mean"):
         mean_difference_monitor(h_clean, h_clean, 0)
+
+
+def test_whitened_mean_difference_monitor_golden():
+    # flag [[0, 0], [2, 4]]: mean [1, 2]; clean [[-1, -4], [-1, 4]]: mean [-1, 0]; Δ = [2, 2], c = [0, 1]
+    # centred: flag ±[1, 2], clean ±[0, 4] → pooled variances [(1 + 1 + 0 + 0)/4, (4 + 4 + 16 + 16)/4] = [.5, 10]
+    # u = Δ/var = [4, .2], u·Δ = 8.4 → direction = 2u/8.4
+    mon = mean_difference_monitor([[0, 0], [2, 4]], [[-1, -4], [-1, 4]], layer=0)
+    assert np.allclose(mon.direction, np.array([4, 0.2]) * 2 / 8.4, rtol=1e-5) and np.allclose(mon.center, [0, 1])
+    assert np.allclose(_score(mon, [[1, 2], [-1, 0]]), [1, -1], atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- CLI on a tiny GPT-2

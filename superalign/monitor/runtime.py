@@ -75,25 +75,35 @@ def probe_monitor(probe: Probe, layer: int, flag_label: int = 1, pool: str = "me
                          meta={**info, **(meta or {})})
 
 
-def mean_difference_monitor(h_flag, h_clean, layer: int, pool: str = "mean",
+def mean_difference_monitor(h_flag, h_clean, layer: int, pool: str = "mean", whiten: bool = True,
                             meta: dict | None = None) -> LinearMonitor:
     """A difference-of-means monitor from the hidden states of two sets of texts ([N, d] to flag, [M, d] clean; e.g.
     negative vs positive reviews, or "… Assistant: yes" vs "… no"): Δ = mean(flag) − mean(clean), c = the midpoint,
+    direction u = Δ, or with ``whiten`` u = Δ / s² (s² = the pooled within-set variance per dimension, the diagonal
+    of Marks & Tegmark's Σ⁻¹θ), and
 
-        score(h) = (h − c)·2Δ/|Δ|²,
+        score(h) = (h − c)·2u/(u·Δ),
 
-    scaled so that the flag mean scores +1 and the clean mean −1."""
+    scaled so that the flag mean scores +1 and the clean mean −1. Whitening matters for LMs whose hidden states have
+    a few dimensions of huge variance ("massive activations"): a raw Δ is dominated by them, and they move with text
+    length and position rather than content (SmolLM2, layer 15, the negative-review demo: AUROC ≈ 0.6 raw vs ≈ 0.8
+    whitened in a 32-sample pilot)."""
     a, b = np.asarray(h_flag, dtype=np.float64), np.asarray(h_clean, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) == 0 or len(b) == 0:
         raise SuperalignError(f"a mean-difference monitor needs two non-empty [N, d] sets, got {a.shape} and {b.shape}",
                               "pass hidden states of at least one text of each set")
     mu_f, mu_c = a.mean(0), b.mean(0)
     delta = mu_f - mu_c
-    norm2 = float(delta @ delta)
-    if not np.isfinite(norm2) or norm2 <= 0:
+    u = delta
+    if whiten:
+        var = np.concatenate([a - mu_f, b - mu_c]).var(0)
+        u = delta / (var + 1e-6 * max(float(var.mean()), 1e-12))  # the floor only guards constant dimensions
+    scale = float(u @ delta)
+    if not np.isfinite(scale) or scale <= 0:
         raise SuperalignError("the two sets of texts have the same mean hidden state", "use texts that differ")
-    return LinearMonitor(layer=layer, direction=2 * delta / norm2, center=(mu_f + mu_c) / 2, pool=pool,
-                         meta={"kind": "mean_difference", "n_flag": len(a), "n_clean": len(b), **(meta or {})})
+    return LinearMonitor(layer=layer, direction=2 * u / scale, center=(mu_f + mu_c) / 2, pool=pool,
+                         meta={"kind": "mean_difference", "whiten": whiten, "n_flag": len(a), "n_clean": len(b),
+                               **(meta or {})})
 
 
 # ----------------------------------------------------------------------------- checks and identity

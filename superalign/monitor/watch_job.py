@@ -10,7 +10,8 @@ reports AUROC (bootstrap CI) and TPR at 1% and 5% FPR (with the realised FPR), a
 token. The calibrated monitor is saved as an artefact, for ``rlhf ppo|bon --monitor`` and ``HFLocalLLM(watch=)``.
 
 Built-in offline demo (the defaults): SmolLM2 is asked to "write a short negative …" (flagged) or "… positive …"
-(clean) review of one of 40 things; the monitor is the SST-2 negative − positive mean difference at the middle layer.
+(clean) review of one of 40 things; the monitor is the SST-2 negative − positive mean difference (whitened) at the
+middle layer.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class WatchJob(JobBase):
     text_col: str = _f("text", "mean_diff: text column of the fitting data")
     label_col: str = _f("label", "label column (0/1) of the fitting data")
     n_fit: int = _f(400, "fitting rows (the first n)")
+    whiten: bool = _f(True, "mean_diff: divide the mean difference by each dimension's within-class variance (see "
+                            "monitor.runtime.mean_difference_monitor)")
     flag_label: int = _f(0, "label of the fitting data the monitor flags (sst2: 0 = negative)", choices=(0, 1))
     layer: int | None = _f(None, "hidden-state layer the monitor reads (0 = embeddings; default: the middle one)")
     fit_pool: str = _f("auto", "fitting states: last token or mean over tokens (auto: mean for mean_diff, last for "
@@ -193,9 +196,10 @@ def fit_monitor(job: WatchJob, model, tok, layer: int):
         if job.fit == "mean_diff":
             texts, y = _fit_texts(job)
             h = hidden_states(model, tok, texts, pool)[layer]
-            meta = {"fit": "mean_diff", "data": str(fit_data_path(job)), "text_col": job.text_col}
+            meta = {"fit": "mean_diff", "data": str(fit_data_path(job)), "text_col": job.text_col,
+                    "flag_label": job.flag_label, "fit_pool": pool}
             return mean_difference_monitor(h[y == job.flag_label], h[y != job.flag_label], layer, job.pool,
-                                           meta=meta | {"flag_label": job.flag_label, "fit_pool": pool})
+                                           whiten=job.whiten, meta=meta)
         from .probes import fit_ccs, fit_logreg, fit_mass_mean
 
         pairs = _pairs(job)
