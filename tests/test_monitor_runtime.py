@@ -223,3 +223,28 @@ def test_rlhf_monitor_bad_input(tiny_eos, tmp_path, capsys):
     assert main(["rlhf", "bon", *base, "--drop-flagged", "true"]) == 2
     assert "--drop-flagged needs --monitor" in capsys.readouterr().err
     assert not home.exists()
+
+
+def test_watch_run_id_follows_file_contents(tiny_eos, tmp_path):
+    from superalign.monitor.watch_job import WatchJob
+
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text(json.dumps({"prompt": "a"}) + "\n")
+    mon = _bad_monitor(tmp_path, 32)
+    job = WatchJob(model=str(tiny_eos / "lm"), clean=str(clean), flagged="demo-negative", monitor=mon)
+    k0 = job.key()
+    assert "clean" in k0["prompt_fingerprints"] and "flagged" not in k0["prompt_fingerprints"]
+    clean.write_text(json.dumps({"prompt": "b"}) + "\n")
+    k1 = job.key()
+    assert k1["prompt_fingerprints"] != k0["prompt_fingerprints"] and k1["monitor_fingerprint"] == \
+        k0["monitor_fingerprint"]
+    LinearMonitor(layer=1, direction=np.ones(32), threshold=0.5).save(mon)  # recalibrated: a new run
+    assert job.key()["monitor_fingerprint"] != k0["monitor_fingerprint"]
+
+
+def test_local_llm_rejects_a_monitor_of_another_model(tiny_eos, tmp_path):
+    from superalign.errors import SuperalignError
+    from superalign.interp.llm import HFLocalLLM
+
+    with pytest.raises(SuperalignError, match="hidden size 7"):
+        HFLocalLLM(str(tiny_eos / "lm"), device="cpu", watch=LinearMonitor.load(_bad_monitor(tmp_path, 7)))
