@@ -381,7 +381,7 @@ def watch_section(runs: list[dict]) -> str:
                      f"{fmt(m.get('auroc'))} [{fmt(ci[0])}, {fmt(ci[1])}]",
                      f"{fmt(m.get('tpr_at_1pct'), pct=True)} ({fmt(m.get('fpr_at_1pct'), pct=True)})",
                      f"{fmt(m.get('tpr_at_5pct'), pct=True)} ({fmt(m.get('fpr_at_5pct'), pct=True)})",
-                     fmt(m.get("monitor_s_per_token")), fmt(m.get("monitor_share_of_generation"), pct=True)])
+                     fmt(m.get("monitor_s_per_token")), fmt(m.get("monitor_share_of_generation"))])
     heads = ["run", "model", "monitor", "layer", "flagged prompts", "AUROC [95% CI]", "TPR at 1% FPR (realised FPR)",
-             "TPR at 5% FPR (realised FPR)", "monitor s/token", "share of generation time"]
+             "TPR at 5% FPR (realised FPR)", "monitor s/token", "monitor share of generation time"]
     return "<h3>Run-time monitors (monitor watch)</h3>" + table(heads, rows, numeric={3, 5, 6, 7, 8, 9})
