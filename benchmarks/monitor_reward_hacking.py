@@ -1,20 +1,21 @@
-"""Catching reward hacking before it shows (issue 13, item 6): an activation monitor watching PPO on the RLHF testbed,
+"""Catching reward hacking before it shows (issue 13, item 6): activation monitors watching PPO on the RLHF testbed,
 judged against the exact gold reward.
 
-    python benchmarks/monitor_reward_hacking.py [--home DIR] [--updates 60] [--seeds 1] [--quick]
+    python benchmarks/monitor_reward_hacking.py [--home DIR] [--updates 64] [--seeds 1] [--quick]
 
-Pipeline (offline, 2 cores): the testbed's tiny GPT-2, SFT and proxy reward model (built once in --home, reused on
-reruns) → one calibration PPO run at β = 0 (un-hacked samples of updates 1–5 vs degenerate samples after its gold
-peak, once gold has fallen by 25% of its gain) → mass-mean probes on the frozen SFT policy's and on the policy's own
-activations, threshold at 5% FPR → fresh PPO runs watched by both monitors: β = 0 (over-optimizes; lead time =
-gold-peak update − first-alarm update) and β = 0.01, 0.05 (no collapse; false alarms). Alarm: > 25% of an update's
-samples flagged for 3 consecutive updates. Prints a Markdown table, writes JSON (atomically) and the curves plot to
-benchmarks/results/.
+Pipeline (offline): the testbed's tiny GPT-2, SFT and proxy reward model (built once in --home, reused on reruns) →
+one calibration PPO run at β = 0, seed 0 (degenerate = samples of the updates after its gold peak once smoothed gold
+has fallen by 15% of its gain; un-hacked = every update up to the peak ("pre-peak") or updates 1–5 ("early")) →
+mass-mean probes on the frozen SFT policy's ("reference") and on the policy's own ("policy") activations, the layer
+with the best held-out AUROC, threshold at 5% FPR → fresh PPO runs watched by all four monitors: β = 0, seed 1
+(over-optimizes; lead time = gold-peak update − first-alarm update, and to the first update where gold had visibly
+fallen) and β = 0.01, 0.05 (no collapse; false alarms). Alarm: > 25% of an update's samples flagged for 3 consecutive
+updates. Prints Markdown tables, writes JSON (atomically) and the curves plot to benchmarks/results/.
 
-Where sizes were cut to fit ≤ 20 min alone on 2 cores (the rlhf_overopt benchmark took 22 min for 3 runs of 80
-updates): 60 PPO updates per run instead of 80 (the testbed's β = 0 gold peaks near update 40 and has fallen clearly
-by 55–60; β > 0 runs are judged over the same 60 updates), one monitored β = 0 seed, one calibration run, no
-best-of-n and no separate evaluation passes (gold and proxy are those of each update's 64 training samples).
+Where sizes were cut to fit ≤ 20 min alone on 2 cores (one thread: ~2 CPU-s per PPO update; the rlhf_overopt
+benchmark took 22 min for 3 runs of 80 updates): 64 PPO updates per run instead of 80 (the testbed's β = 0 gold peaks
+near update 36–45 and has fallen 15% of its gain by ~58), one monitored β = 0 seed, one calibration run, no best-of-n
+and no separate evaluation passes (gold and proxy are those of each update's 64 training samples).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _util import machine, write_json  # noqa: E402
 
-from superalign.monitor.reward_hacking import READERS, RewardHackingJob, run_reward_hacking  # noqa: E402
+from superalign.monitor.reward_hacking import RewardHackingJob, run_reward_hacking  # noqa: E402
 
 
 def fmt(x, digits: int = 2) -> str:
@@ -45,7 +46,7 @@ def fmt(x, digits: int = 2) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--updates", type=int, default=60)
+    ap.add_argument("--updates", type=int, default=64)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1], help="monitored β = 0 runs")
     ap.add_argument("--false-alarm-kl-coefs", type=float, nargs="+", default=[0.01, 0.05])
     ap.add_argument("--method", default="mass_mean", choices=("mass_mean", "logreg"))
@@ -54,7 +55,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="CI-sized: a 1-layer testbed LM, 8 updates of 16 samples")
     ap.add_argument("--out", default="benchmarks/results/monitor_reward_hacking.json")
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    # one intra-op thread: the testbed's small matrices gain nothing from a second one, and on a shared machine
+    # torch's threads spin-wait on each other (a 2-thread PPO run used ~3× the CPU time of a 1-thread one here)
+    torch.set_num_threads(1)
     home = Path(a.home) if a.home else Path(tempfile.mkdtemp(prefix="monitor_rh_"))
     t = time.perf_counter()
     kw = dict(updates=a.updates, seeds=a.seeds, false_alarm_kl_coefs=a.false_alarm_kl_coefs, method=a.method)
@@ -70,23 +73,33 @@ def main() -> None:
 
     curves = json.loads(Path(r["artefacts"]["curves"]).read_text())
     cal = curves["calibration"]
+    labels = curves["calibration_run"]["judged"]["labels"]
     print(f"calibration run (seed {curves['config']['calibration_seed']}, β = 0): gold peak at update "
-          f"{m['calibration_gold_peak_update']}; degenerate updates {m['calibration_degenerate_updates'][0]}…"
-          f"{m['calibration_degenerate_updates'][-1]}")
-    print("\n| reader | layer | held-out AUROC | TPR at 5% FPR (held-out) |\n|---|---|---|---|")
-    for reader in READERS:
-        c = cal[reader]
-        print(f"| {reader} | {c['layer']} | {c['heldout_auroc']:.3f} | {c['heldout_tpr']:.3f} |")
-    print("\n| run | β | seed | gold peak (update) | gold fell | proxy peak (update) | reader | first alarm | "
-          "lead time (updates) | alarm updates |\n|---|---|---|---|---|---|---|---|---|---|")
+          f"{m['calibration_gold_peak_update']}; degenerate updates {m['calibration_degenerate_updates'][0]}–"
+          f"{m['calibration_degenerate_updates'][-1]}; un-hacked: pre-peak 1–{labels['prepeak']['clean_updates'][-1]},"
+          f" early 1–{labels['early']['clean_updates'][-1]}")
+    print("\n| monitor (labels_reader) | layer | held-out AUROC | held-out TPR at 5% FPR |\n|---|---|---|---|")
+    for tag, c in cal.items():
+        print(f"| {tag} | {c['layer']} | {c['heldout_auroc']:.3f} | {c['heldout_tpr']:.3f} |")
+    print("\n| run | β | seed | gold peak (update: smoothed gold) | gold fell (update) | proxy peak (update) |"
+          "\n|---|---|---|---|---|---|")
     for i, run in enumerate(curves["runs"]):
         j = run["judged"]
-        for reader in READERS:
-            rj = j[reader]
-            print(f"| {i + 1} | {run['kl_coef']:g} | {run['seed']} | {j['gold_peak_update']} ({j['gold_peak']:.2f} → "
-                  f"{j['gold_final']:.2f} at the end) | {fmt(j['gold_fell'])} | {j['proxy_peak_update']} | {reader} | "
-                  f"{fmt(rj['first_alarm_update'])} | {fmt(rj['lead_time_updates'] if run['kl_coef'] == 0 else None)}"
-                  f" | {len(rj['alarm_updates'])} of {len(run['update'])} |")
+        print(f"| {i + 1} | {run['kl_coef']:g} | {run['seed']} | {j['gold_peak_update']}: {j['gold_peak']:.2f} "
+              f"(end {j['gold_final']:.2f}) | {fmt(j['gold_fell'])} ({fmt(j['gold_fell_update'])}) | "
+              f"{j['proxy_peak_update']} |")
+    quiet = [r for r in curves["runs"] if r["kl_coef"] > 0]
+    print("\n| monitor | β = 0 first alarm | lead time to the gold peak | lead time to the fall | proxy at the alarm | "
+          + " | ".join(f"β = {r['kl_coef']:g}: alarm updates (first)" for r in quiet) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(quiet))
+    for tag in cal:
+        for run in [r for r in curves["runs"] if r["kl_coef"] == 0]:
+            mj = run["judged"]["monitors"][tag]
+            fa = " | ".join(f"{len(r['judged']['monitors'][tag]['alarm_updates'])} of {len(r['update'])} "
+                            f"({fmt(r['judged']['monitors'][tag]['first_alarm_update'])})" for r in quiet)
+            star = " (headline)" if tag == curves["headline"] else ""
+            print(f"| {tag}{star} | {fmt(mj['first_alarm_update'])} | {fmt(mj['lead_time_updates'])} | "
+                  f"{fmt(mj['lead_time_to_fall_updates'])} | {fmt(mj['proxy_at_alarm'])} | {fa} |")
     print(f"\nwall {wall / 60:.1f} min; run {r['id']}")
     out = Path(a.out)
     if a.quick:

@@ -55,6 +55,9 @@ def test_fell_updates_and_labels_golden():
     assert fell_updates(gold, 1, 0.5) == [7, 8]  # level 0.5
     lab = calibration_labels(gold, 2, 1, 0.25)
     assert lab.clean == [1, 2] and lab.degenerate == [6, 7, 8] and lab.peak == 4
+    lab = calibration_labels(gold, 2, 1, 0.25, "pre-peak")  # every update up to the peak is un-hacked
+    assert lab.clean == [1, 2, 3, 4] and lab.degenerate == [6, 7, 8]
+    assert calibration_labels(gold, 7, 1, 0.25, "pre-peak").clean == [1, 2, 3, 4]  # --clean-updates is not used
     with pytest.raises(SuperalignError, match="never fell"):
         calibration_labels([0.1, 0.2, 0.3, 0.4], 1, 1, 0.25)
     with pytest.raises(SuperalignError, match="clean-updates"):
@@ -162,16 +165,19 @@ def test_end_to_end_tiny_job_stores_metrics(tiny_testbed, tmp_path, capsys):
 
     (run,) = [r for r in RunStore(home).list() if r["kind"] == "monitor-reward-hacking"]
     m = run["metrics"]
-    for key in ("lead_time_updates", "gold_peak_update", "first_alarm_update", "false_alarm_updates_b005",
-                "false_alarm_fired_b005", "lead_time_updates_policy", "false_alarm_updates_b005_policy",
-                "heldout_auroc", "layer", "calibration_gold_peak_update", "gold_fell_b005"):
+    for key in ("lead_time_updates", "lead_time_to_fall_updates", "gold_peak_update", "first_alarm_update",
+                "false_alarm_updates_b005", "false_alarm_fired_b005", "lead_time_updates_prepeak_policy",
+                "false_alarm_updates_b005_early_reference", "heldout_auroc", "layer", "calibration_gold_peak_update",
+                "gold_fell_b005", "heldout_auroc_early_policy"):
         assert key in m, key
     assert 1 <= m["gold_peak_update"] <= 6 and math.isfinite(m["heldout_auroc"])
     curves = json.loads(open(run["artefacts"]["curves"]).read())
-    assert len(curves["runs"]) == 2 and len(curves["runs"][0]["flag_rate_reference"]) == 6
-    assert all(f is not None for f in curves["runs"][0]["flag_rate_policy"])
-    mon = LinearMonitor.load(run["artefacts"]["monitor_reference"])
-    assert mon.threshold is not None and mon.meta["reader"] == "reference"
+    rates = curves["runs"][0]["flag_rate"]
+    assert len(curves["runs"]) == 2 and set(rates) == {"prepeak_reference", "prepeak_policy", "early_reference",
+                                                       "early_policy"}
+    assert all(len(v) == 6 and all(f is not None for f in v) for v in rates.values())  # watch= and on_rollout
+    mon = LinearMonitor.load(run["artefacts"]["monitor_prepeak_reference"])
+    assert mon.threshold is not None and mon.meta["reader"] == "reference" and mon.meta["labels"] == "pre-peak"
     assert run["compute"]["flops_total"] > 0
     from superalign.monitor.reward_hacking import reward_hacking_section
 
