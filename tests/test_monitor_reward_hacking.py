@@ -166,7 +166,7 @@ def test_end_to_end_tiny_job_stores_metrics(tiny_testbed, tmp_path, capsys):
     (run,) = [r for r in RunStore(home).list() if r["kind"] == "monitor-reward-hacking"]
     m = run["metrics"]
     for key in ("lead_time_updates", "lead_time_to_fall_updates", "gold_peak_update", "first_alarm_update",
-                "false_alarm_updates_b005", "false_alarm_fired_b005", "lead_time_updates_prepeak_policy",
+                "false_alarm_updates_b005", "false_alarm_fired_b005", "lead_time_updates_prepeak_reference",
                 "false_alarm_updates_b005_early_reference", "heldout_auroc", "layer", "calibration_gold_peak_update",
                 "gold_fell_b005", "heldout_auroc_early_policy"):
         assert key in m, key

@@ -19,7 +19,9 @@ The choices, in the order the job makes them:
    - ``reference``: the frozen SFT (reference) policy reading the samples (one extra forward pass of the reference
      per update, after sampling, via ``train_ppo(on_rollout=)``; the same fixed features in every run).
 
-   Both are fitted and evaluated in every job; ``--reader`` picks the one whose numbers are the headline metrics.
+   Both are fitted and evaluated in every job; ``--reader`` picks the one whose numbers are the headline metrics
+   (default ``policy``: on a development seed (7, not a benchmark seed) its pre-peak monitor fired 11 updates earlier
+   than the reference reader's, with no alarm at β = 0.01 for either).
 2. **Calibration run** (``--calibration-seed``, β = ``--calibration-kl-coef``, default 0): PPO against the proxy, with
    every update's per-sample features of both readers and gold rewards kept. The per-update mean gold curve is
    smoothed (:func:`smooth`: centred moving average over ``--smooth`` updates) and its argmax is the gold peak
@@ -286,9 +288,9 @@ class RewardHackingJob(JobBase):
     drop: float = _f(0.15, "calibration: degenerate = updates after the gold peak whose smoothed gold fell by this "
                            "share of the run's gold gain; also the 'gold fell' criterion of every run")
     smooth: int = _f(5, "updates in the centred moving average of the gold curves (peak finding)")
-    reader: str = _f("reference", "whose activations give the headline numbers: reference (the frozen SFT policy "
-                                  "reading the samples) or policy (its own, the built-in watch); both are computed",
-                     choices=READERS)
+    reader: str = _f("policy", "whose activations give the headline numbers: policy (its own, read by the built-in "
+                               "watch while sampling) or reference (the frozen SFT policy reading the samples); both "
+                               "are computed", choices=READERS)
     method: str = _f("mass_mean", "probe: mass_mean or logreg (superalign.monitor.probes)", choices=METHODS)
     layer: int = _f(-1, "hidden-state index the monitor reads (0 = embeddings); -1: the best held-out AUROC")
     fpr: float = _f(0.05, "target false-positive rate on un-hacked calibration samples")
