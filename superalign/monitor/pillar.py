@@ -28,7 +28,7 @@ PILLAR = register_pillar(Pillar(
                 ("attack_success", "false_trigger_rate", "probe_auroc_best", "base_probe_auroc_best")),
         RunKind("monitor-watch", ("model", "monitor", "fit", "layer", "clean", "flagged", "n_prompts", "seed"),
                 ("auroc", "tpr_at_1pct", "tpr_at_5pct", "monitor_s_per_token")),
-        RunKind("monitor-reward-hacking", ("reader", "method", "updates", "seeds", "false_alarm_kl_coefs"),
+        RunKind("monitor-reward-hacking", ("labels", "reader", "method", "updates", "seeds", "false_alarm_kl_coefs"),
                 ("lead_time_updates", "gold_peak_update", "first_alarm_update", "heldout_auroc")),
     ),
     commands=(Command("pairs", "superalign.monitor.jobs:add_pairs_arguments", "superalign.monitor.jobs:pairs_command",
