@@ -20,7 +20,8 @@ costs nothing):
 Sizes were cut to fit ≤ 15 minutes on 2 CPU cores: 100 pairs per dataset (50 fit / 50 held out, so a 95% CI is
 about ±13 points), 3 demonstrations in the prefix, 7 of the 31 layers (every 5th), CCS with 10 restarts × 1000
 steps (Burns et al.'s settings). "Best layer" is chosen on the held-out pairs, so it is optimistic for every probe
-alike; the per-layer table shows the whole curve. Writes a Markdown table and benchmarks/results/monitor_ccs.json.
+alike; the per-layer table shows the whole curve. Writes benchmarks/results/monitor_ccs.json and the tables as
+monitor_ccs.md.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _util import machine, write_json  # noqa: E402
+
+from superalign.runs.files import write_text_atomic  # noqa: E402
 
 CONDITIONS = {"plain": {}, "misleading": {"prefix": "misleading"}, "distractor": {"distractor": "banana-shed"}}
 METHODS = (("zero_shot", "zero-shot"), ("ccs", "CCS"), ("mass_mean", "mass-mean"), ("logreg", "logistic reg."))
@@ -154,6 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary = {ds: {cond: r["metrics"] for cond, r in conds.items()} for ds, conds in res.items()}
         write_json(out, {"args": vars(a), "complete": complete, "wall_s": time.perf_counter() - t,
                          "machine": machine(), "summary": summary, "table": table, "results": res})
+        write_text_atomic(out.with_suffix(".md"), f"# {out.stem}: `{' '.join(sys.argv[1:] or ['(defaults)'])}`"
+                          f"{'' if complete else ' (incomplete)'}\n\n{table}\n")
         return summary, table
 
     for ds in a.datasets:
