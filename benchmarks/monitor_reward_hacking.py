@@ -89,16 +89,16 @@ def main() -> None:
               f"(end {j['gold_final']:.2f}) | {fmt(j['gold_fell'])} ({fmt(j['gold_fell_update'])}) | "
               f"{j['proxy_peak_update']} |")
     quiet = [r for r in curves["runs"] if r["kl_coef"] > 0]
-    print("\n| monitor | β = 0 first alarm | lead time to the gold peak | lead time to the fall | proxy at the alarm | "
-          + " | ".join(f"β = {r['kl_coef']:g}: alarm updates (first)" for r in quiet) + " |")
-    print("|---|---|---|---|---|" + "---|" * len(quiet))
+    print("\n| monitor | β = 0 seed | first alarm | lead time to the gold peak | lead time to the fall | "
+          "proxy at the alarm | " + " | ".join(f"β = {r['kl_coef']:g}: alarm updates (first)" for r in quiet) + " |")
+    print("|---|---|---|---|---|---|" + "---|" * len(quiet))
     for tag in cal:
         for run in [r for r in curves["runs"] if r["kl_coef"] == 0]:
             mj = run["judged"]["monitors"][tag]
             fa = " | ".join(f"{len(r['judged']['monitors'][tag]['alarm_updates'])} of {len(r['update'])} "
                             f"({fmt(r['judged']['monitors'][tag]['first_alarm_update'])})" for r in quiet)
             star = " (headline)" if tag == curves["headline"] else ""
-            print(f"| {tag}{star} | {fmt(mj['first_alarm_update'])} | {fmt(mj['lead_time_updates'])} | "
+            print(f"| {tag}{star} | {run['seed']} | {fmt(mj['first_alarm_update'])} | {fmt(mj['lead_time_updates'])} | "
                   f"{fmt(mj['lead_time_to_fall_updates'])} | {fmt(mj['proxy_at_alarm'])} | {fa} |")
     print(f"\nwall {wall / 60:.1f} min; run {r['id']}")
     out = Path(a.out)
