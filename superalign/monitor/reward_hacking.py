@@ -573,7 +573,7 @@ def reward_hacking_section(runs: list[dict]) -> str:
     runs = [r for r in runs if r.get("kind") == "monitor-reward-hacking" and r.get("status") == "done"]
     head = "<h3>Reward hacking: a monitor against the exact gold reward</h3>"
     if not runs:
-        return head + "<p>No finished runs yet: <code>superalign monitor reward-hacking</code>.</p>"
+        return ""  # like the other monitoring parts: nothing to show, no heading
     rows = []
     for r in runs:
         c, m = r.get("config") or {}, r.get("metrics") or {}
