@@ -1,7 +1,7 @@
 """Run-time activation monitors on SmolLM2-135M-Instruct (issue 13, item 5): TPR at 1% / 5% FPR, AUROC and the cost
 per scored token of a linear monitor watching generation.
 
-    python benchmarks/monitor_watch.py [--monitors mean_diff mass_mean] [--n-prompts 32] [--quick] [--home DIR]
+    python benchmarks/monitor_watch.py [--monitors mean_diff mass_mean] [--n-prompts 80] [--quick] [--home DIR]
 
 Scenario (offline): the model is asked for a short *negative* (flagged) or *positive* (clean) review of one of 40
 things, two phrasings each (`demo-negative` / `demo-positive`, identical but for the tone; the first --n-prompts of
@@ -12,9 +12,10 @@ states (monitor.runtime.mean_difference_monitor); `mass_mean` / `logreg` / `ccs`
 Every monitor watches the same samples (same prompts and seed, T = 0.7); half of the clean samples set the
 thresholds, the other half and all flagged ones evaluate. The same prompts are also sampled unwatched for the cost.
 
-Sizes cut for the shared 2-core machine (generation of SmolLM2 on CPU dominates): 32 prompts per set (so 16 clean
-samples calibrate and 16 evaluate: TPR at 1% FPR is then TPR above the largest calibration score), 20 new tokens,
-200 fitting reviews, one monitor; a few minutes alone. `--quick`: 8 prompts per set, 8 tokens, 40 fitting rows.
+Sizes cut for the 2-core machine (generation of SmolLM2 on CPU dominates): all 80 prompts per set (40 clean samples
+calibrate, 40 clean and 80 flagged evaluate; with fewer, e.g. 32, the 1% and 5% thresholds both fall on the largest
+clean calibration score), 20 new tokens, 200 fitting reviews, one monitor; 19 min on a loaded machine.
+`--quick`: 8 prompts per set, 8 tokens, 40 fitting rows.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def main() -> None:
     ap.add_argument("--monitors", nargs="+", default=["mean_diff"],
                     choices=["mean_diff", "mass_mean", "logreg", "ccs"])
     ap.add_argument("--layer", type=int, default=15)
-    ap.add_argument("--n-prompts", type=int, default=32)
+    ap.add_argument("--n-prompts", type=int, default=80)
     ap.add_argument("--n-fit", type=int, default=200)
     ap.add_argument("--max-new-tokens", type=int, default=20)
     ap.add_argument("--home", help="run store (default: a fresh temporary folder)")
