@@ -156,6 +156,27 @@ def test_dpo_starts_at_log2_and_prefers_chosen(tiny_lm, pairs):
     assert fit.metrics[-1]["rewards/margins"] > 0
 
 
+def test_ipo_starts_at_its_target_squared_and_moves_the_gap_towards_it(tiny_lm, pairs):
+    tok, model = load_lm(tiny_lm)
+    ref = copy.deepcopy(model)
+    cfg = DPOConfig(beta=0.5, epochs=2, batch_size=16, lr=1e-3, loss="ipo")
+    fit = train_dpo(model, ref, tok, pairs[:128], cfg, progress=False)
+    assert fit.losses[0] == pytest.approx(1.0, abs=1e-4)  # policy = reference: h = 0, loss = (0 − 1/(2·0.5))² = 1
+    half = len(fit.losses) // 2  # per-batch losses are noisy (variance of h counts too): compare the two epochs
+    assert np.mean(fit.losses[half:]) < np.mean(fit.losses[:half])
+    assert fit.metrics[-1]["rewards/margins"] > 0
+
+
+def test_dpo_job_id_unchanged_by_the_loss_option_and_ipo_is_another_run(tmp_path):
+    from superalign.rlhf.jobs import DPOJob
+
+    plain = DPOJob(home=str(tmp_path)).key()
+    assert "loss" not in plain  # DPO runs stored before IPO existed keep their ids
+    assert DPOJob(home=str(tmp_path), loss="ipo").key()["loss"] == "ipo"
+    with pytest.raises(SuperalignError, match="label-smoothing"):
+        DPOJob(home=str(tmp_path), loss="ipo", label_smoothing=0.1)
+
+
 def _ppo_setup(tiny_lm, pairs):
     tok, policy = load_lm(tiny_lm)
     ref = copy.deepcopy(policy)

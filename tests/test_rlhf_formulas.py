@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from superalign.rlhf.bon import bon_expected, bon_weights, fit_bon, fit_rl, kl_bon
-from superalign.rlhf.dpo import dpo_loss
+from superalign.rlhf.dpo import dpo_loss, ipo_loss
 from superalign.rlhf.ppo import (
     AdaptiveKL,
     ema_update,
@@ -137,6 +137,17 @@ def test_dpo_loss_by_hand():
     assert loss0.item() == pytest.approx(math.log(2))
     ls, _, _ = dpo_loss(T([-1.0]), T([-2.0]), T([-1.5]), T([-1.5]), beta=0.1, label_smoothing=0.2)
     assert ls.item() == pytest.approx(0.8 * math.log(1 + math.exp(-0.1)) + 0.2 * math.log(1 + math.exp(0.1)))
+
+
+def test_ipo_loss_by_hand():
+    # h = (−1 − (−1.5)) − (−2 − (−1.5)) = 1; β = 0.1 → target 1/(2β) = 5; loss = (1 − 5)² = 16
+    loss, rc, rr = ipo_loss(T([-1.0]), T([-2.0]), T([-1.5]), T([-1.5]), beta=0.1)
+    assert loss.item() == pytest.approx(16.0)
+    assert rc.item() == pytest.approx(0.05) and rr.item() == pytest.approx(-0.05)
+    at_target, _, _ = ipo_loss(T([0.0]), T([-1.0]), T([0.0]), T([0.0]), beta=0.5)  # h = 1 = 1/(2·0.5)
+    assert at_target.item() == pytest.approx(0.0)
+    over, _, _ = ipo_loss(T([0.0]), T([-3.0]), T([0.0]), T([0.0]), beta=0.5)  # h = 3 overshoots: penalised too
+    assert over.item() == pytest.approx(4.0)
 
 
 def test_kl_bon_and_weights_by_hand():

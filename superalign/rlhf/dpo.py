@@ -1,6 +1,11 @@
-"""Direct Preference Optimization (Rafailov et al. 2023), sigmoid loss.
+"""Direct Preference Optimization (Rafailov et al. 2023), with the sigmoid loss or IPO's squared loss.
 
-loss = −log σ(β · [(log π(y_c|x) − log π_ref(y_c|x)) − (log π(y_r|x) − log π_ref(y_r|x))])
+With h = (log π(y_c|x) − log π_ref(y_c|x)) − (log π(y_r|x) − log π_ref(y_r|x)) (sequence log-probs):
+
+- ``sigmoid`` (DPO): loss = −log σ(β·h);
+- ``ipo`` (Azar et al. 2023, eq. 17, τ = β): loss = (h − 1/(2β))². IPO regresses the log-ratio gap to a finite
+  target instead of pushing it to infinity, so it does not overfit deterministic preferences. The paper's h uses
+  sequence log-probs, as here; TRL's ``ipo`` averages log-probs over completion tokens instead, a different β scale.
 
 The reference log-probs are computed once before training (the reference never changes), and chosen and rejected
 go through the policy in one forward pass. Logged metrics use TRL's names: rewards/chosen = β·(log π − log π_ref)
@@ -18,11 +23,12 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..errors import SuperalignError
 from ..models.lm import completion_batch, completion_logps
 from ..runs.ledger import count_forward, count_training
 from ..train.batches import epoch_batches
 from ..train.distributed import Runtime
-from ..validate import check_int, check_positive, check_range, check_seed, help_field
+from ..validate import check_choice, check_int, check_positive, check_range, check_seed, help_field
 from .lm import encode_pairs
 
 
@@ -35,12 +41,24 @@ def dpo_loss(pi_c: torch.Tensor, pi_r: torch.Tensor, ref_c: torch.Tensor, ref_r:
     return loss, beta * (pi_c - ref_c).detach(), beta * (pi_r - ref_r).detach()
 
 
+def ipo_loss(pi_c: torch.Tensor, pi_r: torch.Tensor, ref_c: torch.Tensor, ref_r: torch.Tensor,
+             beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per-pair IPO loss (h − 1/(2β))², chosen reward, rejected reward); rewards as in :func:`dpo_loss`."""
+    h = (pi_c - ref_c) - (pi_r - ref_r)
+    return (h - 1 / (2 * beta)) ** 2, beta * (pi_c - ref_c).detach(), beta * (pi_r - ref_r).detach()
+
+
+LOSSES = ("sigmoid", "ipo")
+
+
 @dataclass
 class DPOConfig:
     """DPO training."""
 
     beta: float = help_field(0.1, "strength of the implicit KL constraint to the reference")
     label_smoothing: float = help_field(0.0, "assumed label-noise rate (conservative DPO); 0 = the original loss")
+    loss: str = help_field("sigmoid", "sigmoid (DPO) or ipo (Azar et al. 2023: (h − 1/(2β))², β as IPO's τ)",
+                           choices=LOSSES)
     epochs: int = help_field(1, "passes over the pairs")
     batch_size: int = help_field(32, "pairs per step")
     lr: float = help_field(5e-6, "AdamW peak learning rate (linear decay to 0)")
@@ -52,6 +70,10 @@ class DPOConfig:
     def __post_init__(self):
         check_positive("beta", self.beta, example=0.1)
         check_range("label_smoothing", self.label_smoothing, 0.0, 0.5, high_open=True, example=0.1)
+        check_choice("loss", self.loss, LOSSES)
+        if self.loss == "ipo" and self.label_smoothing:
+            raise SuperalignError("--label-smoothing is a sigmoid-loss (conservative DPO) option; IPO has none",
+                                  "drop --label-smoothing or use --loss sigmoid")
         check_int("epochs", self.epochs)
         check_int("batch_size", self.batch_size, example=32)
         check_positive("lr", self.lr, example=5e-6)
@@ -118,7 +140,11 @@ def train_dpo(model, ref, tok, pairs: list[dict], cfg: DPOConfig, progress: bool
             n = len(part.idx)
             with rt.autocast():
                 lp, _ = completion_logps(model, ids, mask, lmask)
-                loss_i, rc, rr = dpo_loss(lp[:n], lp[n:], ref_c[mine], ref_r[mine], cfg.beta, cfg.label_smoothing)
+                if cfg.loss == "ipo":
+                    loss_i, rc, rr = ipo_loss(lp[:n], lp[n:], ref_c[mine], ref_r[mine], cfg.beta)
+                else:
+                    loss_i, rc, rr = dpo_loss(lp[:n], lp[n:], ref_c[mine], ref_r[mine], cfg.beta,
+                                              cfg.label_smoothing)
                 loss = loss_i.mean() if rt.world_size == 1 else rt.global_mean(loss_i.sum(), n, part.weight)
             rt.backward(loss)
             rt.step(opt, 1.0)

@@ -154,6 +154,13 @@ class DPOJob(DPOConfig, JobBase):
             check_nonempty(name, getattr(self, name), example)
         check_int("limit", self.limit, example=1000, none_ok=True)
 
+    def key(self) -> dict:
+        """The sigmoid loss, the only one before IPO, stays out of the id: DPO runs stored earlier keep theirs."""
+        d = super().key()
+        if d.get("loss") == "sigmoid":
+            d.pop("loss")
+        return d
+
 
 @dataclass
 class BoNJob(JobBase):
