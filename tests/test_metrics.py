@@ -80,3 +80,18 @@ def test_agreement_split_golden():
     assert a["agree_weak_correct"] == pytest.approx(2 / 3)  # rows 0, 2, 4 → agree, disagree, agree
     assert a["agree_weak_wrong"] == pytest.approx(1 / 2)    # rows 1, 3 → agree, disagree
     assert a["n_weak_wrong"] == 2
+
+
+def test_auroc_rows_equals_auroc_per_row_and_bootstrap_uses_the_seeded_resamples():
+    import numpy as np
+
+    from superalign.train.metrics import auroc, auroc_rows, bootstrap_auroc, bootstrap_indices, percentile_ci
+
+    y = np.array([[0, 1, 1, 0], [1, 1, 1, 1], [0, 1, 0, 1]])
+    s = np.array([[0.1, 0.4, 0.35, 0.8], [0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.1, 0.9]])  # ties in the last row
+    got = auroc_rows(y, s)
+    assert got[0] == auroc(y[0], s[0]) == 0.5 and np.isnan(got[1]) and got[2] == auroc(y[2], s[2]) == 0.875
+    yy, ss = y[0], s[0]
+    idx = bootstrap_indices(4, 200, 3)
+    auc, ci = bootstrap_auroc(yy, ss, seed=3, n_boot=200)
+    assert auc == 0.5 and ci == percentile_ci(np.array([auroc(yy[i], ss[i]) for i in idx]))

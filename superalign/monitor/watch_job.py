@@ -258,19 +258,12 @@ def _checked_inputs(job: WatchJob) -> tuple[list[str], list[str], int | None]:
     return clean, flagged, layer
 
 
-def _bootstrap_auroc(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int) -> tuple[float, tuple[float, float]]:
-    from ..train.metrics import auroc, percentile_ci
-
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y), (n_boot, len(y)))
-    return auroc(y, s), percentile_ci(np.array([auroc(y[i], s[i]) for i in idx]))
-
-
 def calibrate_and_evaluate(clean_scores, flagged_scores, calib_frac: float, fprs, seed: int,
                            n_boot: int = 1000) -> dict:
     """Thresholds from a random ``calib_frac`` of the clean scores for each target FPR; on the other clean scores
     and all flagged ones: the realised FPR and the TPR at each threshold, and the AUROC with a bootstrap CI."""
     from ..models.watch import threshold_at_fpr
+    from ..train.metrics import bootstrap_auroc
 
     clean, flagged = np.asarray(clean_scores, np.float64), np.asarray(flagged_scores, np.float64)
     perm = np.random.default_rng(seed).permutation(len(clean))
@@ -281,7 +274,7 @@ def calibrate_and_evaluate(clean_scores, flagged_scores, calib_frac: float, fprs
                               "pass more prompts")
     y = np.r_[np.zeros(len(ev)), np.ones(len(flagged))]
     s = np.r_[ev, flagged]
-    auc, ci = _bootstrap_auroc(y, s, n_boot, seed)
+    auc, ci = bootstrap_auroc(y, s, seed, n_boot)
     out = {"auroc": auc, "auroc_ci": list(ci), "n_calib": len(cal), "n_clean_eval": len(ev), "n_flagged": len(flagged),
            "calib_index": perm[:n_cal].tolist()}
     for f in fprs:

@@ -32,3 +32,27 @@ def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, floa
         return float("nan"), float("nan")
     lo = (1 - level) / 2
     return float(np.quantile(s, lo)), float(np.quantile(s, 1 - lo))
+
+
+def auroc_rows(y: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """:func:`auroc` of every row of [B, N] labels and scores at once (NaN for a row with one class only)."""
+    y, score = np.asarray(y).astype(int), np.asarray(score, dtype=float)
+    ranks = rankdata(score, axis=1)
+    n_pos = y.sum(1)
+    n_neg = y.shape[1] - n_pos
+    with np.errstate(divide="ignore", invalid="ignore"):
+        aucs = ((ranks * y).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), aucs, np.nan)
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, n] row indices of the percentile bootstrap's resamples (with replacement), from ``seed``."""
+    return np.random.default_rng(seed).integers(0, n, (n_boot, n))
+
+
+def bootstrap_auroc(y: np.ndarray, score: np.ndarray, seed: int = 0,
+                    n_boot: int = 1000) -> tuple[float, tuple[float, float]]:
+    """(AUROC, its percentile-bootstrap 95% CI over examples); resamples with one class are skipped."""
+    y, score = np.asarray(y).astype(int), np.asarray(score, dtype=float)
+    idx = bootstrap_indices(len(y), n_boot, seed)
+    return auroc(y, score), percentile_ci(auroc_rows(y[idx], score[idx]))
