@@ -35,6 +35,13 @@ from superalign.monitor.watch_job import WatchJob, run_watch  # noqa: E402
 COLS = ("auroc", "tpr_at_1pct", "fpr_at_1pct", "tpr_at_5pct", "fpr_at_5pct")
 
 
+def _rate(m: dict, tag: str) -> str:
+    """"TPR (realised FPR)", or the job's n/a reason when too few clean samples calibrated that FPR."""
+    if m.get(f"tpr_at_{tag}") is None:
+        return m.get(f"tpr_at_{tag}_na", "n/a")
+    return f"{m[f'tpr_at_{tag}']:.1%} ({m[f'fpr_at_{tag}']:.1%})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
@@ -71,8 +78,7 @@ def main() -> None:
     for fit, r in results.items():
         m = r["metrics"]
         ci = m["auroc_ci"]
-        print(f"| {fit} | {m['auroc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {m['tpr_at_1pct']:.1%} "
-              f"({m['fpr_at_1pct']:.1%}) | {m['tpr_at_5pct']:.1%} ({m['fpr_at_5pct']:.1%}) | "
+        print(f"| {fit} | {m['auroc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {_rate(m, '1pct')} | {_rate(m, '5pct')} | "
               f"{m['n_clean_eval']} / {m['n_flagged']} |")
     m = next(iter(results.values()))["metrics"]
     print("\n| cost per scored token | value |\n|---|---|")

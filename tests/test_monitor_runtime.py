@@ -118,7 +118,7 @@ def _watch_args(d, home, *extra):
 @pytest.fixture(scope="module")
 def watched(tiny_eos, tmp_path_factory):
     home = tmp_path_factory.mktemp("mon_home") / "home"
-    assert main(_watch_args(tiny_eos, home, "--fpr", "0.2")) == 0
+    assert main(_watch_args(tiny_eos, home, "--fpr", "0.25")) == 0
     (run,) = RunStore(home).list(kind="monitor-watch")
     return home, run
 
@@ -126,18 +126,19 @@ def watched(tiny_eos, tmp_path_factory):
 def test_watch_cli_end_to_end(tiny_eos, watched, capsys):
     home, run = watched
     m = run["metrics"]
-    for k in ("auroc", "tpr_at_1pct", "fpr_at_1pct", "tpr_at_5pct", "fpr_at_5pct", "tpr_at_20pct",
-              "monitor_share_of_generation", "monitor_flops_share"):
+    for k in ("auroc", "tpr_at_25pct", "fpr_at_25pct", "monitor_share_of_generation", "monitor_flops_share"):
         assert 0 <= m[k] <= 1, k
+    for tag in ("1pct", "5pct"):  # 4 calibration samples cannot set a 1% or 5% threshold: n/a with the reason
+        assert m[f"tpr_at_{tag}"] is None and "n/a: 4 clean calibration samples" in m[f"tpr_at_{tag}_na"]
     assert m["samples_identical"] is True and m["n_calib"] == 4 and m["n_clean_eval"] == 4 and m["n_flagged"] == 8
     assert m["monitor_flops_per_token"] == 3 * 32 and m["generated_tokens"] > 0 and m["layer"] == 1
     assert run["compute"]["flops"].get("monitor", 0) > 0
     mon = LinearMonitor.load(run["artefacts"]["monitor"])
-    assert mon.threshold == pytest.approx(m["threshold_at_20pct"]) and mon.meta["fpr_target"] == 0.2
+    assert mon.threshold == pytest.approx(m["threshold_at_25pct"]) and mon.meta["fpr_target"] == 0.25
     rows = [json.loads(x) for x in open(run["artefacts"]["samples"])]
     assert len(rows) == 16 and sum(r["flag"] for r in rows[:8]) <= 8
     # the same config is the same run; an edited prompt file is a new one
-    assert main(_watch_args(tiny_eos, home, "--fpr", "0.2")) == 0
+    assert main(_watch_args(tiny_eos, home, "--fpr", "0.25")) == 0
     assert "already done" in capsys.readouterr().out
     # the saved monitor watches the local LLM backend: one score per completion, equal to the job's
     from superalign.interp.llm import HFLocalLLM
@@ -248,3 +249,17 @@ def test_local_llm_rejects_a_monitor_of_another_model(tiny_eos, tmp_path):
 
     with pytest.raises(SuperalignError, match="hidden size 7"):
         HFLocalLLM(str(tiny_eos / "lm"), device="cpu", watch=LinearMonitor.load(_bad_monitor(tmp_path, 7)))
+
+
+def test_tpr_at_an_fpr_the_calibration_set_cannot_resolve_is_na():
+    from superalign.monitor.watch_job import calibrate_and_evaluate
+
+    rng = np.random.default_rng(0)
+    flagged = rng.normal(2, 1, 50)
+    for n_clean, has_1pct in ((200, True), (198, False)):  # calib_frac ½: 100 vs 99 calibration samples
+        r = calibrate_and_evaluate(rng.normal(0, 1, n_clean), flagged, 0.5, (0.01, 0.05), seed=0, n_boot=20)
+        assert (r["tpr_at_1pct"] is not None) is has_1pct
+        assert r["tpr_at_5pct"] is not None  # 20 calibration samples suffice for 5%
+        if not has_1pct:
+            why = r["tpr_at_1pct_na"]
+            assert why.startswith("n/a: 99 clean calibration samples") and "≥ 100" in why

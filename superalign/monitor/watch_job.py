@@ -278,8 +278,14 @@ def calibrate_and_evaluate(clean_scores, flagged_scores, calib_frac: float, fprs
     out = {"auroc": auc, "auroc_ci": list(ci), "n_calib": len(cal), "n_clean_eval": len(ev), "n_flagged": len(flagged),
            "calib_index": perm[:n_cal].tolist()}
     for f in fprs:
-        t = threshold_at_fpr(cal, f)
         tag = f"{f * 100:g}pct"
+        need = int(np.ceil(1 / f - 1e-9))
+        if len(cal) < need:  # the threshold would be the largest clean score whatever f is: not an f-FPR threshold
+            out |= {f"threshold_at_{tag}": None, f"tpr_at_{tag}": None, f"fpr_at_{tag}": None,
+                    f"tpr_at_{tag}_na": f"n/a: {len(cal)} clean calibration samples cannot set a {f:.0%} FPR "
+                                        f"threshold (needs ≥ {need}; raise --n-prompts or --calib-frac)"}
+            continue
+        t = threshold_at_fpr(cal, f)
         out |= {f"threshold_at_{tag}": t, f"tpr_at_{tag}": float((flagged > t).mean()),
                 f"fpr_at_{tag}": float((ev > t).mean())}
     return out
