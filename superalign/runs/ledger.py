@@ -181,14 +181,21 @@ def param_count(model) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+def trainable_count(model) -> int:
+    """Parameters that receive gradients (shared tensors once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+
+
 def count_forward(model, tokens: int, stage: str) -> None:
     """Add 2·params·tokens (a forward pass of a dense model) to the run's ledger."""
     add_flops(2.0 * param_count(model) * tokens, tokens=tokens, stage=stage)
 
 
 def count_training(model, tokens: int, stage: str = "train") -> None:
-    """Add 6·params·tokens (forward + backward of a dense model) to the run's ledger."""
-    add_flops(6.0 * param_count(model) * tokens, tokens=tokens, stage=stage)
+    """Add (4·params + 2·trainable params)·tokens to the run's ledger: the forward (2·P) and the backward through
+    the activations (2·P) of a dense model, plus the weight gradients (2 per trainable parameter). Full finetuning is
+    the usual 6·P; a model with frozen weights (LoRA adapters, frozen lower blocks) costs about 4·P."""
+    add_flops((4.0 * param_count(model) + 2.0 * trainable_count(model)) * tokens, tokens=tokens, stage=stage)
 
 
 class open_ledger:
