@@ -118,15 +118,20 @@ class PPOJob(PPOConfig, JobBase):
     lr: float = _f(3e-5, "AdamW learning rate of the policy")
     monitor: str | None = _f(None, "a saved activation monitor (`superalign monitor watch` artefact) that scores every "
                                    "rollout sample: history rows get monitor/score and monitor/flag_rate")
+    ptx_data: str | None = _f(None, "pretraining text for the PPO-ptx term (--ptx-coef > 0): a .txt file (documents "
+                                    "separated by blank lines), a .jsonl/.csv/.parquet file with a text column, or "
+                                    "testbed (the testbed's SFT demonstrations); default with --prompts testbed: "
+                                    "testbed")
 
     def __post_init__(self):
         super().__post_init__()
         for name, example in (("policy", "testbed-sft"), ("reward", "testbed-rm"), ("prompts", "testbed"),
                               ("prompt_col", "prompt")):
             check_nonempty(name, getattr(self, name), example)
+        _check_ptx(self.ptx_coef, self.ptx_data, self.prompts)
 
     def key(self) -> dict:
-        return _monitor_key(super().key(), self.monitor)
+        return _ptx_key(_monitor_key(super().key(), self.monitor), self.ptx_data, self.prompts)
 
 
 DPO_CLI_OVERRIDES = {
@@ -211,6 +216,50 @@ def _monitor_key(d: dict, monitor: str | None) -> dict:
     else:
         d["monitor_fingerprint"] = monitor_fingerprint(monitor) if Path(monitor).is_dir() else None
     return d
+
+
+def _check_ptx(ptx_coef: float, ptx_data: str | None, prompts: str) -> None:
+    """PPO-ptx needs pretraining text, and pretraining text needs PPO-ptx; a named file must exist (its content
+    enters the run id)."""
+    from pathlib import Path
+
+    if ptx_data is not None:
+        check_nonempty("ptx_data", ptx_data, "texts.txt")
+        if ptx_coef == 0:
+            raise SuperalignError("--ptx-data is only used by the PPO-ptx term, which --ptx-coef 0 turns off",
+                                  "pass --ptx-coef > 0 (InstructGPT: 27.8) or drop --ptx-data")
+        path = Path(ptx_data[5:] if ptx_data.startswith("file:") else ptx_data).expanduser()
+        if ptx_data != "testbed" and not path.is_file():
+            raise SuperalignError(f"--ptx-data {ptx_data} does not exist" + (" (it is a folder)" if path.is_dir()
+                                                                             else ""),
+                                  "pass a .txt/.jsonl/.csv/.parquet file of pretraining text, or testbed")
+    elif ptx_coef > 0 and prompts != "testbed":
+        raise SuperalignError(f"--ptx-coef {ptx_coef} needs pretraining text: the testbed's is used only with "
+                              "--prompts testbed", "pass --ptx-data <file> (or --ptx-data testbed), or --ptx-coef 0")
+
+
+def _ptx_key(d: dict, ptx_data: str | None, prompts: str) -> dict:
+    """Without --ptx-data (or with the testbed's, which --prompts testbed uses anyway) the id is the one PPO had
+    before the option existed; with a file, the id includes the file's content."""
+    from ..data.fingerprint import file_fingerprint
+
+    if ptx_data is None or (ptx_data == "testbed" and prompts == "testbed"):
+        d.pop("ptx_data", None)
+    elif ptx_data != "testbed":
+        d["ptx_data_fingerprint"] = file_fingerprint(ptx_data[5:] if ptx_data.startswith("file:") else ptx_data)
+    return d
+
+
+def _ptx_rows(job) -> list[dict] | None:
+    """The PPO-ptx rows of a job (loaded and checked before anything is written): pretraining documents of
+    --ptx-data, or the testbed's SFT demonstrations."""
+    from .lm import load_documents
+
+    if job.ptx_coef == 0:
+        return None
+    if job.ptx_data is None or job.ptx_data == "testbed":
+        return testbed_data(n_sft=2000, seed=job.seed).sft
+    return load_documents(job.ptx_data)
 
 
 def _load_watch(monitor: str | None, policy: str, home, trust_remote_code: bool, need_threshold: bool = False):
@@ -414,6 +463,7 @@ def _prompts(source: str, col: str, n: int | None, seed: int) -> list[str]:
 
 def run_ppo(job: PPOJob, eval_prompts: list[str] | None = None) -> dict:
     prompts = _prompts(job.prompts, job.prompt_col, None, job.seed)
+    ptx = _ptx_rows(job)
     check_models(job.policy, job.ref, job.reward, job.value, trust_remote_code=job.trust_remote_code)
     watch = _load_watch(job.monitor, job.policy, job.home, job.trust_remote_code)
 
@@ -433,7 +483,6 @@ def run_ppo(job: PPOJob, eval_prompts: list[str] | None = None) -> dict:
         encode_prompts(tok, prompts, job.max_prompt_len)  # fail fast on over-long prompts
         testbed = job.prompts == "testbed"
         gold = (lambda p, c, e: GoldReward().batch(p, c, e)) if testbed else None
-        ptx = testbed_data(n_sft=2000, seed=job.seed).sft if (job.ptx_coef > 0 and testbed) else None
         evp = eval_prompts or (sample_prompts(128, job.seed + 3) if testbed else prompts[:64])
         def evaluate(m):  # every process evaluates the same prompts with the same seed: identical numbers
             with rt.autocast():

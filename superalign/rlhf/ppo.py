@@ -156,8 +156,11 @@ class AdaptiveKL:
 
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·model over the trained parameters (a LoRA policy's adapters; frozen weights
+    are the same in both and stay so)."""
     for pe, p in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(p, 1 - decay)
+        if p.requires_grad:
+            pe.lerp_(p, 1 - decay)
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -326,7 +329,12 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
 
     ``value_model`` defaults to a copy of the reward model (InstructGPT), in fp32 even when ``rm`` is kept in a low
     precision for scoring. ``gold(prompts, responses, ended)`` is logged as gold reward when given (testbeds).
-    ``ptx_rows`` (prompt/completion dicts) feed the PPO-ptx term.
+    ``ptx_rows`` feed the PPO-ptx term (the mean token NLL of a minibatch of them): ``{"text"}`` dicts are
+    pretraining documents, scored on every token (see :mod:`superalign.rlhf.lm`), ``{"prompt", "completion"}`` dicts
+    demonstrations, scored on the completion.
+
+    A LoRA ``policy`` (a peft model) trains its adapters only: the optimizer, the gradient clipping and the EMA take
+    the parameters that require gradients.
 
     ``rt`` (:class:`~superalign.train.distributed.Runtime`): device, precision and data parallelism. Every process
     draws the same prompt batches (same seed) and generates, scores and trains on its share of each batch's rows;
@@ -369,16 +377,16 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
     for p in list(ref.parameters()) + list(rm.parameters()):
         p.requires_grad_(False)
     ref, rm = ref.to(rt.device), rm.to(rt.device)
-    opt = torch.optim.AdamW([{"params": list(policy.parameters()), "lr": cfg.lr},
+    opt = torch.optim.AdamW([{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.lr},
                              {"params": list(value_model.parameters()), "lr": cfg.value_lr or cfg.lr}],
                             eps=1e-5, weight_decay=0.0)
     models, opt = rt.prepare(_PolicyAndValue(policy, value_model), opt)
     ema = copy.deepcopy(policy) if cfg.ema_decay else None
     kl_ctl = AdaptiveKL(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
     ptx = None
-    if ptx_rows:
-        from .lm import encode_pairs
-        ptx = encode_pairs(tok, [r["prompt"] for r in ptx_rows], [r["completion"] for r in ptx_rows], 10 ** 9)
+    if ptx_rows:  # as long as a rollout's sequences (and within the context): a ptx batch costs about as much
+        from .lm import ptx_sequences
+        ptx = ptx_sequences(tok, ptx_rows, min(ctx or 10 ** 9, cfg.max_prompt_len + cfg.response_len))
     across = rt.max_across()
     sums = None if W == 1 else (lambda x: rt.all_sum_tensor(x))
 
