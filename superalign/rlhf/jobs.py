@@ -1,4 +1,5 @@
-"""The RLHF jobs behind `superalign rlhf sft|rm|ppo|dpo|bon`: one config dataclass each, recorded in the run store.
+"""The RLHF jobs behind `superalign rlhf sft|rm|ppo|dpo|online-dpo|bon`: one config dataclass each, recorded in the
+run store. Jobs that train a policy (PPO, DPO, online DPO) take ``--lora-rank`` (:mod:`superalign.models.lora`).
 
 Every job is keyed by its config: rerunning a finished job returns the stored result and artefacts at once, so
 chains (SFT → RM → PPO) resume where they stopped. On the offline testbed the defaults chain themselves:
@@ -20,10 +21,12 @@ import torch
 
 from ..errors import SuperalignError
 from ..models.lm import encode_prompts, load_lm, save_lm
+from ..models.lora import LoRAOptions, apply_lora, check_lora, lora_key, merge_lora
 from ..runs.files import write_text_atomic
 from ..runs.jobs import JobBase, _f, run_job  # noqa: F401  (re-exported for the RLHF jobs)
 from ..validate import check_fraction, check_int, check_nonempty, check_positive, check_seed, document_cli_overrides
 from .dpo import DPOConfig, train_dpo
+from .online_dpo import OnlineDPOConfig, train_online_dpo
 from .ppo import PPOConfig, evaluate_policy, rollout, score_rollout, train_ppo
 from .reward import RewardTrainConfig, load_reward_model, pair_accuracy, score_texts, train_reward_model
 from .sft import SFTConfig, train_sft
@@ -106,7 +109,7 @@ PPO_CLI_OVERRIDES = {
 
 @document_cli_overrides(PPOConfig, PPO_CLI_OVERRIDES)
 @dataclass
-class PPOJob(PPOConfig, JobBase):
+class PPOJob(PPOConfig, LoRAOptions, JobBase):
     """PPO against a reward model with a KL penalty to the reference policy."""
 
     policy: str = _f("testbed-sft", "initial policy: testbed-sft, smollm2, hf:<id|path> or a folder")
@@ -129,9 +132,10 @@ class PPOJob(PPOConfig, JobBase):
                               ("prompt_col", "prompt")):
             check_nonempty(name, getattr(self, name), example)
         _check_ptx(self.ptx_coef, self.ptx_data, self.prompts)
+        check_lora(self)
 
     def key(self) -> dict:
-        return _ptx_key(_monitor_key(super().key(), self.monitor), self.ptx_data, self.prompts)
+        return lora_key(_ptx_key(_monitor_key(super().key(), self.monitor), self.ptx_data, self.prompts))
 
 
 DPO_CLI_OVERRIDES = {
@@ -143,7 +147,7 @@ DPO_CLI_OVERRIDES = {
 
 @document_cli_overrides(DPOConfig, DPO_CLI_OVERRIDES)
 @dataclass
-class DPOJob(DPOConfig, JobBase):
+class DPOJob(DPOConfig, LoRAOptions, JobBase):
     """DPO on preference pairs."""
 
     policy: str = _f("testbed-sft", "initial policy (also the reference unless --ref)")
@@ -158,13 +162,45 @@ class DPOJob(DPOConfig, JobBase):
         for name, example in (("policy", "testbed-sft"), ("data", "testbed")):
             check_nonempty(name, getattr(self, name), example)
         check_int("limit", self.limit, example=1000, none_ok=True)
+        check_lora(self)
 
     def key(self) -> dict:
-        """The sigmoid loss, the only one before IPO, stays out of the id: DPO runs stored earlier keep theirs."""
-        d = super().key()
+        """The sigmoid loss, the only one before IPO, stays out of the id: DPO runs stored earlier keep theirs
+        (and so do full-finetuning runs, stored before LoRA)."""
+        d = lora_key(super().key())
         if d.get("loss") == "sigmoid":
             d.pop("loss")
         return d
+
+
+ONLINE_DPO_CLI_OVERRIDES = {
+    "lr": (5e-6, 1e-4, "the library default suits pretrained LMs (as DPO's); the CLI's default policy is the small "
+                       "testbed LM, which needs a larger step"),
+}
+"""CLI defaults of ``superalign rlhf online-dpo`` that differ from :class:`OnlineDPOConfig`."""
+
+
+@document_cli_overrides(OnlineDPOConfig, ONLINE_DPO_CLI_OVERRIDES)
+@dataclass
+class OnlineDPOJob(OnlineDPOConfig, LoRAOptions, JobBase):
+    """Online DPO: pairs sampled from the current policy, ranked by a reward model (Guo et al. 2024)."""
+
+    policy: str = _f("testbed-sft", "initial policy: testbed-sft, smollm2, hf:<id|path> or a folder")
+    ref: str | None = _f(None, "reference policy (default: the initial policy)")
+    reward: str = _f("testbed-rm", "reward model that ranks each prompt's two samples (or testbed-rm)")
+    prompts: str = _f("testbed", "prompts: testbed or a file with a prompt column")
+    prompt_col: str = _f("prompt", "prompt column of a prompt file")
+    lr: float = _f(1e-4, "AdamW learning rate (constant)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, example in (("policy", "testbed-sft"), ("reward", "testbed-rm"), ("prompts", "testbed"),
+                              ("prompt_col", "prompt")):
+            check_nonempty(name, getattr(self, name), example)
+        check_lora(self)
+
+    def key(self) -> dict:
+        return lora_key(super().key())
 
 
 @dataclass
@@ -473,21 +509,17 @@ def run_ppo(job: PPOJob, eval_prompts: list[str] | None = None) -> dict:
         frozen = _frozen_dtype(rt)
         pol_name = resolve_policy(job.policy, job.home, job.progress)
         tok, policy = load_lm(pol_name, job.home, job.trust_remote_code, device=rt.device)
+        policy = apply_lora(policy, job.lora_rank, job.lora_alpha)  # the policy itself for rank 0
         _, ref = load_lm(resolve_policy(job.ref, job.home, job.progress) if job.ref else pol_name, job.home,
                          job.trust_remote_code, device=rt.device, dtype=frozen)
         rm_path = resolve_reward(job.reward, job.home, job.progress)
         _, rm = load_reward_model(rm_path, job.home, job.trust_remote_code, device=rt.device)
+        # the value model is always trained in full (a LoRA policy's included): it is a separate network
         value = load_reward_model(resolve_reward(job.value, job.home, job.progress), job.home,
                                   job.trust_remote_code, device=rt.device)[1] if job.value else copy.deepcopy(rm)
         rm = rm.to(frozen) if frozen is not None else rm  # scoring only; the value model trains in fp32
         encode_prompts(tok, prompts, job.max_prompt_len)  # fail fast on over-long prompts
-        testbed = job.prompts == "testbed"
-        gold = (lambda p, c, e: GoldReward().batch(p, c, e)) if testbed else None
-        evp = eval_prompts or (sample_prompts(128, job.seed + 3) if testbed else prompts[:64])
-        def evaluate(m):  # every process evaluates the same prompts with the same seed: identical numbers
-            with rt.autocast():
-                return evaluate_policy(m, ref, rm, tok, evp, job.response_len, job.temperature, gold,
-                                       seed=job.seed + 7)
+        gold, evaluate = _policy_eval(job, rt, ref, rm, tok, prompts, eval_prompts)
 
         if watch is not None:
             from ..monitor.runtime import check_monitor_on
@@ -495,18 +527,79 @@ def run_ppo(job: PPOJob, eval_prompts: list[str] | None = None) -> dict:
             check_monitor_on(watch, policy)
         res = train_ppo(policy, ref, rm, tok, prompts, job, value_model=value, gold=gold, ptx_rows=ptx,
                         eval_hook=lambda u, m: evaluate(m), progress=job.progress, rt=rt, watch=watch)
-        _save_policy(rt, res.ema if res.ema is not None else policy, tok, out / "model",
-                     {"kind": "rlhf-ppo", "config": job.key()})
-        final = evaluate(res.ema if res.ema is not None else policy)
-        initial = evaluate(ref)
+        # the EMA (of a LoRA policy: of its adapters) or the policy, as a plain model from here on
+        trained = merge_lora(res.ema if res.ema is not None else policy)
+        _save_policy(rt, trained, tok, out / "model", {"kind": "rlhf-ppo", "config": job.key()})
+        metrics = _policy_metrics(res, evaluate(trained), evaluate(ref))
         last = res.history[-1]
-        metrics = {"final_" + k: v for k, v in final.items()} | {"initial_" + k: v for k, v in initial.items()}
-        metrics |= {"kl": last["objective/kl"], "score": last["objective/scores"], "eos_rate": last["eos_rate"],
-                    "wall_s": res.wall_s, "episodes": last["episodes"]}
         metrics |= {k.replace("/", "_"): last[k] for k in ("monitor/score", "monitor/flag_rate") if k in last}
-        metrics |= {"history": res.history, "samples": res.samples, "evals": res.evals}
-        return metrics, {"model": str(out / "model"), "reward": rm_path}
+        return metrics | {"history": res.history, "samples": res.samples, "evals": res.evals}, \
+            {"model": str(out / "model"), "reward": rm_path}
     return run_job("rlhf-ppo", job, body)
+
+
+def _policy_eval(job, rt, ref, rm, tok, prompts: list[str], eval_prompts: list[str] | None):
+    """(gold reward or None, ``evaluate(policy) -> {kl, proxy, eos_rate[, gold]}``) of an online RL job: the
+    testbed's gold reward and held-out prompts with --prompts testbed, else the first 64 training prompts."""
+    testbed = job.prompts == "testbed"
+    gold = (lambda p, c, e: GoldReward().batch(p, c, e)) if testbed else None
+    evp = eval_prompts or (sample_prompts(128, job.seed + 3) if testbed else prompts[:64])
+
+    def evaluate(m):  # every process evaluates the same prompts with the same seed: identical numbers
+        with rt.autocast():
+            return evaluate_policy(m, ref, rm, tok, evp, job.response_len, job.temperature, gold, seed=job.seed + 7)
+    return gold, evaluate
+
+
+def _policy_metrics(res, final: dict, initial: dict) -> dict:
+    """The summary an online RL run stores: final_*/initial_* evaluations and the last update's numbers."""
+    last = res.history[-1]
+    metrics = {"final_" + k: v for k, v in final.items()} | {"initial_" + k: v for k, v in initial.items()}
+    return metrics | {"kl": last["objective/kl"], "score": last["objective/scores"], "eos_rate": last["eos_rate"],
+                      "wall_s": res.wall_s, "episodes": last["episodes"]}
+
+
+def run_policy_rl(kind: str, job, train, eval_prompts: list[str] | None = None, summary=None) -> dict:
+    """Run (or return the stored run of) an online RL job without a value model: ``train(policy, ref, rm, tok,
+    prompts, job, gold=, eval_hook=, progress=, rt=) -> PPOResult`` trains the policy (LoRA adapters when
+    ``job.lora_rank``; saved merged, as a plain model) against the job's reward model; the stored metrics are
+    :func:`run_ppo`'s plus ``summary(result) -> dict``."""
+    prompts = _prompts(job.prompts, job.prompt_col, None, job.seed)  # inputs checked before anything is written
+    check_models(job.policy, job.ref, job.reward, trust_remote_code=job.trust_remote_code)
+
+    def body(store, out):
+        torch.manual_seed(job.seed)
+        rt = _runtime(job)
+        frozen = _frozen_dtype(rt)
+        pol_name = resolve_policy(job.policy, job.home, job.progress)
+        tok, policy = load_lm(pol_name, job.home, job.trust_remote_code, device=rt.device)
+        policy = apply_lora(policy, job.lora_rank, job.lora_alpha)  # the policy itself for rank 0
+        _, ref = load_lm(resolve_policy(job.ref, job.home, job.progress) if job.ref else pol_name, job.home,
+                         job.trust_remote_code, device=rt.device, dtype=frozen)
+        rm_path = resolve_reward(job.reward, job.home, job.progress)
+        _, rm = load_reward_model(rm_path, job.home, job.trust_remote_code, device=rt.device, dtype=frozen)
+        encode_prompts(tok, prompts, job.max_prompt_len)  # fail fast on over-long prompts
+        gold, evaluate = _policy_eval(job, rt, ref, rm, tok, prompts, eval_prompts)
+        res = train(policy, ref, rm, tok, prompts, job, gold=gold, eval_hook=lambda u, m: evaluate(m),
+                    progress=job.progress, rt=rt)
+        policy = merge_lora(policy)  # a plain model from here on: saved and loaded like a fully trained one
+        _save_policy(rt, policy, tok, out / "model", {"kind": kind, "config": job.key()})
+        metrics = _policy_metrics(res, evaluate(policy), evaluate(ref)) | (summary(res) if summary else {})
+        return metrics | {"history": res.history, "samples": res.samples, "evals": res.evals}, \
+            {"model": str(out / "model"), "reward": rm_path}
+    return run_job(kind, job, body)
+
+
+def run_online_dpo(job: OnlineDPOJob, eval_prompts: list[str] | None = None) -> dict:
+    """Train (or return the stored run of) an online DPO job: metrics as :func:`run_ppo`'s, plus the last ten
+    updates' mean loss, preference accuracy and margin and the share of tied pairs."""
+    def summary(res) -> dict:
+        tail = [r for r in res.history[-10:] if r["loss"] is not None]
+        mean = (lambda k: float(np.mean([r[k] for r in tail])) if tail else None)  # noqa: E731
+        return {"loss_last": mean("loss"), "accuracy_last": mean("rewards/accuracies"),
+                "margin_last": mean("rewards/margins"),
+                "ties": float(np.mean([r["pairs/ties"] for r in res.history]))}
+    return run_policy_rl("rlhf-online-dpo", job, train_online_dpo, eval_prompts, summary)
 
 
 def run_dpo(job: DPOJob) -> dict:
@@ -520,6 +613,7 @@ def run_dpo(job: DPOJob) -> dict:
         rt = _runtime(job)
         pol_name = resolve_policy(job.policy, job.home, job.progress)
         tok, policy = load_lm(pol_name, job.home, job.trust_remote_code, device=rt.device)
+        policy = apply_lora(policy, job.lora_rank, job.lora_alpha)  # the policy itself for rank 0
         _, ref = load_lm(resolve_policy(job.ref, job.home, job.progress) if job.ref else pol_name, job.home,
                          job.trust_remote_code, device=rt.device, dtype=_frozen_dtype(rt))
         data = pairs
@@ -527,6 +621,7 @@ def run_dpo(job: DPOJob) -> dict:
             rankings, _ = _testbed_comparisons(job, pol_name, job.limit or 3000, 2, 5.0, job.seed, rt)
             data = _first_pairs(rankings)
         fit = train_dpo(policy, ref, tok, data, job, progress=job.progress, rt=rt)
+        policy = merge_lora(policy)  # a plain model from here on: saved, evaluated and loaded as a full one
         _save_policy(rt, policy, tok, out / "model", {"kind": "rlhf-dpo", "config": job.key()})
         metrics = {"loss_first": fit.losses[0], "loss_last": float(np.mean(fit.losses[-10:])),
                    "tokens": fit.tokens, "tokens_per_s": fit.tokens / fit.wall_s, "wall_s": fit.wall_s,
