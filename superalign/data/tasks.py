@@ -61,6 +61,14 @@ class Task:
                 setattr(self, name, v.astype(np.int64))
         if self.questions is None and self.groups is not None:
             self.questions = self.groups
+        if self.pairwise:
+            pair_rows(self)  # a malformed pair fails here, naming it
+
+    @property
+    def pairwise(self) -> bool:
+        """A preference task (``meta["pairwise"]``): every group is one pair, its preferred row labelled 1 and the
+        other 0; weak-to-strong runs on it train reward models (see superalign/w2s/pairwise.py)."""
+        return bool(self.meta.get("pairwise"))
 
     def fingerprint(self) -> str:
         """Content identity: texts, labels, human labels, groups, and the content hash of every input file."""
@@ -74,12 +82,42 @@ class Task:
             v = getattr(self, name)
             if v is not None:
                 h.update(name.encode() + np.ascontiguousarray(v, dtype=np.int64).tobytes())
+        if self.pairwise:  # the same rows as preference pairs are another task (reward models, pair metrics)
+            h.update(b"\x03pairwise-v1")
         for _path, fp in sorted(self.meta.get("sources", {}).items()):
             h.update(f"\x02{fp}".encode())  # content only: the same file moved elsewhere is the same input
         return h.hexdigest()[:16]
 
     def __len__(self) -> int:
         return len(self.texts)
+
+
+def pair_rows(task: Task) -> np.ndarray:
+    """[n_pairs, 2] row indices (preferred, rejected) of a pairwise task, pairs in order of group id; a group that is
+    not exactly one preferred (1) and one rejected (0) row is a one-line error naming it."""
+    if task.groups is None:
+        raise SuperalignError(f"task {task.name} is marked pairwise but has no groups",
+                              "give the two rows of each preference pair one group id")
+    order = np.argsort(task.groups, kind="stable")
+    g = task.groups[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    sizes = np.diff(np.r_[starts, len(g)])
+    y = np.asarray(task.labels)[order]
+    ok = sizes == 2
+    bad = np.flatnonzero(~ok)
+    if not len(bad):
+        first, second = order[starts], order[starts + 1]
+        ok = y[starts] + y[starts + 1] == 1
+        bad = np.flatnonzero(~ok)
+    if len(bad):
+        k = int(bad[0])
+        rows = order[starts[k]:starts[k] + sizes[k]].tolist()
+        raise SuperalignError(f"task {task.name}: preference pair (group {int(g[starts[k]])}, rows {rows[:6]}) has "
+                              f"{int(sizes[k])} row(s) labelled {y[starts[k]:starts[k] + sizes[k]].tolist()[:6]} "
+                              f"({len(bad)} such group(s)); a pair is exactly one preferred (1) and one rejected (0) "
+                              "row", "drop incomplete or tied pairs, or give each pair its own group id")
+    chosen_first = y[starts] == 1
+    return np.stack([np.where(chosen_first, first, second), np.where(chosen_first, second, first)], 1).astype(np.int64)
 
 
 def validate_binary(name: str, texts: list, labels: np.ndarray) -> None:
@@ -384,6 +422,36 @@ def _anthropic_hh(spec: TaskSpec) -> Task:
     # the two responses of a pair share the human turn: they are one group (one split, one 2-way choice)
     return Task("anthropic_hh", texts, np.array(labels), description=_REGISTRY["anthropic_hh"][1],
                 groups=np.array(pairs, dtype=np.int64))
+
+
+@register_task("anthropic_hh-pairs", "The anthropic_hh rows as preference pairs (reward modelling): each pair (final "
+               "human turn + chosen / + rejected response) is one group; w2s trains Bradley–Terry reward models and "
+               "scores pairwise accuracy. Pairs missing a response are dropped.")
+def _anthropic_hh_pairs(spec: TaskSpec) -> Task:
+    t = _anthropic_hh(spec)
+    keep = np.isin(t.groups, np.flatnonzero(np.bincount(t.groups) == 2))  # both responses present
+    idx = np.flatnonzero(keep)
+    return Task("anthropic_hh-pairs", [t.texts[i] for i in idx], t.labels[idx],
+                description=_REGISTRY["anthropic_hh-pairs"][1], groups=t.groups[idx], meta={"pairwise": True})
+
+
+@register_task("tldr-pairs", "OpenAI TL;DR human comparisons (Stiennon et al. 2020; shared data: "
+               "summarize_from_feedback, 1,771 validation comparisons) as preference pairs: 'summary [SEP] title "
+               "[SEP] post' per summary (summary first, so --max-length cuts the post, never the summary).")
+def _tldr_pairs(spec: TaskSpec) -> Task:
+    df = _shared(spec, "summarize_from_feedback", ["comparisons_tldr.jsonl"])
+    texts, labels, pairs = [], [], []
+    for i, r in enumerate(df.itertuples(index=False)):
+        a, b = str(r.summary_a).strip(), str(r.summary_b).strip()
+        if not a or not b or a == b or int(r.choice) not in (0, 1):
+            continue  # a pair of identical summaries has no preference to learn
+        context = f"{str(r.title).strip()} [SEP] {str(r.post).strip()}"
+        for k, summary in enumerate((a, b)):
+            texts.append(f"{summary} [SEP] {context}")
+            labels.append(int(k == int(r.choice)))
+            pairs.append(i)
+    return Task("tldr-pairs", texts, np.array(labels), description=_REGISTRY["tldr-pairs"][1],
+                groups=np.array(pairs, dtype=np.int64), meta={"pairwise": True})
 
 
 def _label_key(v) -> str:

@@ -106,3 +106,65 @@ def get_loss(name: str, **kw):
     if name == "xent":
         return fn
     return lambda logits, weak, step_frac, **batch_kw: fn(logits, weak, step_frac, **kw, **batch_kw)
+
+
+# --------------------------------------------------------------------------------------------- pairwise (reward models)
+# A reward model scores one text with a scalar r; for a pair (A, B) the pipeline's models return the logits
+# [r_B, r_A], so column 1 is "A is preferred" and softmax(logits)[:, 1] = σ(r_A − r_B) = P(A ≻ B) (Bradley–Terry).
+# ``weak`` is then the supervisor's P(A ≻ B) for the pair. Every pairwise loss reads only Δ = r_A − r_B.
+
+
+def pair_margin(logits: torch.Tensor) -> torch.Tensor:
+    """Δ = r_A − r_B of pair logits [r_B, r_A]."""
+    logits = logits.float()
+    return logits[:, 1] - logits[:, 0]
+
+
+def soft_bt_loss(delta: torch.Tensor, p: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Bradley–Terry on soft targets: −[p log σ(Δ) + (1 − p) log σ(−Δ)] per pair (p = 1: the usual
+    −log σ(r_chosen − r_rejected)). logsigmoid keeps it finite for any Δ."""
+    p = p.float()
+    per = -(p * F.logsigmoid(delta) + (1 - p) * F.logsigmoid(-delta))
+    return per.sum() if reduction == "sum" else per.mean()
+
+
+def pair_xent_loss(logits: torch.Tensor, weak: torch.Tensor, step_frac: float = 0.0, reduction: str = "mean",
+                   batch: GlobalBatch | None = None) -> torch.Tensor:
+    """The naive weak-to-strong reward-model loss: soft Bradley–Terry against the supervisor's P(A ≻ B)."""
+    return soft_bt_loss(pair_margin(logits), weak, reduction)
+
+
+def pair_hardened(delta: torch.Tensor) -> torch.Tensor:
+    """The student's own hardened preference: 1 where it prefers A (Δ > 0), 0 where B, ½ on an exact tie.
+
+    The threshold is Δ = 0, not the batch quantile of the classification loss: a pair's orientation (which text is
+    A) is arbitrary, and only the zero threshold hardens a pair the same way in both orientations (1 − hard(−Δ) =
+    hard(Δ)); the class balance the quantile protects is ½ by construction for randomly oriented pairs."""
+    return (delta > 0).float() + 0.5 * (delta == 0).float()
+
+
+def pair_aux_conf_loss(logits: torch.Tensor, weak: torch.Tensor, step_frac: float, alpha: float = 0.75,
+                       warmup_frac: float = 0.2, reduction: str = "mean",
+                       batch: GlobalBatch | None = None) -> torch.Tensor:
+    """The auxiliary confidence loss on the pair's 2-way distribution (σ(Δ), σ(−Δ)):
+    L = (1 − α)·BT(Δ, p_w) + α·BT(Δ, hard(Δ)) = BT(Δ, (1 − α)·p_w + α·hard(Δ)), α on the linear warm-up schedule,
+    the hardened target a constant (no gradient through it), as in the classification loss. Needs no batch
+    statistics, so data-parallel shards compute exactly the one-process loss."""
+    a = warmup_coef(step_frac, alpha, warmup_frac)
+    delta = pair_margin(logits)
+    target = (1 - a) * weak.float() + a * pair_hardened(delta.detach())
+    return soft_bt_loss(delta, target, reduction)
+
+
+# product: the normalised (σ(Δ), σ(−Δ))^β · (p_w, 1 − p_w) is already orientation-symmetric; product_loss applies as is
+PAIR_LOSSES = {"xent": pair_xent_loss, "aux_conf": pair_aux_conf_loss, "product": product_loss}
+
+
+def get_pair_loss(name: str, **kw):
+    """The pairwise (reward-model) version of :func:`get_loss`: same names, same parameters."""
+    if name not in PAIR_LOSSES:
+        raise SuperalignError(f"unknown loss {name!r}", f"use one of {', '.join(PAIR_LOSSES)}")
+    fn = PAIR_LOSSES[name]
+    if name == "xent":
+        return fn
+    return lambda logits, weak, step_frac, **batch_kw: fn(logits, weak, step_frac, **kw, **batch_kw)

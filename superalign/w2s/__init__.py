@@ -5,6 +5,7 @@
     print(res.table()); res.pgr["aux_conf"].value
 """
 
+from . import reward_tasks  # noqa: F401  (registers the testbed-pairs task)
 from .config import W2SConfig
 from .pgr import PGREstimate, agreement, bootstrap_pgr, pgr
 from .sweep import W2SResult, run, sweep

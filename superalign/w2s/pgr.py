@@ -14,6 +14,11 @@ by a one-sided 95% margin (z = 1.645) of the metric's standard error *under the 
 sqrt(c(1 − c)/n) for accuracy at chance rate c, and the Mann–Whitney null sqrt((n₀ + n₁ + 1)/(12 n₀ n₁)) for
 AUROC. Pooled over seeds the level is the mean of the seeds' chance levels and the margin
 sqrt(Σ marginᵢ²)/S (the standard error of a mean of independent seeds).
+
+Reward-model runs (pairwise tasks) use the metric ``pair_acc``: pairwise accuracy over test *pairs* (``y`` = 1 when
+the pair's text A is preferred, ``p`` = P(A ≻ B) = σ(r_A − r_B)), an exact tie (p = ½) scoring ½. Its chance level
+is ½ whatever the orientation mix, since a reward model scores each text alone and cannot prefer a position; the
+margin is the binomial one at ½, and the bootstrap resamples pairs.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ def chance_level(y: np.ndarray, metric: str) -> tuple[float, float]:
     y = np.asarray(y).astype(int)
     n, n1 = len(y), int(y.sum())
     n0 = n - n1
+    if metric == "pair_acc":
+        return 0.5, Z_ONE_SIDED * float(np.sqrt(0.25 / n)) if n else float("nan")
     if metric == "acc":
         c = max(n1, n0) / n if n else float("nan")
         return c, Z_ONE_SIDED * float(np.sqrt(c * (1 - c) / n)) if n else float("nan")
@@ -102,6 +109,23 @@ def pgr(weak: float, student: float, ceiling: float, min_gap: float = 0.0) -> fl
     return float((student - weak) / gap)
 
 
+def pair_credit(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Per pair: 1 when the preferred text has the higher reward, 0 when the lower, ½ on a tie (p = P(A ≻ B))."""
+    y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
+    return np.where(p == 0.5, 0.5, ((p > 0.5).astype(int) == y).astype(float))
+
+
+def pairwise_accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    """Share of pairs whose preferred text gets the higher reward (a tie counts ½: a reward model that cannot tell
+    two texts apart is at chance on them, as in :func:`multiple_choice_accuracy`)."""
+    c = pair_credit(y, p)
+    return float(c.mean()) if len(c) else float("nan")
+
+
+def _boot_pair_acc(y: np.ndarray, p: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return pair_credit(y, p)[idx].mean(1)
+
+
 def _boot_acc(y: np.ndarray, p: np.ndarray, idx: np.ndarray) -> np.ndarray:
     correct = ((p > 0.5).astype(int) == y).astype(float)
     return correct[idx].mean(1)
@@ -119,11 +143,12 @@ def _boot_auroc(y: np.ndarray, p: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 def bootstrap_pgr(seeds: list[dict], metric: str = "acc", n_boot: int = 1000, min_gap: float = 0.02,
                   rng_seed: int = 0, level: float = 0.95) -> PGREstimate:
-    """``seeds``: one dict per seed with arrays ``y``, ``p_weak``, ``p_student``, ``p_ceiling`` on its test set."""
+    """``seeds``: one dict per seed with arrays ``y``, ``p_weak``, ``p_student``, ``p_ceiling`` on its test set (test
+    pairs for ``metric="pair_acc"``: resamples are of pairs)."""
     from ..train.metrics import accuracy, auroc
 
-    f = accuracy if metric == "acc" else auroc
-    bf = _boot_acc if metric == "acc" else _boot_auroc
+    f = {"acc": accuracy, "pair_acc": pairwise_accuracy}.get(metric, auroc)
+    bf = {"acc": _boot_acc, "pair_acc": _boot_pair_acc}.get(metric, _boot_auroc)
     pts = np.array([[f(s["y"], s[k]) for k in ("p_weak", "p_student", "p_ceiling")] for s in seeds])  # [S, 3]
     per_seed = [pgr_checked(s["y"], *row, metric=metric, min_gap=min_gap)[0] for s, row in zip(seeds, pts)]
     w, st, c = pts.mean(0)

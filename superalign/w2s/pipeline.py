@@ -8,6 +8,9 @@
 6. student: the strong model trained on weak labels of weak-label with the chosen loss; early stopping on
    weak-labelled validation (ground-truth early stopping kept only as a marked diagnostic)
 
+A pairwise task (preference pairs) runs the same stages on pairs instead of rows, every model a Bradley–Terry reward
+model, scored by pairwise accuracy: see superalign/w2s/pairwise.py.
+
 Identities. A run's id hashes every semantic config field plus the task's content fingerprint (which includes the
 sha256 of every input file), so an edited data file is a new run. Each stage's cache key is its upstream key plus
 exactly the arguments that stage passes on: split key = task fingerprint + fractions + cap + seed; weak key = split
@@ -37,11 +40,12 @@ from ..runs.ledger import open_ledger
 from ..runs.store import RunStore, run_id
 from ..train.distributed import Runtime
 from ..train.loop import TrainConfig, fit, load_state
-from ..train.losses import get_loss, xent_loss
+from ..train.losses import get_loss, get_pair_loss
 from ..train.metrics import accuracy, auroc
 from ..train.students import LinearProbe, TextClassifier, predict_proba
 from .config import W2SConfig
-from .pgr import agreement, multiple_choice_accuracy, pgr_checked
+from .pairwise import PairRewardModel, PairTable, bow_pair_rm, pair_splits
+from .pgr import agreement, multiple_choice_accuracy, pairwise_accuracy, pgr_checked
 
 # Fields that do not change what a run computes: where it is stored or run, how it is shown or summarised, and
 # inputs whose effect the task fingerprint already carries (``data``: the folder the files come from; their content
@@ -108,6 +112,9 @@ class Experiment:
         if "human" in cfg.weak and self.task.human_weak is None:
             raise SuperalignError(f"task {self.task.name} has no human weak labels", "use a model as --weak (e.g. bow)")
         self.task_fp = self.task.fingerprint()
+        # reward-model mode: the unit of splits, labels, predictions and metrics is the pair (see pairwise.py)
+        self.pairs: PairTable | None = PairTable(self.task) if self.task.pairwise else None
+        self.y = self.pairs.y if self.pairs is not None else self.task.labels
         self.store = store or RunStore(cfg.home)
         self.cache = StageCache(self.store.cache_dir)
         self._rt: Runtime | None = None
@@ -128,10 +135,23 @@ class Experiment:
 
     # ------------------------------------------------------------------ data
     def splits(self, seed: int):
+        """The seed's splits, of rows — or of pairs on a pairwise task (made from the group-aware row splits)."""
         if seed not in self._splits:
-            self._splits[seed] = make_splits(self.task.labels, seed, tuple(self.cfg.split_fracs), self.cfg.max_examples,
-                                             groups=self.task.groups)
+            rows = make_splits(self.task.labels, seed, tuple(self.cfg.split_fracs), self.cfg.max_examples,
+                               groups=self.task.groups)
+            self._splits[seed] = pair_splits(rows, self.pairs) if self.pairs is not None else rows
         return self._splits[seed]
+
+    def _rows(self, idx: np.ndarray) -> np.ndarray:
+        """Task rows of split indices (pairs → both of their rows)."""
+        return self.pairs.rows(idx) if self.pairs is not None else idx
+
+    def _scores(self, y: np.ndarray, p: np.ndarray) -> dict:
+        """Accuracy and AUROC of predictions ``p``; on pairs, pairwise accuracy only (AUROC over arbitrarily oriented
+        pairs measures nothing about the reward model)."""
+        if self.pairs is not None:
+            return {"acc": pairwise_accuracy(y, p)}
+        return {"acc": accuracy(y, p), "auroc": auroc(y, p)}
 
     def split_key(self, seed: int) -> dict:
         return {"v": KEY_VERSION, "task": self.task_fp, "fracs": list(self.cfg.split_fracs),
@@ -149,7 +169,8 @@ class Experiment:
         if not by_path:
             return
         seeds = seeds if seeds is not None else self.cfg.seed
-        union = np.unique(np.concatenate([np.concatenate(list(self.splits(s).as_dict().values())) for s in seeds]))
+        union = np.unique(np.concatenate([self._rows(np.concatenate(list(self.splits(s).as_dict().values())))
+                                          for s in seeds]))
         todo = {path: spec for path, spec in by_path.items()
                 if not (path in self._feats and np.isin(union, self._feats[path][1]).all())}
         if not todo:
@@ -182,7 +203,7 @@ class Experiment:
         spec = self.specs.get(model)
         if spec is None or not spec.is_transformer:
             return 0
-        idx = np.concatenate(list(self.splits(seed).as_dict().values()))
+        idx = self._rows(np.concatenate(list(self.splits(seed).as_dict().values())))
         flags = self._truncated.setdefault(spec.path, np.full(len(self.task), -1, dtype=np.int8))
         todo = idx[flags[idx] < 0]
         if len(todo):
@@ -233,19 +254,29 @@ class Experiment:
         return {"stage": "ceiling", "split": self.split_key(seed), **self.model_args(strong, self.cfg.mode)}
 
     def _inputs(self, model: str, mode: str, idx: np.ndarray):
+        """Rows ``idx``: features [n, d] or texts; pairs ``idx``: features [n, 2, d] or (text A, text B) tuples."""
+        if self.pairs is not None:
+            if mode == "probe":
+                return self.features(model, self.pairs.rows(idx)).reshape(len(idx), 2, -1)
+            return [(self.task.texts[a], self.task.texts[b]) for a, b in self.pairs.ab[idx]]
         return self.features(model, idx) if mode == "probe" else [self.task.texts[i] for i in idx]
 
     def _new_model(self, model: str, mode: str, train_inputs, seed: int):
         torch.manual_seed(seed)
         if mode == "probe":
+            if self.pairs is not None:  # standardised with the statistics of every training text, A and B alike
+                return PairRewardModel(LinearProbe(train_inputs.reshape(-1, train_inputs.shape[-1])))
             return LinearProbe(train_inputs)
-        return TextClassifier(self.specs[model], mode, self.cfg.n_train_layers, self.cfg.max_length,
-                              str(self.rt.device), self.cfg.trust_remote_code, self.cfg.lora_rank, self.rt.precision)
+        net = TextClassifier(self.specs[model], mode, self.cfg.n_train_layers, self.cfg.max_length,
+                             str(self.rt.device), self.cfg.trust_remote_code, self.cfg.lora_rank, self.rt.precision)
+        return PairRewardModel(net) if self.pairs is not None else net
 
     def train_and_predict(self, model: str, mode: str, seed: int, train_idx, targets, val_idx, val_targets,
-                          predict: dict[str, np.ndarray], loss_fn=xent_loss, diag_val_labels=None, desc="train"):
+                          predict: dict[str, np.ndarray], loss_fn=None, diag_val_labels=None, desc="train"):
         """Train ``model`` on (train_idx, soft targets), early-stop on (val_idx, val_targets), and return
-        ({name: P(class 1) on predict[name]}, fit result, flops estimate, diagnostic predictions)."""
+        ({name: P(class 1) — on pairs P(A ≻ B) — on predict[name]}, fit result, flops estimate, diagnostic
+        predictions). ``loss_fn`` defaults to cross-entropy (on pairs: Bradley–Terry)."""
+        loss_fn = loss_fn or self._loss("xent")
         if mode != "probe":
             self.n_truncated(model, seed)  # finetuning tokenizes raw texts: warn about what --max-length cuts
         x_tr = self._inputs(model, mode, train_idx)
@@ -266,6 +297,7 @@ class Experiment:
             flops = net.flops_per_example(True) * res.examples_seen + net.flops_per_example(False) * n_pred
             self.tokens += res.examples_seen + n_pred
         else:
+            net = net.scorer if isinstance(net, PairRewardModel) else net  # the transformer counts its tokens
             # forward 2N per token, backward 4N through trainable blocks (LoRA: activation grads everywhere ≈ 2N)
             if getattr(net, "prefix_layers", None) is not None:  # cached frozen prefix: only the top blocks run
                 flops = net.prefix_flops + 6.0 * net.n_trainable * float(net.tokens_seen)
@@ -294,7 +326,7 @@ class Experiment:
         hit = self._cache_get("weak", key)
         if hit:
             return hit[0], {**hit[1], "cached": True}
-        y = self.task.labels
+        y = self.y
         targets = {"weak_label": s.weak_label, "val": s.val, "test": s.test}
         t0 = time.perf_counter()
         flops = 0.0
@@ -303,6 +335,8 @@ class Experiment:
                 raise SuperalignError(f"task {self.task.name} has no human weak labels",
                                       "use a model as --weak (e.g. minilm-l1)")
             preds = {k: self.task.human_weak[v].astype(np.float64) for k, v in targets.items()}
+        elif weak == "bow" and self.pairs is not None:
+            preds, flops = bow_pair_rm(self.task.texts, self.pairs, s.weak_train, targets, seed)
         elif weak == "bow":
             from sklearn.feature_extraction.text import TfidfVectorizer
             from sklearn.linear_model import LogisticRegression
@@ -315,8 +349,7 @@ class Experiment:
         else:
             preds, _, flops, _ = self.train_and_predict(weak, self.cfg.weak_mode, seed, s.weak_train, y[s.weak_train],
                                                         s.val, y[s.val], targets, desc=f"weak {weak}")
-        meta = {"acc": accuracy(y[s.test], preds["test"]), "auroc": auroc(y[s.test], preds["test"]),
-                "flops": flops, "wall_s": time.perf_counter() - t0}
+        meta = {**self._scores(y[s.test], preds["test"]), "flops": flops, "wall_s": time.perf_counter() - t0}
         self._cache_put("weak", key, preds, meta)
         return preds, {**meta, "cached": False}
 
@@ -358,21 +391,21 @@ class Experiment:
         hit = self._cache_get("ceiling", key)
         if hit:
             return hit[0], {**hit[1], "cached": True}
-        y = self.task.labels
+        y = self.y
         t0 = time.perf_counter()
         preds, _, flops, _ = self.train_and_predict(strong, self.cfg.mode, seed, s.weak_label, y[s.weak_label], s.val,
                                                     y[s.val], {"test": s.test}, desc=f"ceiling {strong}")
-        meta = {"acc": accuracy(y[s.test], preds["test"]), "auroc": auroc(y[s.test], preds["test"]), "flops": flops,
-                "wall_s": time.perf_counter() - t0}
+        meta = {**self._scores(y[s.test], preds["test"]), "flops": flops, "wall_s": time.perf_counter() - t0}
         self._cache_put("ceiling", key, preds, meta)
         return preds, {**meta, "cached": False}
 
     def _loss(self, loss: str):
+        get = get_pair_loss if self.pairs is not None else get_loss  # same names and parameters on pairs
         if loss == "aux_conf":
-            return get_loss(loss, alpha=self.cfg.aux_alpha, warmup_frac=self.cfg.aux_warmup)
+            return get(loss, alpha=self.cfg.aux_alpha, warmup_frac=self.cfg.aux_warmup)
         if loss == "product":
-            return get_loss(loss, beta=self.cfg.product_beta, warmup_frac=self.cfg.aux_warmup)
-        return get_loss(loss)
+            return get(loss, beta=self.cfg.product_beta, warmup_frac=self.cfg.aux_warmup)
+        return get(loss)
 
     def run_cell(self, cell: Cell) -> tuple[dict, dict[str, np.ndarray], dict]:
         """(metrics, test-set predictions, compute record) of one (weak, strong, loss, seed) run. The compute record
@@ -394,7 +427,7 @@ class Experiment:
     def _run_cell(self, cell: Cell):
         tokens0 = self.tokens
         s = self.splits(cell.seed)
-        y = self.task.labels
+        y = self.y
         wp, wmeta = self.weak_stage(cell.seed, cell.weak)
         labels, boot_flops = self.label_stage(cell.seed, cell.weak, cell.loss)
         cp, cmeta = self.ceiling_stage(cell.seed, cell.strong)
@@ -406,28 +439,32 @@ class Experiment:
             cell.strong, self.cfg.mode, cell.seed, s.weak_label, train_t, s.val, val_t, {"test": s.test},
             loss_fn=self._loss(cell.loss), diag_val_labels=y[s.val], desc=f"student {cell.strong} {cell.loss}")
         yt = y[s.test]
-        m = {
-            "weak_acc": accuracy(yt, wp["test"]), "weak_auroc": auroc(yt, wp["test"]),
-            "student_acc": accuracy(yt, sp["test"]), "student_auroc": auroc(yt, sp["test"]),
-            "ceiling_acc": accuracy(yt, cp["test"]), "ceiling_auroc": auroc(yt, cp["test"]),
-            "weak_label_acc": accuracy(y[s.weak_label], train_t),
+        # on pairs: pairwise accuracy under the same names (weak_acc …), no AUROC, and metric = "pairwise_acc"
+        pairwise = self.pairs is not None
+        acc = pairwise_accuracy if pairwise else accuracy
+        m = {f"{who}_{k}": v for who, p in (("weak", wp), ("student", sp), ("ceiling", cp))
+             for k, v in self._scores(yt, p["test"]).items()}
+        m.update({
+            "weak_label_acc": acc(y[s.weak_label], train_t),
             "best_epoch": res.best_epoch,
             # diagnostic only: early stopping on ground-truth validation labels (not available in a real W2S setting)
-            "diag_gt_es_student_acc": accuracy(yt, diag["test"]) if diag else float("nan"),
+            "diag_gt_es_student_acc": acc(yt, diag["test"]) if diag else float("nan"),
             "diag_gt_es_best_epoch": res.diag_best_epoch,
             "n_train": len(s.weak_label), **s.sizes(),
             "n_dropped_balance": s.n_dropped_balance, "n_dropped_cap": s.n_dropped_cap,
             "test_majority_rate": float(max(yt.mean(), 1 - yt.mean())),
             **agreement(yt, wp["test"], sp["test"]),
-        }
-        for metric in ("acc", "auroc"):
-            value, note = pgr_checked(yt, m[f"weak_{metric}"], m[f"student_{metric}"], m[f"ceiling_{metric}"], metric,
-                                      self.cfg.min_gap)
+        })
+        if pairwise:
+            m["metric"] = "pairwise_acc"
+        for metric in (("acc",) if pairwise else ("acc", "auroc")):
+            value, note = pgr_checked(yt, m[f"weak_{metric}"], m[f"student_{metric}"], m[f"ceiling_{metric}"],
+                                      "pair_acc" if pairwise else metric, self.cfg.min_gap)
             m[f"pgr_{metric}"] = value
             if note:
                 m[f"pgr_{metric}_note"] = note
         preds = {"y": yt.astype(np.int64), "p_weak": wp["test"], "p_student": sp["test"], "p_ceiling": cp["test"]}
-        if self.task.questions is not None:
+        if self.task.questions is not None and not pairwise:  # a pair is its own 2-way question: pair acc says it
             q = self.task.questions[s.test]
             for who in ("weak", "student", "ceiling"):
                 m[f"{who}_mc_acc"], m["n_mc_questions"] = multiple_choice_accuracy(yt, preds[f"p_{who}"], q)

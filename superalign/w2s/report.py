@@ -28,7 +28,7 @@ def plot_student_vs_weak(rows: list[dict], all_losses: list[str] | None = None) 
     by_task: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         if finite(r.get("weak_acc")) and finite(r.get("student_acc")):
-            by_task[str(r.get("task"))].append(r)
+            by_task[_task_label(r)].append(r)
     if not by_task:
         return ""
     with mpl_safe():
@@ -64,7 +64,7 @@ def plot_student_vs_weak(rows: list[dict], all_losses: list[str] | None = None) 
             for weak, xs in weak_x.items():  # name the supervisors along the x axis
                 ax.annotate(weak, (sum(xs) / len(xs), lo), xytext=(0, 3), textcoords="offset points", fontsize=7,
                             rotation=90, color="gray", ha="center", va="bottom")
-            ax.set_title(task, fontsize=9)
+            ax.set_title(task, fontsize=9)  # a reward-model task says "(pairwise accuracy)": the axes are that
             ax.set_xlabel("weak supervisor accuracy (%)")
             ax.set_ylabel("strong student accuracy (%)")
             ax.legend(fontsize=7, loc="lower right")  # students mostly sit above the diagonal
@@ -124,6 +124,11 @@ def plot_pgr(rows: list[dict], all_losses: list[str] | None = None) -> str:
         return img(fig, "performance gap recovered per loss")
 
 
+def _task_label(r: dict) -> str:
+    """The task's name, marked when its accuracies are pairwise accuracies (a reward-model run on preference pairs)."""
+    return str(r.get("task")) + (" (pairwise accuracy)" if r.get("metric") == "pairwise_acc" else "")
+
+
 # --- tables --------------------------------------------------------------------------------------------------------
 
 PGR_HEAD = ["task", "weak", "strong", "loss", "#seeds", "weak acc %", "student acc %", "ceiling acc %",
@@ -139,7 +144,7 @@ def pgr_table(rows: list[dict]) -> str:
         alo, ahi = ci(r, "pgr_auroc_ci")
         notes = "; ".join(f"{k.split('_')[1]}: {r[k]}" for k in ("pgr_acc_note", "pgr_auroc_note") if r.get(k))
         seeds = r.get("seeds")
-        body.append([esc(r.get("task")), esc(r.get("weak")), esc(r.get("strong")), esc(r.get("loss")),
+        body.append([esc(_task_label(r)), esc(r.get("weak")), esc(r.get("strong")), esc(r.get("loss")),
                      fmt(len(seeds) if isinstance(seeds, list) else None),
                      fmt(r.get("weak_acc", math.nan), True), fmt(r.get("student_acc", math.nan), True),
                      fmt(r.get("ceiling_acc", math.nan), True),
@@ -179,7 +184,9 @@ INTRO = ("<h2>Weak-to-strong generalization</h2><p class='muted'>PGR = (student 
          "are bootstrap over seeds and test examples; n/a where |ceiling − weak| is below the minimum gap. Agreement = "
          "share of test examples where the student predicts the supervisor's label, split by whether the supervisor "
          "was right. The ground-truth early-stopping column is a diagnostic only (not available in a real "
-         "weak-to-strong setting).</p>")
+         "weak-to-strong setting). Tasks marked \"(pairwise accuracy)\" are reward-model runs on preference pairs: "
+         "their accuracies are the share of test pairs whose preferred text gets the higher reward (ties ½), their "
+         "PGR is on that, bootstrapped over pairs, and AUROC does not apply (n/a).</p>")
 
 
 def w2s_section(runs: list[dict]) -> str:

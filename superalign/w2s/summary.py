@@ -29,12 +29,20 @@ def summarize(records: list[dict], n_boot: int = 1000, min_gap: float = 0.02) ->
         seeds = [load_preds(r["artefacts"]["preds"]) for r in rs]
         row = dict(zip(ROW_KEYS, key))
         row["seeds"] = [r["config"]["seed"] for r in rs]
+        # reward-model runs (pairwise tasks): *_acc is pairwise accuracy, bootstrapped over pairs; no AUROC
+        pairwise = any(r["metrics"].get("metric") == "pairwise_acc" for r in rs)
+        if pairwise:
+            row["metric"] = "pairwise_acc"
         for k in ("weak_acc", "student_acc", "ceiling_acc", "weak_auroc", "student_auroc", "ceiling_auroc",
                   "agree_weak_correct", "agree_weak_wrong", "diag_gt_es_student_acc", *MC_KEYS, *COUNT_KEYS):
             vals = [math.nan if r["metrics"].get(k) is None else float(r["metrics"][k]) for r in rs]
             row[k] = float(np.nanmean(vals)) if not all(map(math.isnan, vals)) else math.nan
         for metric in ("acc", "auroc"):
-            est = bootstrap_pgr(seeds, metric, n_boot=n_boot, min_gap=min_gap)
+            if pairwise and metric == "auroc":
+                row.update(pgr_auroc=math.nan, pgr_auroc_ci=[math.nan, math.nan],
+                           pgr_auroc_per_seed=[math.nan] * len(rs))
+                continue
+            est = bootstrap_pgr(seeds, "pair_acc" if pairwise else metric, n_boot=n_boot, min_gap=min_gap)
             row[f"pgr_{metric}"] = est.value
             row[f"pgr_{metric}_ci"] = [est.ci_low, est.ci_high]
             row[f"pgr_{metric}_per_seed"] = est.per_seed
@@ -62,21 +70,28 @@ def format_table(rows: list[dict]) -> str:
     """A plain-text table: accuracies in %, PGR with its 95% CI (seeds × test examples bootstrap), rows per split
     (weak-train/weak-label/val/test, mean over seeds) and rows dropped by class balancing; multiple-choice accuracy
     columns when a task has groups. PGR is n/a, with a note under the table, when the weak supervisor or the
-    ceiling is not above chance or their gap is below --min-gap."""
+    ceiling is not above chance or their gap is below --min-gap. Reward-model rows (pairwise tasks) show pairwise
+    accuracy and pairs per split; a table of only such rows drops the AUROC columns, which do not apply to them."""
     mc = any(not math.isnan(r.get("weak_mc_acc", math.nan)) for r in rows)
-    head = ["task", "weak", "strong", "loss", "seeds", "weak acc", "student acc", "ceiling acc", "PGR acc [95% CI]",
-            "weak AUROC", "student AUROC", "ceiling AUROC", "PGR AUROC [95% CI]"]
+    pairs_only = bool(rows) and all(r.get("metric") == "pairwise_acc" for r in rows)
+    acc = "pair acc" if pairs_only else "acc"
+    head = ["task", "weak", "strong", "loss", "seeds", f"weak {acc}", f"student {acc}", f"ceiling {acc}",
+            f"PGR {acc} [95% CI]"]
+    if not pairs_only:
+        head += ["weak AUROC", "student AUROC", "ceiling AUROC", "PGR AUROC [95% CI]"]
     if mc:
         head += ["weak MC acc", "student MC acc", "ceiling MC acc"]
-    head += ["n wt/wl/val/test", "dropped by balancing"]
+    head += ["pairs wt/wl/val/test" if pairs_only else "n wt/wl/val/test", "dropped by balancing"]
     body = []
     for r in rows:
         lo, hi = r["pgr_acc_ci"]
         alo, ahi = r["pgr_auroc_ci"]
-        cells = [r["task"], r["weak"], r["strong"], r["loss"], str(len(r["seeds"])), _f(r["weak_acc"], True),
-                 _f(r["student_acc"], True), _f(r["ceiling_acc"], True),
-                 f"{_f(r['pgr_acc'])} [{_f(lo)}, {_f(hi)}]", _f(r["weak_auroc"]), _f(r["student_auroc"]),
-                 _f(r["ceiling_auroc"]), f"{_f(r['pgr_auroc'])} [{_f(alo)}, {_f(ahi)}]"]
+        task = r["task"] + (" (pairs)" if r.get("metric") == "pairwise_acc" and not pairs_only else "")
+        cells = [task, r["weak"], r["strong"], r["loss"], str(len(r["seeds"])), _f(r["weak_acc"], True),
+                 _f(r["student_acc"], True), _f(r["ceiling_acc"], True), f"{_f(r['pgr_acc'])} [{_f(lo)}, {_f(hi)}]"]
+        if not pairs_only:
+            cells += [_f(r["weak_auroc"]), _f(r["student_auroc"]), _f(r["ceiling_auroc"]),
+                      f"{_f(r['pgr_auroc'])} [{_f(alo)}, {_f(ahi)}]"]
         if mc:
             cells += [_f(r.get(k, math.nan), True) for k in MC_KEYS[:3]]
         cells += ["/".join(_n(r.get(k, math.nan)) for k in COUNT_KEYS[:4]), _n(r.get("n_dropped_balance", math.nan))]
@@ -87,7 +102,7 @@ def format_table(rows: list[dict]) -> str:
     notes = [f"note ({r['weak']}→{r['strong']}, {r['loss']}, PGR {k.split('_')[1]}): {r[k]}"
              for r in rows for k in ("pgr_acc_note", "pgr_auroc_note") if k in r]
     for r in rows:
-        for metric in ("acc", "auroc"):
+        for metric in ("acc",) if r.get("metric") == "pairwise_acc" else ("acc", "auroc"):
             bad = [sd for sd, v in zip(r["seeds"], r[f"pgr_{metric}_per_seed"]) if math.isnan(v)]
             if bad and f"pgr_{metric}_note" not in r:
                 notes.append(f"note ({r['weak']}→{r['strong']}, {r['loss']}, PGR {metric}): n/a for seed(s) {bad} "
