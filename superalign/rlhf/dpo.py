@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -90,6 +91,8 @@ class DPOFit(NamedTuple):
     """tokens processed by the policy"""
     wall_s: float
     """training wall time (reference log-probs included)"""
+    evals: tuple | list = ()
+    """``{"step": s, **eval_hook(s, model)}`` every ``eval_every`` optimiser steps (empty without a hook)"""
 
 
 @torch.no_grad()
@@ -109,9 +112,17 @@ def _ref_logps(ref, data, pad_id: int, batch_size: int, rt=None) -> torch.Tensor
     return rt.all_sum_tensor(out)
 
 
-def train_dpo(model, ref, tok, pairs: list[dict], cfg: DPOConfig, progress: bool = True, rt=None) -> DPOFit:
+def train_dpo(model, ref, tok, pairs: list[dict], cfg: DPOConfig, progress: bool = True, rt=None,
+              eval_hook: Callable[[int, torch.nn.Module], dict] | None = None, eval_every: int = 0) -> DPOFit:
     """Train ``model`` in place against the frozen ``ref``. ``rt``: device, precision and data parallelism (see
-    :func:`superalign.rlhf.sft.train_sft`); the loss is the global mean over the batch's pairs."""
+    :func:`superalign.rlhf.sft.train_sft`); the loss is the global mean over the batch's pairs.
+
+    ``eval_hook(step, model) -> dict`` is called with the unwrapped model after every ``eval_every``-th optimiser step
+    and after the last one, never before the first (the caller knows the reference's numbers): the over-optimization
+    study reads gold, proxy and KL along training this way. The hook's time counts in ``wall_s``. Under data
+    parallelism every process calls it, so it must give every process the same numbers (same prompts, same seed)."""
+    if eval_hook is not None:
+        check_int("eval_every", eval_every, example=10)
     from tqdm.auto import tqdm
 
     rt = rt or Runtime.for_model(model)
@@ -128,7 +139,7 @@ def train_dpo(model, ref, tok, pairs: list[dict], cfg: DPOConfig, progress: bool
     model, opt = rt.prepare(model, opt)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
     gen = torch.Generator().manual_seed(cfg.seed)
-    losses, metrics, tokens = [], [], 0
+    losses, metrics, evals, tokens = [], [], [], 0
     bar = tqdm(total=steps, desc="DPO", disable=not progress or not rt.is_main)
     lengths = [max(len(c[0]), len(r[0])) for c, r in zip(chosen, rejected)]
     for _ in range(cfg.epochs):
@@ -168,5 +179,9 @@ def train_dpo(model, ref, tok, pairs: list[dict], cfg: DPOConfig, progress: bool
                                 "rewards/margins": tot[3] / tot[5], "rewards/accuracies": tot[4] / tot[5]})
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if eval_hook is not None and len(losses) % eval_every == 0:
+                evals.append({"step": len(losses), **eval_hook(len(losses), rt.unwrap(model))})
     bar.close()
-    return DPOFit(losses, metrics, tokens, time.perf_counter() - t0)
+    if eval_hook is not None and (not evals or evals[-1]["step"] != len(losses)):  # the trained model, always
+        evals.append({"step": len(losses), **eval_hook(len(losses), rt.unwrap(model))})
+    return DPOFit(losses, metrics, tokens, time.perf_counter() - t0, evals)

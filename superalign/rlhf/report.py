@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..runs.html import esc, figure, fmt, img, mpl_safe, table
-from .bon import FunctionalFit, predict_bon, predict_rl
 
 PPO_CURVES = (("objective/scores", "proxy score (normalized)"), ("gold", "gold reward"),
               ("objective/kl", "KL(π‖π_ref) per sequence"), ("policy/entropy", "entropy per token"))
@@ -40,33 +39,66 @@ def _ppo(r: dict) -> str:
             f"{pic}{samples_table}")
 
 
+def _legacy_trajectories(m: dict) -> list[dict]:
+    """Runs stored before the study had several methods: their PPO runs ("rl", one per β) as trajectories."""
+    return [{"method": "ppo", "beta": r.get("kl_coef"), "run": r.get("run"), "x": r.get("update"),
+             **{k: r[k] for k in ("kl", "d", "proxy", "gold")}} for r in m.get("rl") or []]
+
+
 def _overopt(r: dict) -> str:
+    from .overopt import LABELS, draw_study, fit_curves, summarize
+
     m = r["metrics"]
-    bon, rl, fits = m.get("bon"), m.get("rl") or [], m.get("fits") or {}
-    if not bon:
+    bon, fits = m.get("bon"), m.get("fits") or {}
+    trajectories = m.get("trajectories")
+    if trajectories is None:
+        trajectories = ([{"method": "bon", "beta": None, "x": bon["n"], **{k: bon[k] for k in ("kl", "d", "proxy",
+                                                                                                 "gold")}}]
+                        if bon else []) + _legacy_trajectories(m)
+    if not trajectories:
         return ""
+    summary = m.get("summary") or summarize(trajectories, (r.get("config") or {}).get("tol", 0.05))
+    fits = fits or fit_curves(bon, trajectories)
     with mpl_safe():
-        fig, axes = figure(9, 3.2, ncols=2)
-        for ax, what in zip(axes, ("gold", "proxy")):
-            d = np.array(bon["d"])
-            ax.plot(d, np.array(bon[what]) - bon[what][0], "o", label="best-of-n")
-            if f"bon_{what}" in fits:
-                xs = np.linspace(0, d.max(), 50)
-                ax.plot(xs, predict_bon(FunctionalFit(**fits[f"bon_{what}"]), xs), "-", label="fit d(α−βd)")
-            for run in rl:
-                ax.plot(run["d"], np.array(run[what]) - run[what][0], ".-", label=f"PPO β={run['kl_coef']}")
-            if rl and f"rl_{what}" in fits:
-                xs = np.linspace(1e-3, max(max(x["d"]) for x in rl), 50)
-                ax.plot(xs, predict_rl(FunctionalFit(**fits[f"rl_{what}"]), xs), "--", label="fit d(α−β log d)")
-            ax.set_title(f"{what} reward gain over SFT", fontsize=9)
-            ax.set_xlabel("d = sqrt(KL)")
-            ax.legend(fontsize=7)
+        fig, axes = figure(12, 4.2, ncols=2)
+        draw_study(axes, bon, trajectories, fits)
+        for ax in axes:
+            ax.set_xlabel("d = sqrt(KL) [nats^½]")
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         pic = img(fig, f"over-optimization curves of {r['id']}")
-    rows = [[esc(k), fmt(f.get("alpha")), fmt(f.get("beta")), fmt(f.get("r2"))] for k, f in fits.items()]
+    label = lambda x: esc(LABELS.get(x, x))  # noqa: E731
+    beta = lambda b: "—" if b is None else fmt(b)  # noqa: E731
+    yes = lambda b: "n/a" if b is None else ("yes" if b else "no")  # noqa: E731
+    method_rows = [[label(p["method"]), beta(p["best_beta"]), fmt(p["peak_gold_gain"]), fmt(p["peak_kl"]),
+                    fmt(p["peak_d"]), fmt(p["gain_per_nat"]), fmt(p["gain_per_sqrt_nat"]),
+                    beta(p["no_penalty_beta"]) if p["method"] != "bon" else "—",
+                    yes(p["no_penalty_overoptimized"]), fmt(p["no_penalty_drop"]), fmt(p["no_penalty_proxy_rise"])]
+                   for p in summary["methods"]]
+    run_rows = [[label(x["method"]), beta(x["beta"]), fmt(x["peak_gold_gain"]), esc(x["peak_x"]), fmt(x["peak_kl"]),
+                 fmt(x["peak_d"]), fmt(x["gain_per_nat"]), fmt(x["final_gold_gain"]), fmt(x["drop_from_peak"]),
+                 fmt(x["proxy_rise_after_peak"]), yes(x["overoptimized"])] for x in summary["runs"]]
+    a = summary["answers"]
+    group = "; ".join(f"β={fmt(g['beta'])}: PPO peaks at d={fmt(g['ppo_peak_d'])}"
+                      + "".join(f", {LABELS[k]} at {fmt(g[f'{k}_peak_d'])}" for k in ("grpo", "rloo")
+                                if f"{k}_peak_d" in g) for g in a["group_baseline"]) or "n/a"
+    answers = (f"<p>Highest gold gain per nat of KL at the gold peak: <b>{label(a['best_gain_per_nat'] or 'n/a')}"
+               f"</b>. First to over-optimize without a penalty (gold turns at the smallest d): "
+               f"<b>{label(a['first_to_overoptimize'] or 'none')}</b>"
+               + (f" (order: {', '.join(label(x) for x in a['overoptimize_ranking'])})"
+                  if a["overoptimize_ranking"] else "")
+               + f". Gold peak with and without the group baseline: {esc(group)}.</p>")
+    fit_rows = [[esc(k), fmt(f.get("alpha")), fmt(f.get("beta")), fmt(f.get("r2"))] for k, f in fits.items()]
+    budget = f"; sample budget per method {fmt(m['budget'])} responses" if m.get("budget") else ""
     return (f"<h3>Over-optimization <code>{esc(r['id'])}</code></h3><p class='muted'>SFT gold "
-            f"{fmt(m.get('sft_gold'))}; best gold: best-of-n {fmt(m.get('bon_gold_max'))} (n="
-            f"{esc(m.get('bon_gold_argmax_n'))}), PPO {fmt(m.get('rl_gold_max'))}</p>{pic}"
-            + table(["fit", "α", "β", "R²"], rows, numeric={1, 2, 3}))
+            f"{fmt(m.get('sft_gold'))}, proxy {fmt(m.get('sft_proxy'))}{esc(budget)}. Gains over SFT; KL in nats; "
+            f"d = sqrt(KL); per nat = gold gain / KL at the gold peak. A run over-optimizes when gold ends ≥ tol "
+            f"below its peak while the proxy ends above its value there.</p>{pic}{answers}"
+            + table(["method", "best β", "peak gold gain", "KL at peak", "d at peak", "gain / nat", "gain / nat^½",
+                     "no-penalty β", "over-optimizes", "gold drop", "proxy rise"], method_rows,
+                    numeric={2, 3, 4, 5, 6, 9, 10})
+            + table(["method", "β", "peak gold gain", "at", "KL", "d", "gain / nat", "final gold gain", "drop",
+                     "proxy rise", "over-optimizes"], run_rows, numeric={2, 3, 4, 5, 6, 7, 8, 9})
+            + table(["fit", "α", "β", "R²"], fit_rows, numeric={1, 2, 3}))
 
 
 def rlhf_section(runs: list[dict]) -> str:
@@ -74,8 +106,9 @@ def rlhf_section(runs: list[dict]) -> str:
     if not done:
         return ""
     parts = ["<h2>RLHF</h2><p class='muted'>PPO: per-update means over the rollout batch (glossary in README). "
-             "Over-optimization: gains over the SFT policy against d = sqrt(KL(π‖π_SFT)); fits "
-             "R_bon = d(α−βd), R_rl = d(α−β log d) (Gao, Schulman &amp; Hilton 2022).</p>"]
+             "Over-optimization: gains over the SFT policy against d = sqrt(KL(π‖π_SFT)) for best-of-n, PPO, GRPO, "
+             "RLOO, DPO and IPO at equal sample budgets; fits R_bon = d(α−βd) for best-of-n, R_rl = d(α−β log d) "
+             "per method (Gao, Schulman &amp; Hilton 2022).</p>"]
     parts += [_overopt(r) for r in done if r["kind"] == "rlhf-overopt"]
     parts += [_ppo(r) for r in done if r["kind"] == "rlhf-ppo"]
     return "\n".join(parts)
