@@ -302,3 +302,17 @@ def test_shared_hh_and_tldr_pairs(tmp_path, tiny_bert):
     assert res.rows[0]["metric"] == "pairwise_acc"
     exp = Experiment(res.cfg)
     assert exp.pairs is not None and len(exp.splits(0).test) * 2 == len(exp._rows(exp.splits(0).test))
+
+
+def test_file_table_as_preference_pairs(tmp_path):
+    p = tmp_path / "prefs.jsonl"
+    p.write_text("\n".join(json.dumps({"chosen": f"a kind reply number {i}", "rejected": f"a rude reply number {i}"})
+                           for i in range(30)))
+    rows = load_task(TaskSpec(f"file:{p}", convert="preferences"))
+    pairs = load_task(TaskSpec(f"file:{p}", convert="preference-pairs"))
+    assert pairs.pairwise and not rows.pairwise and len(pair_rows(pairs)) == 30
+    assert pairs.texts == rows.texts and pairs.fingerprint() != rows.fingerprint()
+    cell = Cell("bow", "minilm-l1", "xent", 0)
+    ids = {c: cell_run_id(w2s.W2SConfig(task=f"file:{p}", convert=c, home=str(tmp_path)), cell)
+           for c in ("preferences", "preference-pairs")}
+    assert ids["preferences"] != ids["preference-pairs"]

@@ -392,7 +392,10 @@ CONVERSIONS: dict[str, tuple[Callable[[pd.DataFrame], pd.DataFrame], tuple[str, 
     "sciq": (expand_sciq, ("question", "correct_answer", "distractor1", "distractor2", "distractor3")),
     "cosmos_qa": (expand_cosmos_qa, ("context", "question", "answer0", "answer1", "answer2", "answer3", "label")),
     "preferences": (expand_preferences, ("chosen", "rejected")),
+    "preference-pairs": (expand_preferences, ("chosen", "rejected")),
 }
+# conversions whose tasks are pairwise (reward modelling, see Task.pairwise): the same rows as their plain twin
+PAIRWISE_CONVERSIONS = ("preference-pairs",)
 HF_EXPANDERS = {"sciq": "sciq", "allenai/sciq": "sciq", "cosmos_qa": "cosmos_qa", "allenai/cosmos_qa": "cosmos_qa",
                 "Anthropic/hh-rlhf": "preferences", "anthropic_hh": "preferences"}
 CONVERTED_COLUMNS = {"text_col": ["text"], "label_col": "label", "group_col": "group", "question_col": "question"}
@@ -547,7 +550,7 @@ def _file_task(spec: TaskSpec) -> Task:
     path = spec.name[5:] if spec.name.startswith("file:") else spec.name
     name = os.path.basename(path)
     df, defaults = _convert_or_columns(name, read_table(path), spec, spec.convert)
-    return _frame_to_task(name, df, spec, defaults)
+    return _pairwise_if(_frame_to_task(name, df, spec, defaults), spec.convert)
 
 
 def _hf_task(spec: TaskSpec) -> Task:
@@ -574,4 +577,11 @@ def _hf_task(spec: TaskSpec) -> Task:
     df = ds.to_pandas()
     conversion = spec.convert or (HF_EXPANDERS.get(name) if not (spec.text_col or spec.label_col) else None)
     df, defaults = _convert_or_columns(ref, df, spec, conversion)
-    return _frame_to_task(ref, df, spec, defaults or HF_COLUMN_MAPS.get(name))
+    return _pairwise_if(_frame_to_task(ref, df, spec, defaults or HF_COLUMN_MAPS.get(name)), conversion)
+
+
+def _pairwise_if(task: Task, conversion: str | None) -> Task:
+    if conversion in PAIRWISE_CONVERSIONS:
+        task.meta["pairwise"] = True
+        pair_rows(task)  # validated like a built-in pairwise task
+    return task

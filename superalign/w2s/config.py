@@ -42,7 +42,8 @@ class W2SConfig:
     convert: str | None = field(default=None, metadata={
         "help": "named conversion of a file:/hf: table into binary rows, grouped per question: sciq (question, "
                 "correct_answer, distractor1-3 → right answer vs a distractor), cosmos_qa (context, question, "
-                "answer0-3, label → right vs next answer; grouped by context), preferences (chosen, rejected)",
+                "answer0-3, label → right vs next answer; grouped by context), preferences (chosen, rejected), "
+                "preference-pairs (chosen, rejected as preference pairs: reward models, pairwise accuracy)",
         "choices": CONVERSION_NAMES})
     max_examples: int = field(default=6000, metadata={"help": "cap on examples after class balancing (≥ 40)"})
     split_fracs: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.1, 0.2],
