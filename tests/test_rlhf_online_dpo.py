@@ -2,6 +2,7 @@
 the CLI end to end and bad input."""
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -131,3 +132,23 @@ def test_cli_online_dpo_end_to_end_and_bad_input(tiny_lm, tmp_path, capsys):
         main(base + ["--home", str(bad_home), "--loss", "hinge"])
     assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
     assert not bad_home.exists()
+
+
+@pytest.mark.slow  # two launched processes each import torch and train: ~30-50 s on a busy 2-core machine
+def test_two_processes_train_a_lora_policy_like_one(tiny_lm, tmp_path, accelerate_two):
+    """DDP over a peft model: both samples of a prompt on one process, the noise of one process, global means."""
+    from superalign.runs import RunStore
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in sample_prompts(6, 1)))
+    args = ["rlhf", "online-dpo", "--progress", "false", "--policy", tiny_lm, "--reward", tiny_lm, "--lora-rank", "4",
+            "--prompts", str(prompts), "--updates", "3", "--batch-size", "3", "--response-len", "6", "--lr", "1e-2",
+            "--device", "cpu"]
+    assert main(args + ["--home", str(tmp_path / "one")]) == 0
+    out = accelerate_two(args + ["--home", str(tmp_path / "two")], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:]
+    (a,), (b,) = RunStore(tmp_path / "one").list(), RunStore(tmp_path / "two").list()
+    assert b["compute"]["world_size"] == 2
+    for key in ("loss", "objective/kl", "objective/scores", "rewards/margins"):
+        np.testing.assert_allclose([r[key] for r in b["metrics"]["history"]],
+                                   [r[key] for r in a["metrics"]["history"]], rtol=1e-4, atol=1e-6, err_msg=key)
