@@ -176,7 +176,8 @@ def _setup(tiny_lm, tiny_rm):
     return tok, policy, copy.deepcopy(policy), copy.deepcopy(tiny_rm)
 
 
-GOLD = staticmethod(lambda p, c, e: GoldReward().batch(p, c, e))
+def GOLD(prompts, responses, ended):
+    return GoldReward().batch(prompts, responses, ended)
 
 
 @pytest.mark.parametrize("train,cfg", [
@@ -286,10 +287,10 @@ def test_cli_grpo_with_lora_trains_only_adapters_and_saves_a_merged_model(tiny_l
 
     args = ["rlhf", "grpo", *_cli_base(tmp_path), "--policy", tiny_lm, "--reward", tiny_rm_dir, "--updates", "2",
             "--batch-size", "8", "--group-size", "4", "--minibatch-size", "4", "--response-len", "6", "--lr", "1e-2",
-            "--lora-rank", "4"]
+            "--lora-rank", "4", "--eval-every", "2"]
     assert main(args) == 0
     run = RunStore(tmp_path / "home", create=False).list()[0]
-    assert run["config"]["lora_rank"] == 4
+    assert run["config"]["lora_rank"] == 4 and [e["update"] for e in run["metrics"]["evals"]] == [2]
     path = run["artefacts"]["model"]
     _, model = load_lm(path)  # a plain causal LM: the adapters are merged in
     assert not any("lora" in k for k in model.state_dict())
