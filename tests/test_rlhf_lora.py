@@ -126,3 +126,25 @@ def test_lora_ppo_flops_count_the_adapters_weight_gradients_only(tiny_lm):
     assert stages[1]["policy"] / stages[0]["policy"] == pytest.approx((2 * P + 4 * P + 2 * T) / (8 * full_p),
                                                                       rel=1e-9)
     assert stages[1]["value"] == stages[0]["value"]
+
+
+@pytest.mark.cuda
+def test_lora_ppo_and_online_dpo_on_cuda_in_bf16(tiny_lm, tmp_path, capsys):
+    """The same CLI on a GPU: bf16 autocast over fp32 master weights of the adapters, a bf16 reference and reward
+    model; the saved policy is the merged plain model with a rank-≤4 update."""
+    import math
+
+    from superalign.runs import RunStore
+
+    home = tmp_path / "home"
+    base = ["--home", str(home), "--progress", "false", "--policy", tiny_lm, "--reward", tiny_lm, "--lora-rank", "4",
+            "--device", "cuda", "--dtype", "bf16", "--updates", "2", "--batch-size", "4", "--response-len", "6",
+            "--lr", "1e-2"]
+    assert main(["rlhf", "ppo", *base, "--minibatch-size", "2", "--ema-decay", "0.5"]) == 0
+    assert main(["rlhf", "online-dpo", *base]) == 0
+    capsys.readouterr()
+    for kind in ("rlhf-ppo", "rlhf-online-dpo"):
+        run, = RunStore(home).list(kind=kind)
+        assert run["compute"]["dtype"] == "bf16" and run["compute"]["device"].startswith("cuda")
+        assert all(math.isfinite(r["objective/kl"]) for r in run["metrics"]["history"])
+        _check_saved_lora_policy(run["artefacts"]["model"], tiny_lm, 4)

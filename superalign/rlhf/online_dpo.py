@@ -138,7 +138,7 @@ def train_online_dpo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg:
         g = gold(batch_prompts, ro.texts, ro.ended) if gold is not None else None
         ended = _ended(ro)
         with torch.no_grad():
-            raw = score_rollout(rm, ro)
+            raw = score_rollout(rm, ro).float()  # a low-precision reward model (GPU) still ranks in fp32 arithmetic
             bad = int((~torch.isfinite(raw)).sum())
             if (bad if W == 1 else int(rt.all_sum(bad * part.weight))):
                 raise SuperalignError(f"the reward model returned NaN/inf at update {update}",
