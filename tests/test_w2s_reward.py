@@ -316,3 +316,21 @@ def test_file_table_as_preference_pairs(tmp_path):
     ids = {c: cell_run_id(w2s.W2SConfig(task=f"file:{p}", convert=c, home=str(tmp_path)), cell)
            for c in ("preferences", "preference-pairs")}
     assert ids["preferences"] != ids["preference-pairs"]
+
+
+def test_benchmark_quick(tmp_path, tiny_bert, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "w2s_reward.py"
+    spec = importlib.util.spec_from_file_location("bench_w2s_reward", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    assert bench.main(["--quick", "--strong", f"hf:{tiny_bert}", "--max-examples", "200", "--n-boot", "20", "--home",
+                       str(tmp_path / "h"), "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| testbed-pairs | bow → hf:" in table and "PGR [95% CI]" in table and "0.10–0.20" in table
+    res = json.loads(out.read_text())
+    assert len(res["rows"]) == 2 and {r["loss"] for r in res["rows"]} == {"xent", "aux_conf"}
+    assert all(r["metric"] == "pairwise_acc" for r in res["rows"])

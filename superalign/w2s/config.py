@@ -22,7 +22,10 @@ class W2SConfig:
     """A grid of weak-to-strong runs: every (weak, strong, loss, seed) combination on one task."""
 
     task: str = field(default="textblob-polarity",
-                      metadata={"help": "task name (see `superalign tasks`), hf:<dataset>, or file:<path>"})
+                      metadata={"help": "task name (see `superalign tasks`), hf:<dataset>, or file:<path>; a pairwise "
+                                        "task (testbed-pairs, anthropic_hh-pairs, tldr-pairs, --convert "
+                                        "preference-pairs) trains Bradley–Terry reward models, scored by pairwise "
+                                        "accuracy"})
     weak: list[str] = field(default_factory=lambda: ["bow"], metadata={"help": "weak supervisor model(s)"})
     strong: list[str] = field(default_factory=lambda: ["minilm-l6"], metadata={"help": "strong student model(s)"})
     loss: list[str] = field(default_factory=lambda: ["xent", "aux_conf", "product"],
