@@ -249,6 +249,7 @@ def test_cli_runs_every_method_writes_the_figure_and_json_and_reports(tiny, tmp_
         assert t["x"] == ([0, 1, 2] if t["method"] in ("ppo", "grpo", "rloo") else [0, 2])  # SFT, then the evals
     assert [p["method"] for p in js["summary"]["methods"]] == list(METHODS)
     assert {"bon_gold", "bon_proxy"} <= set(js["fits"])
+    assert js["first_to_overoptimize"] == js["summary"]["answers"]["first_to_overoptimize"]
     assert set(js["summary"]["answers"]) == {"best_gain_per_nat", "first_to_overoptimize", "overoptimize_ranking",
                                              "group_baseline"}
     assert main(["report", "--home", str(home), "--out", str(tmp_path / "r.html")]) == 0

@@ -431,7 +431,9 @@ def run_overopt(job: OveroptJob) -> dict:
             plot_study(bon, trajectories, fits, plot)
         online = [t for t in trajectories if t["method"] in ONLINE]
         metrics = {"sft_gold": sft_point["gold"], "sft_proxy": sft_point["proxy"], "budget": job.budget,
-                   "summary": summary, "fits": fits, "bon": bon, "trajectories": trajectories, **extra}
+                   "best_gain_per_nat": summary["answers"]["best_gain_per_nat"],
+                   "first_to_overoptimize": summary["answers"]["first_to_overoptimize"], "summary": summary,
+                   "fits": fits, "bon": bon, "trajectories": trajectories, **extra}
         if bon is not None:
             peak_bon = int(np.argmax(bon["gold"]))
             metrics |= {"bon_gold_max": float(max(bon["gold"])), "bon_gold_argmax_n": bon["n"][peak_bon],

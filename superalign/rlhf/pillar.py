@@ -26,7 +26,8 @@ PILLAR = register_pillar(Pillar(
             help="online DPO/IPO: pairs sampled from the current policy, ranked by a reward model (Guo et al. 2024)"),
         Job("bon", f"{_JOBS}:BoNJob", f"{_JOBS}:run_bon", help="best-of-n sampling against a reward model"),
         Job("overopt", "superalign.rlhf.overopt:OveroptJob", "superalign.rlhf.overopt:run_overopt",
-            help="gold vs proxy reward against sqrt(KL) for best-of-n and PPO (Gao et al. 2022)"),
+            help="gold vs proxy reward against sqrt(KL) for best-of-n, PPO, GRPO, RLOO, DPO and IPO at equal sample "
+                 "budgets (Gao et al. 2022)"),
     ),
     kinds=(
         RunKind("rlhf-sft", ("policy", "data", "epochs", "lr", "seed"), ("loss_first", "loss_last", "tokens_per_s")),
@@ -44,8 +45,8 @@ PILLAR = register_pillar(Pillar(
                 ("initial_gold", "final_gold", "initial_proxy", "final_proxy", "final_kl", "accuracy_last")),
         RunKind("rlhf-bon", ("policy", "reward", "n", "n_prompts", "seed"),
                 ("proxy_best", "gold_best", "gold_mean", "kl_bon")),
-        RunKind("rlhf-overopt", ("policy", "reward", "n_max", "kl_coefs", "updates", "seed"),
-                ("sft_gold", "bon_gold_max", "bon_gold_argmax_n", "rl_gold_max")),
+        RunKind("rlhf-overopt", ("policy", "reward", "methods", "n_max", "kl_coefs", "dpo_betas", "updates", "seed"),
+                ("sft_gold", "bon_gold_max", "rl_gold_max", "best_gain_per_nat", "first_to_overoptimize")),
     ),
     section="superalign.rlhf.report:rlhf_section",
 ))
