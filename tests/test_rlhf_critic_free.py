@@ -317,3 +317,20 @@ def test_grpo_two_processes_train_like_one(tiny_lm, tiny_rm_dir, tmp_path, accel
     h1, h2 = one[0]["metrics"]["history"], two[0]["metrics"]["history"]
     for key in ("objective/scores", "objective/kl", "loss/policy", "loss/kl", "policy/clipfrac", "reward/group_std"):
         np.testing.assert_allclose([r[key] for r in h2], [r[key] for r in h1], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("train,cfg", [
+    (train_grpo, GRPOConfig(updates=2, batch_size=8, group_size=4, minibatch_size=4, lr=1e-3, response_len=6)),
+    (train_rloo, RLOOConfig(updates=2, batch_size=8, group_size=4, lr=1e-3, response_len=6)),
+], ids=["grpo", "rloo"])
+def test_bf16_autocast_runs_with_fp32_master_weights(tiny_lm, tiny_rm, device, train, cfg):
+    from superalign.train.distributed import Runtime
+
+    rt = Runtime.create(device, "bf16")
+    tok, policy = load_lm(tiny_lm, device=rt.device)
+    ref, rm = copy.deepcopy(policy).to(torch.bfloat16), copy.deepcopy(tiny_rm).to(rt.device)
+    res = train(policy, ref, rm, tok, sample_prompts(16, 0), cfg, gold=GOLD, progress=False, rt=rt)
+    assert policy.transformer.wte.weight.dtype == torch.float32
+    for r in res.history:
+        assert all(np.isfinite(r[k]) for k in ("objective/kl", "objective/scores", "loss/policy", "gold")), r
