@@ -439,8 +439,8 @@ def _anthropic_hh_pairs(spec: TaskSpec) -> Task:
 
 
 @register_task("tldr-pairs", "OpenAI TL;DR human comparisons (Stiennon et al. 2020; shared data: "
-               "summarize_from_feedback, 1,771 validation comparisons) as preference pairs: 'summary [SEP] title "
-               "[SEP] post' per summary (summary first, so --max-length cuts the post, never the summary).")
+               "summarize_from_feedback, 1,771 validation comparisons) as preference pairs: 'summary [SEP] post "
+               "title' per summary (the post itself, ~300 tokens, would not fit a 128-token encoder).")
 def _tldr_pairs(spec: TaskSpec) -> Task:
     df = _shared(spec, "summarize_from_feedback", ["comparisons_tldr.jsonl"])
     texts, labels, pairs = [], [], []
@@ -448,9 +448,10 @@ def _tldr_pairs(spec: TaskSpec) -> Task:
         a, b = str(r.summary_a).strip(), str(r.summary_b).strip()
         if not a or not b or a == b or int(r.choice) not in (0, 1):
             continue  # a pair of identical summaries has no preference to learn
-        context = f"{str(r.title).strip()} [SEP] {str(r.post).strip()}"
+        # the post's title, not the post: mean-pooled features of summary + post were dominated by the post shared
+        # by both texts (MiniLM-L6 probe 57% vs bag-of-words 63%), and --max-length 128 cut most posts anyway
         for k, summary in enumerate((a, b)):
-            texts.append(f"{summary} [SEP] {context}")
+            texts.append(f"{summary} [SEP] {str(r.title).strip()}")
             labels.append(int(k == int(r.choice)))
             pairs.append(i)
     return Task("tldr-pairs", texts, np.array(labels), description=_REGISTRY["tldr-pairs"][1],
