@@ -27,11 +27,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import machine, write_json  # noqa: E402
 
 from superalign import w2s  # noqa: E402
 from superalign.errors import SuperalignError  # noqa: E402
+from superalign.w2s.pipeline import Experiment  # noqa: E402
 
 TASKS = ("testbed-pairs", "anthropic_hh-pairs", "tldr-pairs")
 SHARED = ("anthropic_hh-pairs", "tldr-pairs")
@@ -77,12 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="shared datasets folder (else $SUPERALIGN_DATA)")
     ap.add_argument("--home", default=None, help="run store to use and keep (default: a temporary one)")
     ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads (0: torch's default); 1 is much faster for the probes on a loaded machine")
+                    help="torch threads for training (0: torch's default; feature encoding always uses the default): "
+                         "1 is much faster for the tiny probe steps on a loaded machine")
     ap.add_argument("--out", default="benchmarks/results/w2s_reward.json")
     a = ap.parse_args(argv)
-    if a.threads:
-        import torch
-        torch.set_num_threads(a.threads)
+    default_threads = torch.get_num_threads()
     # --quick changes the defaults only: what is passed explicitly stays
     quick = {"weak": ["bow"], "strong": ["minilm-l2"], "seeds": [0], "max_examples": 1000, "n_boot": 100}
     full = {"weak": ["bow", "minilm-l1"], "strong": None, "seeds": [0, 1, 2], "max_examples": 6000, "n_boot": 1000}
@@ -102,14 +104,19 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             t = time.perf_counter()
             try:
-                strong = a.strong or STRONG
-                res = w2s.sweep(task=task, data=a.data, weak=a.weak, strong=strong, loss=a.loss, seed=a.seeds,
-                                max_examples=a.max_examples, n_boot=a.n_boot, mode="probe", home=home,
-                                progress=False)
+                cfg = w2s.W2SConfig(task=task, data=a.data, weak=a.weak, strong=a.strong or STRONG, loss=a.loss,
+                                    seed=a.seeds, max_examples=a.max_examples, n_boot=a.n_boot, mode="probe",
+                                    home=home, progress=False)
+                if a.threads:  # encode first with every thread (large matmuls), then train the probes with a.threads
+                    Experiment(cfg).prepare_features()
+                    torch.set_num_threads(a.threads)
+                res = w2s.sweep(cfg)
             except SuperalignError as e:
                 skipped[task] = str(e)
                 print(f"skipping {task}: {e}", file=sys.stderr)
                 continue
+            finally:
+                torch.set_num_threads(default_threads)
             print(f"{task}: {len(res.records)} runs in {time.perf_counter() - t:.0f} s", file=sys.stderr)
             rows += [{**r, "wall_s_task": time.perf_counter() - t} for r in res.rows]
     finally:
