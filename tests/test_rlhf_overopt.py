@@ -48,6 +48,7 @@ def test_run_summary_by_hand():
     assert s["proxy_rise_after_peak"] == pytest.approx(1.0)
     assert s["overoptimized"] and s["final_kl"] == 16.0
     assert s["onset_d"] == 3.0 and s["onset_progress"] == 0.75  # 0.6 ≤ 0.7 − 0.05 first at index 3
+    assert s["peak_is_last"] is False
 
 
 def test_run_summary_needs_a_fall_beyond_tol_a_rising_proxy_and_a_gain_first():
@@ -106,6 +107,7 @@ def test_summarize_by_hand():
     g = {x["beta"]: x for x in a["group_baseline"]}
     assert g[0.0]["ppo_peak_d"] == 2.0 and g[0.0]["grpo_peak_d"] == 3.0 and g[0.0]["grpo_minus_ppo"] == 1.0
     assert g[0.05]["ppo_peak_d"] == 1.0 and g[0.05]["grpo_minus_ppo"] == 0.0
+    assert g[0.05]["grpo_peak_is_last"] and not g[0.0]["grpo_peak_is_last"] and g[0.05]["ppo_peak_is_last"] is False
 
 
 def test_fits_recover_the_functional_forms_and_need_enough_points():

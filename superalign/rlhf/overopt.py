@@ -216,6 +216,7 @@ def run_summary(traj: dict, tol: float) -> dict:
             "final_gold_gain": float(gold[-1] - gold[0]), "drop_from_peak": drop,
             "peak_proxy_gain": float(proxy[k] - proxy[0]), "final_proxy_gain": float(proxy[-1] - proxy[0]),
             "proxy_rise_after_peak": rise, "final_kl": float(kl[-1]), "overoptimized": over,
+            "peak_is_last": k == len(gold) - 1,  # gold still at its best at the end: no turn seen in the budget
             "onset_d": float(d[onset]) if onset is not None else None,
             "onset_progress": progress[onset] if onset is not None else None}
 
@@ -237,7 +238,8 @@ def summarize(trajectories: list[dict], tol: float) -> dict:
     - ``best_gain_per_nat``: the method whose best run has the highest gold gain per nat at its gold peak;
     - ``first_to_overoptimize``: among no-penalty runs that over-optimize, the method whose gold turns at the
       smallest d (``ranking`` lists them all in that order);
-    - ``group_baseline``: per β, the d at PPO's gold peak next to GRPO's and RLOO's at the same β and the shifts."""
+    - ``group_baseline``: per β, the d at PPO's gold peak next to GRPO's and RLOO's at the same β and the shifts
+      (``<method>_peak_is_last``: that run's gold was still at its best at the end, so its peak d is a lower bound)."""
     rows = [run_summary(t, tol) for t in trajectories]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     per_method = []
@@ -261,10 +263,12 @@ def summarize(trajectories: list[dict], tol: float) -> dict:
     ranking = sorted((p for p in per_method if p["no_penalty_overoptimized"]), key=lambda p: p["no_penalty_peak_d"])
     group = []
     for beta in dict.fromkeys(r["beta"] for r in rows if r["method"] == "ppo"):
-        at = {r["method"]: r["peak_d"] for r in rows if r["method"] in ONLINE and r["beta"] == beta}
+        mine = {r["method"]: r for r in rows if r["method"] in ONLINE and r["beta"] == beta}
+        at = {m: r["peak_d"] for m, r in mine.items()}
         if "ppo" in at and len(at) > 1:
             group.append({"beta": beta, **{f"{m}_peak_d": v for m, v in at.items()},
-                          **{f"{m}_minus_ppo": v - at["ppo"] for m, v in at.items() if m != "ppo"}})
+                          **{f"{m}_minus_ppo": v - at["ppo"] for m, v in at.items() if m != "ppo"},
+                          **{f"{m}_peak_is_last": r["peak_is_last"] for m, r in mine.items()}})
     return {"runs": rows, "methods": per_method,
             "answers": {"best_gain_per_nat": best_per_nat,
                         "first_to_overoptimize": ranking[0]["method"] if ranking else None,

@@ -78,8 +78,9 @@ def _overopt(r: dict) -> str:
                  fmt(x["peak_d"]), fmt(x["gain_per_nat"]), fmt(x["final_gold_gain"]), fmt(x["drop_from_peak"]),
                  fmt(x["proxy_rise_after_peak"]), yes(x["overoptimized"])] for x in summary["runs"]]
     a = summary["answers"]
-    group = "; ".join(f"β={fmt(g['beta'])}: PPO peaks at d={fmt(g['ppo_peak_d'])}"
-                      + "".join(f", {LABELS[k]} at {fmt(g[f'{k}_peak_d'])}" for k in ("grpo", "rloo")
+    last = lambda g, k: " (still at its best at the end)" if g.get(f"{k}_peak_is_last") else ""  # noqa: E731
+    group = "; ".join(f"β={fmt(g['beta'])}: PPO peaks at d={fmt(g['ppo_peak_d'])}{last(g, 'ppo')}"
+                      + "".join(f", {LABELS[k]} at {fmt(g[f'{k}_peak_d'])}{last(g, k)}" for k in ("grpo", "rloo")
                                 if f"{k}_peak_d" in g) for g in a["group_baseline"]) or "n/a"
     answers = (f"<p>Highest gold gain per nat of KL at the gold peak: <b>{label(a['best_gain_per_nat'] or 'n/a')}"
                f"</b>. First to over-optimize without a penalty (gold turns at the smallest d): "
