@@ -3,7 +3,6 @@ against hand computations), pair-preserving splits, run identity, bad pairs, and
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -282,23 +281,24 @@ def test_finetuned_reward_model_on_pairs(tmp_path, tiny_bert):
                 max_examples=160, progress=False, home=str(tmp_path / "h2"))
 
 
-@pytest.mark.skipif(not os.environ.get("SUPERALIGN_DATA"), reason="shared datasets not set (SUPERALIGN_DATA)")
-def test_shared_hh_and_tldr_pairs(tmp_path, tiny_bert):
-    hh, hh_rows, tldr = load_task("anthropic_hh-pairs"), load_task("anthropic_hh"), load_task("tldr-pairs")
+def test_shared_hh_and_tldr_pairs(shared_data, tmp_path, tiny_bert):
+    if not (shared_data / "anthropic_hh").exists() or not (shared_data / "summarize_from_feedback").exists():
+        pytest.skip("shared anthropic_hh / summarize_from_feedback data not found")
+    data = str(shared_data)
+    hh, hh_rows, tldr = (load_task(TaskSpec(n, data)) for n in ("anthropic_hh-pairs", "anthropic_hh", "tldr-pairs"))
     assert hh.pairwise and not hh_rows.pairwise and hh.fingerprint() != hh_rows.fingerprint()
     assert len(hh) == 2 * len(pair_rows(hh)) and len(hh) <= len(hh_rows)
     assert len(pair_rows(tldr)) == 1771 and tldr.pairwise
-    src = json.loads(open(os.path.join(os.environ["SUPERALIGN_DATA"], "summarize_from_feedback",
-                                       "comparisons_tldr.jsonl")).readline())
+    src = json.loads((shared_data / "summarize_from_feedback" / "comparisons_tldr.jsonl").open().readline())
     chosen = tldr.texts[pair_rows(tldr)[0, 0]]
     assert chosen.startswith(src["summary_b" if src["choice"] else "summary_a"].strip())
-    # a run on the shared data, classification and pairwise ids distinct
+    # classification and pairwise runs on the same rows have distinct ids
     cell = Cell("bow", f"hf:{tiny_bert}", "xent", 0)
-    ids = {t: cell_run_id(w2s.W2SConfig(task=t, home=str(tmp_path)), cell)
+    ids = {t: cell_run_id(w2s.W2SConfig(task=t, data=data, home=str(tmp_path)), cell)
            for t in ("anthropic_hh", "anthropic_hh-pairs")}
     assert ids["anthropic_hh"] != ids["anthropic_hh-pairs"]
-    res = w2s.run(task="tldr-pairs", weak="bow", strong=f"hf:{tiny_bert}", loss=["xent"], seed=[0], max_examples=200,
-                  epochs=2, n_boot=20, max_length=64, progress=False, home=str(tmp_path))
+    res = w2s.run(task="tldr-pairs", data=data, weak="bow", strong=f"hf:{tiny_bert}", loss=["xent"], seed=[0],
+                  max_examples=200, epochs=2, n_boot=20, max_length=64, progress=False, home=str(tmp_path))
     assert res.rows[0]["metric"] == "pairwise_acc"
     exp = Experiment(res.cfg)
     assert exp.pairs is not None and len(exp.splits(0).test) * 2 == len(exp._rows(exp.splits(0).test))
