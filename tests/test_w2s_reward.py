@@ -334,3 +334,22 @@ def test_benchmark_quick(tmp_path, tiny_bert, capsys):
     res = json.loads(out.read_text())
     assert len(res["rows"]) == 2 and {r["loss"] for r in res["rows"]} == {"xent", "aux_conf"}
     assert all(r["metric"] == "pairwise_acc" for r in res["rows"])
+
+
+def test_two_processes_train_the_reward_model_as_one_does(tmp_path, tiny_bert, accelerate_two):
+    """`accelerate launch` (2 CPU processes) vs one process: the pairwise aux_conf student's loss history agrees (the
+    pairwise loss needs no batch statistics, so each shard's loss is exactly its part of the one-process loss)."""
+    kw = dict(task="testbed-pairs", weak="bow", strong=f"hf:{tiny_bert}", loss=["aux_conf"], seed=[0],
+              max_examples=120, epochs=2, batch_size=7, n_boot=10, progress=False)
+    one = w2s.run(home=str(tmp_path / "one"), **kw).records[0]
+    args = ["w2s", "run", "--task", "testbed-pairs", "--weak", "bow", "--strong", f"hf:{tiny_bert}", "--loss",
+            "aux_conf", "--seed", "0", "--max-examples", "120", "--epochs", "2", "--batch-size", "7", "--n-boot", "10",
+            "--progress", "false", "--home", str(tmp_path / "two")]
+    p = accelerate_two(args, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:]
+    store = RunStore(tmp_path / "two", create=False)
+    runs = [r for r in store.list() if r["kind"] == "w2s"]
+    assert len(runs) == 1 and runs[0]["id"] == one["id"] and runs[0]["compute"]["world_size"] == 2
+    h1, h2 = one["artefacts"]["history"], store.get(runs[0]["id"])["artefacts"]["history"]
+    np.testing.assert_allclose([h["loss"] for h in h2], [h["loss"] for h in h1], rtol=1e-5)
+    assert runs[0]["metrics"]["student_acc"] == pytest.approx(one["metrics"]["student_acc"])
