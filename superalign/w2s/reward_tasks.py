@@ -11,8 +11,8 @@ The true preference is the higher exact gold reward (``GoldReward``: VADER compo
 the repetition penalty); pairs whose golds differ by less than ``MARGIN`` are resampled, so no label rests on a
 rounding-level difference. Why this is learnable but not trivial: the two completions differ in every slot, and the
 gold is VADER's non-linear compound — negation ("not", "not very"), intensifiers, "but" re-weighting the clause after
-it, and the pooled sentiment of up to three clauses — so a bag-of-words reward model learns the lexicon (≈ 78%
-pairwise accuracy) while a pretrained encoder does better (≈ 82–88% with a linear head), and neither is perfect.
+it, and the pooled sentiment of up to three clauses — so neither a bag-of-words reward model (≈ 80% pairwise accuracy
+on 900 training pairs) nor linear heads on MiniLM features (≈ 79–83% on 1,200, layer 3 best) is close to perfect.
 """
 
 from __future__ import annotations
