@@ -251,6 +251,7 @@ def test_cli_run_on_testbed_pairs(tmp_path, tiny_bert, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "PGR pair acc [95% CI]" in out and "pairs wt/wl/val/test" in out and "AUROC" not in out.split("\n")[0]
+    assert "weak-wrong test pairs" in out
     store = RunStore(home)
     runs = [r for r in store.list() if r["kind"] == "w2s"]
     assert len(runs) == 2

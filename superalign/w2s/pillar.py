@@ -21,9 +21,10 @@ def show_result(res) -> None:
     print(res.table())
     print()
     for r in res.rows:
+        unit = "pairs" if r.get("metric") == "pairwise_acc" else "examples"  # reward models: agreement per pair
         print(f"{r['weak']} → {r['strong']} [{r['loss']}]: student agrees with the supervisor on "
               f"{_pct(r['agree_weak_correct'])} of weak-correct and {_pct(r['agree_weak_wrong'])} of weak-wrong test "
-              f"examples; ground-truth early stopping (diagnostic only) would give "
+              f"{unit}; ground-truth early stopping (diagnostic only) would give "
               f"{_pct(r['diag_gt_es_student_acc'])}")
     print(f"\nstored: {res.store.db_path} (group {res.group_id}, {len(res.records)} runs); "
           f"wall {res.wall_s:.1f} s. See `superalign runs list` and `superalign report`.")
