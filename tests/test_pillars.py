@@ -110,7 +110,7 @@ def test_builtin_pillars_declare_every_command_and_kind():
     assert names[:4] == ["w2s", "rlhf", "interp", "debate"]
     by = {p.name: p for p in pillars.pillars()}
     assert by["w2s"].subcommands() == ["run", "sweep"]
-    assert by["rlhf"].subcommands() == ["sft", "rm", "ppo", "dpo", "bon", "overopt"]
+    assert by["rlhf"].subcommands() == ["sft", "rm", "ppo", "grpo", "rloo", "dpo", "online-dpo", "bon", "overopt"]
     assert by["interp"].subcommands() == ["cache", "sae", "explain", "score"]
     assert by["debate"].subcommands() == ["train-judge", "run", "report"]
     assert pillars.run_kind("debate").metrics[0] == "judge_alone_acc"
