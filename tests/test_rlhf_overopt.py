@@ -116,7 +116,8 @@ def test_fits_recover_the_functional_forms_and_need_enough_points():
     dl = np.where(d > 0, d * np.log(np.where(d > 0, d, 1)), 0)
     rl = [{"method": "ppo", "d": list(d), "gold": list(0.3 + 0.4 * d - 0.2 * dl), "proxy": list(0.9 * d - 0.1 * dl)}]
     few = [{"method": "grpo", "d": [0.0, 1.0, 2.0], "gold": [0.0, 0.1, 0.2], "proxy": [0.0, 0.1, 0.2]}]
-    f = fit_curves(bon, rl + few)
+    bon_traj = {"method": "bon", **{k: bon[k] for k in ("d", "gold", "proxy")}}  # as run_overopt passes it
+    f = fit_curves(bon, [bon_traj] + rl + few)
     assert (f["bon_gold"]["alpha"], f["bon_gold"]["beta"]) == (pytest.approx(0.6), pytest.approx(0.15))
     assert (f["ppo_gold"]["alpha"], f["ppo_gold"]["beta"]) == (pytest.approx(0.4), pytest.approx(0.2))
     assert f["ppo_gold"]["r2"] == pytest.approx(1.0)

@@ -285,7 +285,7 @@ def fit_curves(bon: dict | None, trajectories: list[dict], min_points: int = 3) 
         d = np.asarray(bon["d"])
         for what in ("gold", "proxy"):
             fits[f"bon_{what}"] = fit_bon(d, np.asarray(bon[what]) - bon[what][0])._asdict()
-    names = dict.fromkeys(t["method"] for t in trajectories)
+    names = dict.fromkeys(t["method"] for t in trajectories if t["method"] != "bon")  # best-of-n has its own form
     groups = {m: [t for t in trajectories if t["method"] == m] for m in names}
     groups["rl"] = [t for t in trajectories if t["method"] in ONLINE]
     for name, ts in groups.items():
