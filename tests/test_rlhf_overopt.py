@@ -258,3 +258,18 @@ def test_cli_runs_every_method_writes_the_figure_and_json_and_reports(tiny, tmp_
     assert main(["report", "--home", str(home), "--out", str(tmp_path / "r.html")]) == 0
     html = (tmp_path / "r.html").read_text()
     assert "Over-optimization" in html and "gain / nat" in html and "RLOO" in html
+
+
+def test_report_renders_a_run_stored_by_the_old_two_method_study():
+    """Old runs have best-of-n and PPO curves ("bon", "rl") but no trajectories, summary or per-method fits."""
+    from pathlib import Path
+
+    from superalign.rlhf.report import rlhf_section
+
+    old = json.loads((Path(__file__).parents[1] / "benchmarks/results/rlhf_overopt.json").read_text())
+    metrics = {k: old[k] for k in ("sft_gold", "sft_proxy", "bon_gold_max", "bon_gold_argmax_n", "rl_gold_max",
+                                   "fits", "bon", "rl")}
+    html = rlhf_section([{"id": "rlhf-overopt-old", "kind": "rlhf-overopt", "status": "done", "metrics": metrics,
+                          "config": {"kl_coefs": [0.0, 0.01, 0.05]}}])
+    assert "Over-optimization" in html and "PPO" in html and "<img" in html
+    assert "First to over-optimize without a penalty" in html and "<b>PPO</b>" in html  # its β = 0 run fell
