@@ -6,25 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from ..models.lm import encode_prompts, load_lm
-from ..models.lora import LoRAOptions, apply_lora, check_lora, lora_key, merge_lora
-from ..runs.jobs import JobBase, _f, run_job
+from ..models.lora import LoRAOptions, check_lora, lora_key
+from ..runs.jobs import JobBase, _f
 from ..validate import check_nonempty, document_cli_overrides
 from .critic_free import GRPOConfig, RLOOConfig, train_grpo, train_rloo
-from .jobs import (
-    _frozen_dtype,
-    _prompts,
-    _runtime,
-    _save_policy,
-    check_models,
-    resolve_policy,
-    resolve_reward,
-)
-from .ppo import evaluate_policy
-from .reward import load_reward_model
-from .testbed import GoldReward, sample_prompts
+from .jobs import run_policy_rl
 
 GROUP_CLI_OVERRIDES = {
     "lr": (1e-5, 3e-5, "the CLI's default policy is the small testbed LM, which tolerates a larger step (as PPO's)"),
@@ -82,49 +68,9 @@ class RLOOJob(RLOOConfig, LoRAOptions, JobBase):
 
 def run_grpo(job: GRPOJob, eval_prompts: list[str] | None = None) -> dict:
     """Train (or return the stored run of) a GRPO job: metrics as :func:`~superalign.rlhf.jobs.run_ppo`'s."""
-    return _run_group_rl("rlhf-grpo", job, train_grpo, eval_prompts)
+    return run_policy_rl("rlhf-grpo", job, train_grpo, eval_prompts)
 
 
 def run_rloo(job: RLOOJob, eval_prompts: list[str] | None = None) -> dict:
     """Train (or return the stored run of) an RLOO job: metrics as :func:`~superalign.rlhf.jobs.run_ppo`'s."""
-    return _run_group_rl("rlhf-rloo", job, train_rloo, eval_prompts)
-
-
-def _run_group_rl(kind: str, job: GRPOJob | RLOOJob, train, eval_prompts: list[str] | None) -> dict:
-    # inputs are loaded and checked before anything is written
-    prompts = _prompts(job.prompts, job.prompt_col, None, job.seed)
-    check_models(job.policy, job.ref, job.reward, trust_remote_code=job.trust_remote_code)
-
-    def body(store, out):
-        torch.manual_seed(job.seed)
-        rt = _runtime(job)
-        frozen = _frozen_dtype(rt)
-        pol_name = resolve_policy(job.policy, job.home, job.progress)
-        tok, policy = load_lm(pol_name, job.home, job.trust_remote_code, device=rt.device)
-        policy = apply_lora(policy, job.lora_rank, job.lora_alpha)  # the policy itself for rank 0
-        _, ref = load_lm(resolve_policy(job.ref, job.home, job.progress) if job.ref else pol_name, job.home,
-                         job.trust_remote_code, device=rt.device, dtype=frozen)
-        rm_path = resolve_reward(job.reward, job.home, job.progress)
-        _, rm = load_reward_model(rm_path, job.home, job.trust_remote_code, device=rt.device, dtype=frozen)
-        encode_prompts(tok, prompts, job.max_prompt_len)  # fail fast on over-long prompts
-        testbed = job.prompts == "testbed"
-        gold = (lambda p, c, e: GoldReward().batch(p, c, e)) if testbed else None
-        evp = eval_prompts or (sample_prompts(128, job.seed + 3) if testbed else prompts[:64])
-
-        def evaluate(m):  # every process evaluates the same prompts with the same seed: identical numbers
-            with rt.autocast():
-                return evaluate_policy(m, ref, rm, tok, evp, job.response_len, job.temperature, gold,
-                                       seed=job.seed + 7)
-
-        res = train(policy, ref, rm, tok, prompts, job, gold=gold, eval_hook=lambda u, m: evaluate(m),
-                    progress=job.progress, rt=rt)
-        policy = merge_lora(policy)  # a plain model from here on: saved and loaded like a fully trained one
-        _save_policy(rt, policy, tok, out / "model", {"kind": kind, "config": job.key()})
-        final, initial = evaluate(policy), evaluate(ref)
-        last = res.history[-1]
-        metrics = {"final_" + k: v for k, v in final.items()} | {"initial_" + k: v for k, v in initial.items()}
-        metrics |= {"kl": last["objective/kl"], "score": last["objective/scores"], "eos_rate": last["eos_rate"],
-                    "wall_s": res.wall_s, "episodes": last["episodes"]}
-        metrics |= {"history": res.history, "samples": res.samples, "evals": res.evals}
-        return metrics, {"model": str(out / "model"), "reward": rm_path}
-    return run_job(kind, job, body)
+    return run_policy_rl("rlhf-rloo", job, train_rloo, eval_prompts)
