@@ -342,9 +342,16 @@ def test_report_escapes_rlhf_samples(tmp_path):
     store.finish("rlhf-ppo-x", {"history": hist, "final_gold": 0.3,
                                 "samples": [{"update": 2, "prompt": "<script>x</script>", "response": "a & b",
                                              "score": 1.0, "gold": 0.5}]})
+    store.start("rlhf-grpo-x", "rlhf-grpo", {"policy": "<i>q</i>", "kl_coef": 0.0, "loss_type": "dr_grpo",
+                                             "group_size": 4, "lora_rank": 8})
+    store.finish("rlhf-grpo-x", {"history": hist, "samples": [{"update": 1, "prompt": "<u>", "response": "r",
+                                                                 "score": 0.0, "gold": 0.1}]})
     html = render(store)
     assert "<script>x" not in html and "&lt;script&gt;x" in html and "a &amp; b" in html
     assert "&lt;b&gt;p" in html and "<h2>RLHF</h2>" in html
+    # critic-free runs get their own curves, titled by method, with the method's options
+    assert "<h3>GRPO <code>rlhf-grpo-x</code>" in html and "loss=dr_grpo, G=4" in html and "LoRA rank 8" in html
+    assert "&lt;i&gt;q" in html and "<u>" not in html
 
 
 def test_smollm2_offline_when_installed():

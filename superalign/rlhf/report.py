@@ -1,4 +1,5 @@
-"""The RLHF section of `superalign report`: PPO training curves and samples, over-optimization curves and fits.
+"""The RLHF section of `superalign report`: training curves and samples of the online methods (PPO, GRPO, RLOO, online
+DPO), over-optimization curves and fits.
 
 Every string that comes from data (prompts, responses, model names) is HTML-escaped."""
 
@@ -12,8 +13,13 @@ PPO_CURVES = (("objective/scores", "proxy score (normalized)"), ("gold", "gold r
               ("objective/kl", "KL(π‖π_ref) per sequence"), ("policy/entropy", "entropy per token"))
 
 
+ONLINE_KINDS = {"rlhf-ppo": "PPO", "rlhf-grpo": "GRPO", "rlhf-rloo": "RLOO", "rlhf-online-dpo": "Online DPO"}
+
+
 def _ppo(r: dict) -> str:
+    """One online RL run (any of ONLINE_KINDS): its curves, headline numbers and last samples."""
     m = r["metrics"]
+    title = ONLINE_KINDS.get(r["kind"], "PPO")
     hist = m.get("history") or []
     if not hist:
         return ""
@@ -25,17 +31,21 @@ def _ppo(r: dict) -> str:
             ax.plot(x, [h.get(k) if h.get(k) is not None else np.nan for h in hist], "-")
             ax.set_title(label, fontsize=9)
             ax.set_xlabel("update")
-        pic = img(fig, f"PPO curves of {r['id']}")
+        pic = img(fig, f"{title} curves of {r['id']}")
     samples = (m.get("samples") or [])[-8:]
     samples_table = table(["update", "prompt", "response", "score", "gold"],
                            [[str(s.get("update")), esc(s.get("prompt")), esc(s.get("response")), fmt(s.get("score")),
                              fmt(s.get("gold"))] for s in samples], numeric={0, 3, 4}) if samples else ""
     c = r.get("config") or {}
-    desc = (f"policy={c.get('policy')}, reward={c.get('reward')}, β={c.get('kl_coef')}, "
-            f"estimator={c.get('kl_estimator')}, updates={c.get('updates')}")
+    method = {"rlhf-grpo": f", loss={c.get('loss_type')}, G={c.get('group_size')}",
+              "rlhf-rloo": f", k={c.get('group_size')}", "rlhf-online-dpo": f", loss={c.get('loss')}",
+              }.get(r["kind"], f", estimator={c.get('kl_estimator')}")
+    lora = f", LoRA rank {c['lora_rank']}" if c.get("lora_rank") else ""
+    desc = (f"policy={c.get('policy')}, reward={c.get('reward')}, β={c.get('kl_coef', c.get('beta'))}{method}, "
+            f"updates={c.get('updates')}{lora}")
     head = (f"initial → final gold {fmt(m.get('initial_gold'))} → {fmt(m.get('final_gold'))}, proxy "
             f"{fmt(m.get('initial_proxy'))} → {fmt(m.get('final_proxy'))}, KL {fmt(m.get('final_kl'))}")
-    return (f"<h3>PPO <code>{esc(r['id'])}</code></h3><p class='muted'>{esc(desc)}<br>{esc(head)}</p>"
+    return (f"<h3>{title} <code>{esc(r['id'])}</code></h3><p class='muted'>{esc(desc)}<br>{esc(head)}</p>"
             f"{pic}{samples_table}")
 
 
@@ -103,13 +113,14 @@ def _overopt(r: dict) -> str:
 
 
 def rlhf_section(runs: list[dict]) -> str:
-    done = [r for r in runs if r["status"] == "done" and r["kind"] in ("rlhf-ppo", "rlhf-overopt")]
+    done = [r for r in runs if r["status"] == "done" and (r["kind"] in ONLINE_KINDS or r["kind"] == "rlhf-overopt")]
     if not done:
         return ""
-    parts = ["<h2>RLHF</h2><p class='muted'>PPO: per-update means over the rollout batch (glossary in README). "
+    parts = ["<h2>RLHF</h2><p class='muted'>PPO, GRPO, RLOO and online DPO: per-update means over the rollout batch "
+             "(glossary in docs/rlhf.md). "
              "Over-optimization: gains over the SFT policy against d = sqrt(KL(π‖π_SFT)) for best-of-n, PPO, GRPO, "
              "RLOO, DPO and IPO at equal sample budgets; fits R_bon = d(α−βd) for best-of-n, R_rl = d(α−β log d) "
              "per method (Gao, Schulman &amp; Hilton 2022).</p>"]
     parts += [_overopt(r) for r in done if r["kind"] == "rlhf-overopt"]
-    parts += [_ppo(r) for r in done if r["kind"] == "rlhf-ppo"]
+    parts += [_ppo(r) for kind in ONLINE_KINDS for r in done if r["kind"] == kind]
     return "\n".join(parts)
