@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models.lora import LoRAOptions, check_lora, lora_key
+from ..models.lora import lora_key
 from ..runs.jobs import JobBase, _f
-from ..validate import check_nonempty, document_cli_overrides
+from ..validate import document_cli_overrides
 from .critic_free import GRPOConfig, RLOOConfig, train_grpo, train_rloo
-from .jobs import run_policy_rl
+from .jobs import PolicyRLOptions, check_policy_rl, run_policy_rl
 
 GROUP_CLI_OVERRIDES = {
     "lr": (1e-5, 3e-5, "the CLI's default policy is the small testbed LM, which tolerates a larger step (as PPO's)"),
@@ -18,29 +18,16 @@ GROUP_CLI_OVERRIDES = {
 """CLI defaults of ``superalign rlhf grpo`` and ``rloo`` that differ from :class:`GRPOConfig` / :class:`RLOOConfig`."""
 
 
-def _check_policy_job(job) -> None:
-    """The checks GRPO and RLOO jobs share with PPOJob, and the LoRA options'."""
-    for name, example in (("policy", "testbed-sft"), ("reward", "testbed-rm"), ("prompts", "testbed"),
-                          ("prompt_col", "prompt")):
-        check_nonempty(name, getattr(job, name), example)
-    check_lora(job)
-
-
 @document_cli_overrides(GRPOConfig, GROUP_CLI_OVERRIDES)
 @dataclass
-class GRPOJob(GRPOConfig, LoRAOptions, JobBase):
+class GRPOJob(GRPOConfig, PolicyRLOptions, JobBase):
     """GRPO (or Dr. GRPO, --loss-type dr_grpo) against a reward model with a k3 KL loss term to the reference."""
 
-    policy: str = _f("testbed-sft", "initial policy: testbed-sft, smollm2, hf:<id|path> or a folder")
-    ref: str | None = _f(None, "reference policy for the KL term (default: the initial policy)")
-    reward: str = _f("testbed-rm", "reward model folder (or testbed-rm)")
-    prompts: str = _f("testbed", "prompts: testbed or a file with a prompt column")
-    prompt_col: str = _f("prompt", "prompt column of a prompt file")
     lr: float = _f(3e-5, "AdamW learning rate of the policy")
 
     def __post_init__(self):
         super().__post_init__()
-        _check_policy_job(self)
+        check_policy_rl(self)
 
     def key(self) -> dict:
         return lora_key(super().key())
@@ -48,19 +35,14 @@ class GRPOJob(GRPOConfig, LoRAOptions, JobBase):
 
 @document_cli_overrides(RLOOConfig, GROUP_CLI_OVERRIDES)
 @dataclass
-class RLOOJob(RLOOConfig, LoRAOptions, JobBase):
+class RLOOJob(RLOOConfig, PolicyRLOptions, JobBase):
     """RLOO against a reward model: k samples per prompt, leave-one-out baseline, the KL in the reward."""
 
-    policy: str = _f("testbed-sft", "initial policy: testbed-sft, smollm2, hf:<id|path> or a folder")
-    ref: str | None = _f(None, "reference policy for the KL penalty (default: the initial policy)")
-    reward: str = _f("testbed-rm", "reward model folder (or testbed-rm)")
-    prompts: str = _f("testbed", "prompts: testbed or a file with a prompt column")
-    prompt_col: str = _f("prompt", "prompt column of a prompt file")
     lr: float = _f(3e-5, "AdamW learning rate of the policy")
 
     def __post_init__(self):
         super().__post_init__()
-        _check_policy_job(self)
+        check_policy_rl(self)
 
     def key(self) -> dict:
         return lora_key(super().key())

@@ -101,6 +101,25 @@ class RMJob(RewardTrainConfig, JobBase):
         check_positive("label_beta", self.label_beta, example=5.0)
 
 
+@dataclass
+class PolicyRLOptions(LoRAOptions):
+    """The models and prompts of an online RL job (PPO, GRPO, RLOO, online DPO) and its LoRA options."""
+
+    policy: str = _f("testbed-sft", "initial policy: testbed-sft, smollm2, hf:<id|path> or a folder")
+    ref: str | None = _f(None, "reference policy for the KL term (default: the initial policy)")
+    reward: str = _f("testbed-rm", "reward model that scores the samples: a folder or testbed-rm")
+    prompts: str = _f("testbed", "prompts: testbed or a file with a prompt column")
+    prompt_col: str = _f("prompt", "prompt column of a prompt file")
+
+
+def check_policy_rl(job: PolicyRLOptions) -> None:
+    """The checks every online RL job's ``__post_init__`` shares."""
+    for name, example in (("policy", "testbed-sft"), ("reward", "testbed-rm"), ("prompts", "testbed"),
+                          ("prompt_col", "prompt")):
+        check_nonempty(name, getattr(job, name), example)
+    check_lora(job)
+
+
 PPO_CLI_OVERRIDES = {
     "lr": (1e-5, 3e-5, "the CLI's default policy is the small testbed LM, which tolerates a larger step"),
 }
@@ -109,15 +128,10 @@ PPO_CLI_OVERRIDES = {
 
 @document_cli_overrides(PPOConfig, PPO_CLI_OVERRIDES)
 @dataclass
-class PPOJob(PPOConfig, LoRAOptions, JobBase):
+class PPOJob(PPOConfig, PolicyRLOptions, JobBase):
     """PPO against a reward model with a KL penalty to the reference policy."""
 
-    policy: str = _f("testbed-sft", "initial policy: testbed-sft, smollm2, hf:<id|path> or a folder")
-    ref: str | None = _f(None, "reference policy for the KL penalty (default: the initial policy)")
-    reward: str = _f("testbed-rm", "reward model folder (or testbed-rm)")
     value: str | None = _f(None, "value model initialisation (default: the reward model, as in InstructGPT)")
-    prompts: str = _f("testbed", "prompts: testbed or a file with a prompt column")
-    prompt_col: str = _f("prompt", "prompt column of a prompt file")
     lr: float = _f(3e-5, "AdamW learning rate of the policy")
     monitor: str | None = _f(None, "a saved activation monitor (`superalign monitor watch` artefact) that scores every "
                                    "rollout sample: history rows get monitor/score and monitor/flag_rate")
@@ -128,11 +142,8 @@ class PPOJob(PPOConfig, LoRAOptions, JobBase):
 
     def __post_init__(self):
         super().__post_init__()
-        for name, example in (("policy", "testbed-sft"), ("reward", "testbed-rm"), ("prompts", "testbed"),
-                              ("prompt_col", "prompt")):
-            check_nonempty(name, getattr(self, name), example)
+        check_policy_rl(self)
         _check_ptx(self.ptx_coef, self.ptx_data, self.prompts)
-        check_lora(self)
 
     def key(self) -> dict:
         return lora_key(_ptx_key(_monitor_key(super().key(), self.monitor), self.ptx_data, self.prompts))
@@ -182,22 +193,14 @@ ONLINE_DPO_CLI_OVERRIDES = {
 
 @document_cli_overrides(OnlineDPOConfig, ONLINE_DPO_CLI_OVERRIDES)
 @dataclass
-class OnlineDPOJob(OnlineDPOConfig, LoRAOptions, JobBase):
+class OnlineDPOJob(OnlineDPOConfig, PolicyRLOptions, JobBase):
     """Online DPO: pairs sampled from the current policy, ranked by a reward model (Guo et al. 2024)."""
 
-    policy: str = _f("testbed-sft", "initial policy: testbed-sft, smollm2, hf:<id|path> or a folder")
-    ref: str | None = _f(None, "reference policy (default: the initial policy)")
-    reward: str = _f("testbed-rm", "reward model that ranks each prompt's two samples (or testbed-rm)")
-    prompts: str = _f("testbed", "prompts: testbed or a file with a prompt column")
-    prompt_col: str = _f("prompt", "prompt column of a prompt file")
     lr: float = _f(1e-4, "AdamW learning rate (constant)")
 
     def __post_init__(self):
         super().__post_init__()
-        for name, example in (("policy", "testbed-sft"), ("reward", "testbed-rm"), ("prompts", "testbed"),
-                              ("prompt_col", "prompt")):
-            check_nonempty(name, getattr(self, name), example)
-        check_lora(self)
+        check_policy_rl(self)
 
     def key(self) -> dict:
         return lora_key(super().key())
