@@ -44,7 +44,7 @@ from ..validate import (
     check_seed,
     help_field,
 )
-from .ppo import PPOResult, _ended, _logprobs, kl_k1, kl_k3, rollout, score_rollout
+from .ppo import PPOResult, _ended, _logprobs, check_context, kl_k1, kl_k3, rollout, score_rollout, score_stats
 
 LOSS_TYPES = ("grpo", "dr_grpo")
 
@@ -273,14 +273,6 @@ def train_rloo(policy, ref, rm, tok, prompts: list[str], cfg: RLOOConfig,
     return _train("RLOO", policy, ref, rm, tok, prompts, cfg, gold, eval_hook, progress, rt, watch)
 
 
-def _check_context(policy, prompt_ids: list[list[int]], response_len: int) -> None:
-    ctx = getattr(policy.config, "n_positions", None) or getattr(policy.config, "max_position_embeddings", None)
-    longest = max(map(len, prompt_ids))
-    if ctx and longest + response_len > ctx:
-        raise SuperalignError(f"the longest prompt ({longest} tokens) plus --response-len {response_len} exceeds "
-                              f"the model's context of {ctx} tokens", "shorten the prompts or lower --response-len")
-
-
 def _train(method: str, policy, ref, rm, tok, prompts: list[str], cfg: GroupRLConfig, gold, eval_hook, progress: bool,
            rt, watch) -> PPOResult:
     from tqdm.auto import tqdm
@@ -298,7 +290,7 @@ def _train(method: str, policy, ref, rm, tok, prompts: list[str], cfg: GroupRLCo
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     prompt_ids = encode_prompts(tok, prompts, cfg.max_prompt_len)
-    _check_context(policy, prompt_ids, cfg.response_len)
+    check_context(policy, prompt_ids, cfg.response_len)
     for m in (policy, ref, rm):
         m.eval()  # dropout off everywhere: rollout and training log-probs agree exactly
     for p in list(ref.parameters()) + list(rm.parameters()):
@@ -326,12 +318,7 @@ def _train(method: str, policy, ref, rm, tok, prompts: list[str], cfg: GroupRLCo
     if cfg.reward_norm:
         idx = torch.randperm(len(prompt_ids), generator=gen)[:max(B, 64)].tolist()
         ro = sample_rows([prompt_ids[i] for i in idx], rt.shard(np.arange(len(idx))).idx)
-        s = score_rollout(rm, ro) - cfg.eos_penalty * (~_ended(ro)).float()
-        if W == 1:
-            norm_mean, norm_std = float(s.mean()), float(s.std().clamp(min=1e-6))
-        else:  # two passes over the global samples: the mean, then the unbiased variance
-            norm_mean = rt.all_sum(s.sum()) / len(idx)
-            norm_std = max((rt.all_sum(((s - norm_mean) ** 2).sum()) / max(len(idx) - 1, 1)) ** 0.5, 1e-6)
+        norm_mean, norm_std = score_stats(score_rollout(rm, ro) - cfg.eos_penalty * (~_ended(ro)).float(), len(idx), rt)
 
     history, samples, evals = [], [], []
     t0 = time.perf_counter()

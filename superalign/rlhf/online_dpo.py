@@ -38,7 +38,7 @@ from ..runs.ledger import count_forward, count_training
 from ..train.distributed import Runtime
 from ..validate import check_choice, check_int, check_nonnegative, check_positive, check_seed, help_field
 from .dpo import LOSSES, dpo_loss, ipo_loss
-from .ppo import PPOResult, _ended, _logprobs, rollout, score_rollout
+from .ppo import PPOResult, _ended, _logprobs, check_context, rollout, score_rollout
 from .reward import RewardModel
 
 
@@ -106,11 +106,7 @@ def train_online_dpo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     prompt_ids = encode_prompts(tok, prompts, cfg.max_prompt_len)
-    ctx = getattr(policy.config, "n_positions", None) or getattr(policy.config, "max_position_embeddings", None)
-    if ctx and max(map(len, prompt_ids)) + cfg.response_len > ctx:
-        raise SuperalignError(f"the longest prompt ({max(map(len, prompt_ids))} tokens) plus --response-len "
-                              f"{cfg.response_len} exceeds the model's context of {ctx} tokens",
-                              "shorten the prompts or lower --response-len")
+    check_context(policy, prompt_ids, cfg.response_len)
     for m in (policy, ref, rm):
         m.eval()  # dropout off: log-probs at sampling and in the loss are the same function
     for p in list(ref.parameters()) + list(rm.parameters()):

@@ -290,6 +290,26 @@ def _logprobs(model, ro: Rollout, temperature: float, stage: str) -> torch.Tenso
     return lp
 
 
+def check_context(policy, prompt_ids: list[list[int]], response_len: int) -> int | None:
+    """The longest prompt plus the response must fit the policy's context (a one-line error, before any sampling);
+    returns the context length (None when the config has none)."""
+    ctx = getattr(policy.config, "n_positions", None) or getattr(policy.config, "max_position_embeddings", None)
+    longest = max(map(len, prompt_ids))
+    if ctx and longest + response_len > ctx:
+        raise SuperalignError(f"the longest prompt ({longest} tokens) plus --response-len {response_len} exceeds "
+                              f"the model's context of {ctx} tokens", "shorten the prompts or lower --response-len")
+    return ctx
+
+
+def score_stats(scores: torch.Tensor, n_global: int, rt) -> tuple[float, float]:
+    """(mean, unbiased std ≥ 1e-6) of scores over the global sample, for reward normalization. Data-parallel: each
+    process holds its rows of the ``n_global`` samples, and two passes of sums give the one-process numbers."""
+    if rt.world_size == 1:
+        return float(scores.mean()), float(scores.std().clamp(min=1e-6))
+    mean = rt.all_sum(scores.sum()) / n_global
+    return mean, max((rt.all_sum(((scores - mean) ** 2).sum()) / max(n_global - 1, 1)) ** 0.5, 1e-6)
+
+
 class PPOResult(NamedTuple):
     history: list[dict]
     """metrics per update (see the glossary in README)"""
@@ -366,11 +386,7 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     prompt_ids = encode_prompts(tok, prompts, cfg.max_prompt_len)
-    ctx = getattr(policy.config, "n_positions", None) or getattr(policy.config, "max_position_embeddings", None)
-    longest = max(map(len, prompt_ids))
-    if ctx and longest + cfg.response_len > ctx:
-        raise SuperalignError(f"the longest prompt ({longest} tokens) plus --response-len {cfg.response_len} exceeds "
-                              f"the model's context of {ctx} tokens", "shorten the prompts or lower --response-len")
+    ctx = check_context(policy, prompt_ids, cfg.response_len)
     value_model = value_model if value_model is not None else copy.deepcopy(rm).float()
     for m in (policy, ref, rm, value_model):
         m.eval()  # dropout off everywhere
@@ -408,12 +424,7 @@ def train_ppo(policy, ref, rm: RewardModel, tok, prompts: list[str], cfg: PPOCon
     if cfg.reward_norm:
         idx = torch.randperm(len(prompt_ids), generator=gen)[:max(cfg.batch_size, 64)].tolist()
         ro, _ = my_rollout([prompt_ids[i] for i in idx])
-        s = score_rollout(rm, ro) - cfg.eos_penalty * (~_ended(ro)).float()
-        if W == 1:
-            norm_mean, norm_std = float(s.mean()), float(s.std().clamp(min=1e-6))
-        else:  # two passes over the global samples: the mean, then the unbiased variance
-            norm_mean = rt.all_sum(s.sum()) / len(idx)
-            norm_std = max((rt.all_sum(((s - norm_mean) ** 2).sum()) / max(len(idx) - 1, 1)) ** 0.5, 1e-6)
+        norm_mean, norm_std = score_stats(score_rollout(rm, ro) - cfg.eos_penalty * (~_ended(ro)).float(), len(idx), rt)
 
     history, samples, evals = [], [], []
     t0 = time.perf_counter()
