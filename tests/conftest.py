@@ -116,3 +116,13 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "cuda" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """The tiny testbed LM (one block, d = 32, pretrained on the review grammar) every RLHF test shares: built once
+    per session, read-only afterwards (jobs write into their own run homes)."""
+    from superalign.rlhf import testbed as tb
+
+    cfg = tb.TestbedLMConfig(n_layer=1, n_embd=32, n_head=2, n_sentences=3000, batch_size=64, lr=5e-3)
+    return str(tb.pretrain_testbed_lm(cfg, tmp_path_factory.mktemp("tiny_testbed") / "tiny_lm", progress=False))

@@ -24,14 +24,7 @@ from superalign.rlhf.reward import (
     train_reward_model,
 )
 from superalign.rlhf.sft import SFTConfig, train_sft
-from superalign.rlhf.testbed import GoldReward, pretrain_testbed_lm, sample_prompts, sample_sentence, split_sentence
-
-TINY = tb.TestbedLMConfig(n_layer=1, n_embd=32, n_head=2, n_sentences=3000, batch_size=64, lr=5e-3)
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    return str(pretrain_testbed_lm(TINY, tmp_path_factory.mktemp("rlhf") / "tiny_lm", progress=False))
+from superalign.rlhf.testbed import GoldReward, sample_prompts, sample_sentence, split_sentence
 
 
 @pytest.fixture(scope="module")

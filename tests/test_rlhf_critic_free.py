@@ -12,7 +12,6 @@ from superalign.cli import main
 from superalign.errors import SuperalignError
 from superalign.models.lm import load_lm
 from superalign.rlhf import data as rdata
-from superalign.rlhf import testbed as tb
 from superalign.rlhf.critic_free import (
     GRPOConfig,
     RLOOConfig,
@@ -30,7 +29,6 @@ from superalign.rlhf.testbed import GoldReward, sample_prompts, sample_sentence,
 from superalign.runs.store import RunStore
 
 T = torch.tensor
-TINY = tb.TestbedLMConfig(n_layer=1, n_embd=32, n_head=2, n_sentences=3000, batch_size=64, lr=5e-3)
 
 
 # ----------------------------------------------------------------------------- golden tests
@@ -148,11 +146,6 @@ def test_config_validation(cls, kw, msg):
 
 
 # ----------------------------------------------------------------------------- training on the tiny testbed LM
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    return str(tb.pretrain_testbed_lm(TINY, tmp_path_factory.mktemp("critic_free") / "tiny_lm", progress=False))
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,6 @@ TINY = tb.TestbedLMConfig(n_layer=1, n_embd=32, n_head=2, n_sentences=3000, batc
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    return str(tb.pretrain_testbed_lm(TINY, tmp_path_factory.mktemp("rlhf_dev") / "tiny_lm", progress=False))
-
-
 def _pairs(n: int, seed: int = 0) -> list[dict]:
     rng, gold, out = np.random.default_rng(seed), tb.GoldReward(), []
     while len(out) < n:

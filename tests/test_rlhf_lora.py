@@ -10,21 +10,9 @@ import torch
 from superalign.cli import main
 from superalign.models.lm import load_lm
 from superalign.models.lora import apply_lora, merge_lora
-from superalign.rlhf import testbed as tb
 from superalign.rlhf.ppo import PPOConfig, train_ppo
 from superalign.rlhf.reward import load_reward_model
 from superalign.rlhf.testbed import sample_prompts
-
-TINY = tb.TestbedLMConfig(n_layer=1, n_embd=32, n_head=2, n_sentences=3000, batch_size=64, lr=5e-3)
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    """The tiny testbed LM of tests/test_rlhf.py, built once per session for the RLHF extension tests."""
-    path = tmp_path_factory.getbasetemp() / "tiny_testbed_lm_shared"
-    if not (path / "testbed.json").exists():
-        tb.pretrain_testbed_lm(TINY, path, progress=False)
-    return str(path)
 
 
 def _split(state: dict) -> tuple[dict, dict]:

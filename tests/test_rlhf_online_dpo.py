@@ -13,21 +13,9 @@ from superalign.cli import main
 from superalign.errors import SuperalignError
 from superalign.models.lm import load_lm
 from superalign.rlhf import data as rdata
-from superalign.rlhf import testbed as tb
 from superalign.rlhf.online_dpo import OnlineDPOConfig, online_pairs, train_online_dpo
 from superalign.rlhf.reward import RewardTrainConfig, load_reward_model, train_reward_model
 from superalign.rlhf.testbed import GoldReward, sample_prompts, sample_sentence, split_sentence
-
-TINY = tb.TestbedLMConfig(n_layer=1, n_embd=32, n_head=2, n_sentences=3000, batch_size=64, lr=5e-3)
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    """The tiny testbed LM of tests/test_rlhf.py, built once per session for the RLHF extension tests."""
-    path = tmp_path_factory.getbasetemp() / "tiny_testbed_lm_shared"
-    if not (path / "testbed.json").exists():
-        tb.pretrain_testbed_lm(TINY, path, progress=False)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
