@@ -24,6 +24,10 @@ class LoRAOptions:
                                    "instead of all weights (0: full finetuning)")
     lora_alpha: float | None = help_field(None, "LoRA scaling α (the update is α/rank·BA; default 2·rank)")
 
+    def key(self) -> dict:
+        """The job's run-id dict (the next class in the MRO makes it, e.g. JobBase) through :func:`lora_key`."""
+        return lora_key(super().key())
+
 
 def check_lora(opts: LoRAOptions) -> None:
     """Validate the LoRA fields (call from the job's ``__post_init__``)."""

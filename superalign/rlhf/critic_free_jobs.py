@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models.lora import lora_key
 from ..runs.jobs import JobBase, _f
 from ..validate import document_cli_overrides
 from .critic_free import GRPOConfig, RLOOConfig, train_grpo, train_rloo
@@ -29,9 +28,6 @@ class GRPOJob(GRPOConfig, PolicyRLOptions, JobBase):
         super().__post_init__()
         check_policy_rl(self)
 
-    def key(self) -> dict:
-        return lora_key(super().key())
-
 
 @document_cli_overrides(RLOOConfig, GROUP_CLI_OVERRIDES)
 @dataclass
@@ -43,9 +39,6 @@ class RLOOJob(RLOOConfig, PolicyRLOptions, JobBase):
     def __post_init__(self):
         super().__post_init__()
         check_policy_rl(self)
-
-    def key(self) -> dict:
-        return lora_key(super().key())
 
 
 def run_grpo(job: GRPOJob, eval_prompts: list[str] | None = None) -> dict:

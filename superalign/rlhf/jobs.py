@@ -21,7 +21,7 @@ import torch
 
 from ..errors import SuperalignError
 from ..models.lm import encode_prompts, load_lm, save_lm
-from ..models.lora import LoRAOptions, apply_lora, check_lora, lora_key, merge_lora
+from ..models.lora import LoRAOptions, apply_lora, check_lora, merge_lora
 from ..runs.files import write_text_atomic
 from ..runs.jobs import JobBase, _f, run_job  # noqa: F401  (re-exported for the RLHF jobs)
 from ..validate import check_fraction, check_int, check_nonempty, check_positive, check_seed, document_cli_overrides
@@ -146,7 +146,7 @@ class PPOJob(PPOConfig, PolicyRLOptions, JobBase):
         _check_ptx(self.ptx_coef, self.ptx_data, self.prompts)
 
     def key(self) -> dict:
-        return lora_key(_ptx_key(_monitor_key(super().key(), self.monitor), self.ptx_data, self.prompts))
+        return _ptx_key(_monitor_key(super().key(), self.monitor), self.ptx_data, self.prompts)
 
 
 DPO_CLI_OVERRIDES = {
@@ -178,7 +178,7 @@ class DPOJob(DPOConfig, LoRAOptions, JobBase):
     def key(self) -> dict:
         """The sigmoid loss, the only one before IPO, stays out of the id: DPO runs stored earlier keep theirs
         (and so do full-finetuning runs, stored before LoRA)."""
-        d = lora_key(super().key())
+        d = super().key()
         if d.get("loss") == "sigmoid":
             d.pop("loss")
         return d
@@ -201,9 +201,6 @@ class OnlineDPOJob(OnlineDPOConfig, PolicyRLOptions, JobBase):
     def __post_init__(self):
         super().__post_init__()
         check_policy_rl(self)
-
-    def key(self) -> dict:
-        return lora_key(super().key())
 
 
 @dataclass
